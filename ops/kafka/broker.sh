@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Apache Kafka (KRaft, single node) for quax-stream: install, start, run, stop, status.
+#
+#   ops/kafka/broker.sh install              fetch the pinned jars from Maven Central (pom.xml)
+#   ops/kafka/broker.sh start [PORT]         format storage if new, start in the background, wait
+#   ops/kafka/broker.sh run   [PORT]         the same in the foreground (for honcho / Procfile)
+#   ops/kafka/broker.sh stop  [PORT]         SIGTERM, wait for a clean shutdown
+#   ops/kafka/broker.sh status [PORT]
+#
+# Environment: KAFKA_HOST (127.0.0.1), KAFKA_PORT (9092; the controller listens on PORT+1),
+# QUAX_VAR (var/ in the repo), KAFKA_DATA_DIR (QUAX_VAR/kafka/PORT), KAFKA_HEAP (-Xmx1g -Xms256m),
+# KAFKA_RETENTION_HOURS (168), KAFKA_RETENTION_BYTES (536870912000 per partition).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cmd=${1:-status}
+port=${2:-${KAFKA_PORT:-9092}}
+host=${KAFKA_HOST:-127.0.0.1}
+controller_port=$((port + 1))
+var=${QUAX_VAR:-$repo/var}
+lib=${KAFKA_LIB:-$var/kafka-lib}
+data=${KAFKA_DATA_DIR:-$var/kafka/$port}
+pidfile=$data.pid
+heap=${KAFKA_HEAP:--Xmx1g -Xms256m}
+
+log() { echo "[broker:$port] $*" >&2; }
+
+install() {
+  local stamp="$lib/.pom.sha256" want
+  want=$(sha256sum "$here/pom.xml" | cut -d' ' -f1)
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then return 0; fi
+  log "fetching Apache Kafka jars from Maven Central into $lib"
+  rm -rf "$lib"; mkdir -p "$lib"
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies -DoutputDirectory="$lib"
+  echo "$want" > "$stamp"
+}
+
+java_run() {  # java_run MAIN ARGS...: the JVM with Kafka's classpath and our logging
+  local main=$1; shift
+  # shellcheck disable=SC2086
+  exec java $heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data" \
+    -cp "$lib/*" "$main" "$@"
+}
+
+configure() {
+  install
+  mkdir -p "$data/log"
+  sed -e "s#@HOST@#$host#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
+      -e "s#@DATA_DIR@#$data/log#g" \
+      -e "s#@RETENTION_HOURS@#${KAFKA_RETENTION_HOURS:-168}#g" \
+      -e "s#@RETENTION_BYTES@#${KAFKA_RETENTION_BYTES:-536870912000}#g" \
+      "$here/server.properties.in" > "$data/server.properties"
+  if [[ -n ${KAFKA_EXTRA_PROPERTIES:-} ]]; then cat "$KAFKA_EXTRA_PROPERTIES" >> "$data/server.properties"; fi
+  if [[ ! -f $data/log/meta.properties ]]; then
+    local cluster_id
+    cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
+    log "formatting new storage in $data/log (cluster $cluster_id)"
+    (java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" >/dev/null)
+  fi
+}
+
+is_up() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
+
+running_pid() {
+  [[ -f $pidfile ]] || return 1
+  local pid; pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+case $cmd in
+  install) install ;;
+  run)
+    configure
+    log "running in the foreground, data in $data"
+    (java_run kafka.Kafka "$data/server.properties") &
+    pid=$!; echo $pid > "$pidfile"
+    trap 'kill -TERM $pid 2>/dev/null; wait $pid; rm -f "$pidfile"' INT TERM
+    wait $pid
+    ;;
+  start)
+    if pid=$(running_pid); then log "already running (pid $pid)"; exit 0; fi
+    configure
+    nohup bash -c "$(declare -f java_run); heap='$heap' here='$here' data='$data' lib='$lib' java_run kafka.Kafka '$data/server.properties'" \
+      >"$data/stdout.log" 2>&1 &
+    echo $! > "$pidfile"
+    for _ in $(seq 1 600); do
+      if is_up; then log "up on $host:$port (pid $(cat "$pidfile")), data in $data"; exit 0; fi
+      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        log "exited during start-up; last lines of $data/stdout.log:"; tail -n 20 "$data/stdout.log" >&2; exit 1
+      fi
+      sleep 0.1
+    done
+    log "not listening after 60 s; see $data/server.log"; exit 1
+    ;;
+  stop)
+    if ! pid=$(running_pid); then log "not running"; exit 0; fi
+    kill -TERM "$pid"
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || { log "stopped"; rm -f "$pidfile"; exit 0; }; sleep 0.1; done
+    log "did not stop in 30 s; killing"; kill -KILL "$pid"; rm -f "$pidfile"
+    ;;
+  status)
+    if pid=$(running_pid) && is_up; then log "running (pid $pid)"; else log "not running"; exit 1; fi
+    ;;
+  *) echo "usage: $0 install|start|run|stop|status [PORT]" >&2; exit 2 ;;
+esac

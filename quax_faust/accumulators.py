@@ -1,0 +1,263 @@
+"""What the tables hold: a file's running sums and a run's running average. Pure numpy, no Kafka.
+
+Both are idempotent by construction, which is how every slice is counted exactly once under
+Kafka's at-least-once delivery (docs/architecture.md, "Exactly once, by idempotence"):
+
+- ``FileAccumulator`` remembers which slices of its file it has counted (a bitmap); a redelivered or
+  duplicated slice changes nothing.
+- ``RunAccumulator`` remembers which files it has folded in (an interval set of file indices); a
+  spectrum delivered twice is folded once.
+
+Both serialise to compact versioned bytes for the RocksDB-backed Faust tables.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dsp
+from .wire import FileSpectrum, SliceBatch
+
+FILLING, COMPLETE = 0, 1
+
+
+class IndexSet:
+    """A set of non-negative integers stored as sorted disjoint half-open intervals [start, stop)."""
+
+    def __init__(self, bounds: np.ndarray | list[int] | None = None):
+        flat = [] if bounds is None else [int(b) for b in np.asarray(bounds).ravel()]
+        self._starts = flat[0::2]
+        self._stops = flat[1::2]
+
+    def __contains__(self, value: int) -> bool:
+        k = bisect.bisect_right(self._starts, value) - 1
+        return k >= 0 and value < self._stops[k]
+
+    def __len__(self) -> int:
+        return sum(b - a for a, b in zip(self._starts, self._stops))
+
+    def __iter__(self):
+        for a, b in zip(self._starts, self._stops):
+            yield from range(a, b)
+
+    def add(self, value: int) -> bool:
+        """Add value; return False if it was already present."""
+        if value in self:
+            return False
+        k = bisect.bisect_right(self._starts, value)
+        joins_left = k > 0 and self._stops[k - 1] == value
+        joins_right = k < len(self._starts) and self._starts[k] == value + 1
+        if joins_left and joins_right:
+            self._stops[k - 1] = self._stops[k]
+            del self._starts[k], self._stops[k]
+        elif joins_left:
+            self._stops[k - 1] = value + 1
+        elif joins_right:
+            self._starts[k] = value
+        else:
+            self._starts.insert(k, value)
+            self._stops.insert(k, value + 1)
+        return True
+
+    def last(self) -> int | None:
+        return self._stops[-1] - 1 if self._stops else None
+
+    def bounds(self) -> np.ndarray:
+        """(n_intervals, 2) uint32 array of [start, stop)."""
+        return np.array(list(zip(self._starts, self._stops)), dtype=np.uint32).reshape(-1, 2)
+
+
+class StateError(ValueError):
+    """A message that does not fit the state it would update (e.g. another slice length)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+# magic, version, status, run_len, file_index, slices_in_file, slice_len, tail_samples, n_counted,
+# duplicate_slices, sample_rate_hz, first_produced_at_s, last_produced_at_s
+_FILE_HEAD = struct.Struct("<4sHHHIIIIIIddd")
+_FILE_MAGIC = b"QXFA"
+
+
+@dataclass
+class FileAccumulator:
+    """Running per-bin sums (V**2/Hz, fftshifted, float64) over the counted slices of one file."""
+
+    run: str
+    file_index: int
+    slices_in_file: int
+    slice_len: int
+    tail_samples: int
+    sample_rate_hz: float
+    counted: np.ndarray  # (slices_in_file,) bool
+    power_sum: np.ndarray | None  # (slice_len,) float64; None once complete (the spectrum left)
+    power_sumsq: np.ndarray | None
+    n_counted: int = 0
+    duplicate_slices: int = 0
+    first_produced_at_s: float = float("inf")
+    last_produced_at_s: float = float("-inf")
+    status: int = FILLING
+
+    @classmethod
+    def for_batch(cls, batch: SliceBatch) -> "FileAccumulator":
+        return cls(batch.run, batch.file_index, batch.slices_in_file, batch.slice_len,
+                   batch.tail_samples, batch.sample_rate_hz,
+                   np.zeros(batch.slices_in_file, dtype=bool),
+                   np.zeros(batch.slice_len), np.zeros(batch.slice_len))
+
+    @property
+    def is_complete(self) -> bool:
+        return self.n_counted == self.slices_in_file
+
+    def new_slices(self, batch: SliceBatch) -> np.ndarray:
+        """(slice_count,) bool mask of the batch's slices not counted yet; checks the batch fits."""
+        for name in ("slices_in_file", "slice_len", "tail_samples", "sample_rate_hz"):
+            if getattr(batch, name) != getattr(self, name):
+                raise StateError("inconsistent_file", f"{batch.run} file {batch.file_index}: {name} "
+                                 f"{getattr(batch, name)} differs from {getattr(self, name)} seen before")
+        seen = self.counted[batch.first_slice: batch.first_slice + batch.slice_count]
+        return ~seen
+
+    def add(self, batch: SliceBatch, new: np.ndarray, sums: dsp.PowerSums) -> None:
+        """Count the batch's new slices (mask ``new``), whose periodogram sums are ``sums``."""
+        if self.status != FILLING:
+            raise StateError("file_complete", f"{self.run} file {self.file_index} is already complete")
+        self.power_sum += sums.power_sum
+        self.power_sumsq += sums.power_sumsq
+        self.counted[batch.first_slice: batch.first_slice + batch.slice_count] |= new
+        self.n_counted += sums.n_slices
+        self.duplicate_slices += batch.slice_count - sums.n_slices
+        self.first_produced_at_s = min(self.first_produced_at_s, batch.produced_at_s)
+        self.last_produced_at_s = max(self.last_produced_at_s, batch.produced_at_s)
+
+    def spectrum(self, completed_at_s: float) -> FileSpectrum:
+        mean, std = dsp.mean_and_std(self.power_sum, self.power_sumsq, self.n_counted)
+        return FileSpectrum(self.run, self.file_index, self.n_counted, self.tail_samples,
+                            self.sample_rate_hz, self.first_produced_at_s, self.last_produced_at_s,
+                            completed_at_s, mean, std)
+
+    def mark_complete(self) -> None:
+        """The spectrum has been published: drop the sums, keep what is needed to ignore repeats."""
+        self.status = COMPLETE
+        self.power_sum = self.power_sumsq = None
+
+    def to_bytes(self) -> bytes:
+        run = self.run.encode()
+        head = _FILE_HEAD.pack(_FILE_MAGIC, 1, self.status, len(run), self.file_index,
+                               self.slices_in_file, self.slice_len, self.tail_samples,
+                               self.n_counted, self.duplicate_slices, self.sample_rate_hz,
+                               self.first_produced_at_s, self.last_produced_at_s)
+        parts = [head, run, np.packbits(self.counted).tobytes()]
+        if self.status == FILLING:
+            parts += [self.power_sum.astype("<f8").tobytes(), self.power_sumsq.astype("<f8").tobytes()]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FileAccumulator":
+        (magic, version, status, run_len, file_index, slices_in_file, slice_len, tail, n_counted,
+         duplicates, rate, first_at, last_at) = _FILE_HEAD.unpack_from(data)
+        if magic != _FILE_MAGIC or version != 1:
+            raise ValueError(f"not a version-1 file accumulator: {magic!r} v{version}")
+        offset = _FILE_HEAD.size
+        run = bytes(data[offset: offset + run_len]).decode()
+        offset += run_len
+        n_bitmap = (slices_in_file + 7) // 8
+        counted = np.unpackbits(np.frombuffer(data, np.uint8, n_bitmap, offset))[:slices_in_file].astype(bool)
+        offset += n_bitmap
+        sums = [None, None]
+        if status == FILLING:
+            arr = np.frombuffer(data, "<f8", 2 * slice_len, offset).reshape(2, slice_len)
+            sums = [arr[0].copy(), arr[1].copy()]
+        return cls(run, file_index, slices_in_file, slice_len, tail, rate, counted, sums[0], sums[1],
+                   n_counted, duplicates, first_at, last_at, status)
+
+
+# magic, version, run_len, slice_len, n_intervals, n_files, n_slices, latest_file_index,
+# duplicate_files, tail_samples_total, sample_rate_hz, first_completed_at_s, last_completed_at_s
+_RUN_HEAD = struct.Struct("<4sHHIIIQIIQddd")
+_RUN_MAGIC = b"QXRA"
+
+
+@dataclass
+class RunAccumulator:
+    """Run-wide per-bin mean and sum of squared deviations (M2) over every counted slice.
+
+    mean, m2: (slice_len,) float64, fftshifted, V**2/Hz. Files are merged with Chan's formula, so
+    the mean is exactly the mean over all whole slices of the run, each counted once.
+    """
+
+    run: str
+    slice_len: int
+    sample_rate_hz: float
+    mean: np.ndarray
+    m2: np.ndarray
+    files: IndexSet = field(default_factory=IndexSet)
+    n_slices: int = 0
+    latest_file_index: int = 0
+    duplicate_files: int = 0
+    tail_samples_total: int = 0
+    first_completed_at_s: float = float("inf")
+    last_completed_at_s: float = float("-inf")
+
+    @classmethod
+    def for_spectrum(cls, spec: FileSpectrum) -> "RunAccumulator":
+        return cls(spec.run, spec.slice_len, spec.sample_rate_hz, np.zeros(spec.slice_len),
+                   np.zeros(spec.slice_len))
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    def fold(self, spec: FileSpectrum) -> bool:
+        """Fold a file's spectrum into the run; False (and nothing changes) if it was folded before."""
+        if spec.slice_len != self.slice_len or spec.sample_rate_hz != self.sample_rate_hz:
+            raise StateError("inconsistent_run", f"{spec.run} file {spec.file_index}: "
+                             f"{spec.slice_len} bins at {spec.sample_rate_hz} Hz, the run has "
+                             f"{self.slice_len} bins at {self.sample_rate_hz} Hz")
+        if not self.files.add(spec.file_index):
+            self.duplicate_files += 1
+            return False
+        m2_file = spec.std * spec.std * (spec.n_slices - 1)
+        self.n_slices, self.mean, self.m2 = dsp.merge_moments(
+            self.n_slices, self.mean, self.m2, spec.n_slices, spec.mean, m2_file)
+        self.latest_file_index = spec.file_index if self.n_files == 1 else max(self.latest_file_index, spec.file_index)
+        self.tail_samples_total += spec.tail_samples
+        self.first_completed_at_s = min(self.first_completed_at_s, spec.completed_at_s)
+        self.last_completed_at_s = max(self.last_completed_at_s, spec.completed_at_s)
+        return True
+
+    @property
+    def sem(self) -> np.ndarray:
+        """Standard error of the run mean per bin, sigma/sqrt(N) (V**2/Hz)."""
+        return dsp.standard_error(self.m2, self.n_slices)
+
+    def to_bytes(self) -> bytes:
+        run = self.run.encode()
+        bounds = self.files.bounds()
+        head = _RUN_HEAD.pack(_RUN_MAGIC, 1, len(run), self.slice_len, bounds.shape[0], self.n_files,
+                              self.n_slices, self.latest_file_index, self.duplicate_files,
+                              self.tail_samples_total, self.sample_rate_hz,
+                              self.first_completed_at_s, self.last_completed_at_s)
+        return b"".join((head, run, bounds.astype("<u4").tobytes(), self.mean.astype("<f8").tobytes(),
+                         self.m2.astype("<f8").tobytes()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RunAccumulator":
+        (magic, version, run_len, slice_len, n_intervals, _n_files, n_slices, latest, duplicates,
+         tail_total, rate, first_at, last_at) = _RUN_HEAD.unpack_from(data)
+        if magic != _RUN_MAGIC or version != 1:
+            raise ValueError(f"not a version-1 run accumulator: {magic!r} v{version}")
+        offset = _RUN_HEAD.size
+        run = bytes(data[offset: offset + run_len]).decode()
+        offset += run_len
+        bounds = np.frombuffer(data, "<u4", 2 * n_intervals, offset)
+        offset += 8 * n_intervals
+        arr = np.frombuffer(data, "<f8", 2 * slice_len, offset).reshape(2, slice_len)
+        return cls(run, slice_len, rate, arr[0].copy(), arr[1].copy(), IndexSet(bounds), n_slices,
+                   latest, duplicates, tail_total, first_at, last_at)

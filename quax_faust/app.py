@@ -1,0 +1,235 @@
+"""The Faust app: topics, tables, agents and web views of the live chain, top-down.
+
+    slices (4 partitions, key run/file) --transform_slices--> table files   (per-file running sums)
+                                                     \\-----> spectra (1 partition, key run)
+    spectra --fold_spectra--> table runs          (run-wide average, files folded)
+                         \\--> table file_spectra  (each finished file's mean and std)
+
+Start a worker with ``quax worker --index K`` (Procfile runs four). Settings: quax_faust/settings.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import dsp, metrics, views, wire
+from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+settings = Settings.from_env()
+
+# RocksDB per partition: small buffers and cache for a 2-core / 24 GiB box (the defaults are ~200 MB).
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
+                   "block_cache_size": 16 << 20, "target_file_size_base": 16 << 20}
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
+    store="rocksdb://",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    table_standby_replicas=0,
+    processing_guarantee="at_least_once",
+    producer_max_request_size=settings.max_message_bytes,
+    consumer_max_fetch_size=settings.max_message_bytes,
+    stream_buffer_maxsize=settings.stream_buffer_maxsize,
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    consumer_auto_offset_reset="earliest",
+)
+
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+slices_topic = app.topic(settings.slices_topic, partitions=settings.partitions, **raw)
+spectra_topic = app.topic(settings.spectra_topic, partitions=1, **raw)
+rejected_topic = app.topic(f"{settings.slices_topic}.rejected", partitions=1, **raw)
+
+raw_table = {"key_type": bytes, "value_type": bytes, "options": ROCKSDB_OPTIONS}
+files_table = app.Table("files", partitions=settings.partitions, **raw_table)
+runs_table = app.Table("runs", partitions=1, **raw_table)
+file_spectra_table = app.Table("file_spectra", partitions=1, **raw_table)
+
+
+@app.agent(slices_topic)
+async def transform_slices(stream):
+    """Decode slice batches, FFT them, fold them into their file; publish each finished file."""
+    async for event in stream.events():
+        try:
+            batch = wire.decode_slice_batch(event.value)
+            key = wire.file_key(batch.run, batch.file_index)
+            if event.key != key:
+                raise wire.WireError("key_mismatch", f"key {event.key!r} but the message is {key!r}")
+            await fold_slice_batch(key, batch)
+        except (wire.WireError, StateError) as exc:
+            await reject(event, settings.slices_topic, exc.reason, str(exc))
+
+
+async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
+    started = time.perf_counter()
+    stored = files_table.get(key)
+    acc = FileAccumulator.from_bytes(stored) if stored else FileAccumulator.for_batch(batch)
+    metrics.MESSAGES.inc()
+    if acc.status == COMPLETE:
+        metrics.DUPLICATE_SLICES.inc(batch.slice_count)
+        files_table[key] = stored  # re-assert, so the changelog holds what RocksDB holds
+        return
+    new = acc.new_slices(batch)
+    if new.any():
+        fft_started = time.perf_counter()
+        sums = dsp.power_sums(batch.samples, batch.sample_rate_hz, counted=None if new.all() else new,
+                              block_rows=settings.fft_block_rows, threads=settings.fft_threads)
+        metrics.FFT_SECONDS.observe(time.perf_counter() - fft_started)
+        acc.add(batch, new, sums)
+        metrics.SLICES.inc(sums.n_slices)
+        metrics.SAMPLE_BYTES.inc(batch.samples.nbytes)
+    metrics.DUPLICATE_SLICES.inc(int((~new).sum()))
+    if acc.is_complete:
+        spectrum = acc.spectrum(completed_at_s=time.time())
+        # Wait for the broker's ack before forgetting the sums: a crash in between re-sends it, and
+        # fold_spectra ignores the repeat.
+        await (await spectra_topic.send(key=batch.run.encode(), value=wire.encode_file_spectrum(spectrum)))
+        acc.mark_complete()
+        metrics.FILES_COMPLETED.inc()
+        metrics.TAIL_SAMPLES.inc(acc.tail_samples)
+    files_table[key] = acc.to_bytes()
+    metrics.TABLE_SECONDS.observe(time.perf_counter() - started)
+
+
+@app.agent(spectra_topic)
+async def fold_spectra(stream):
+    """Fold each finished file into its run's average, once; keep the file's spectrum."""
+    async for event in stream.events():
+        try:
+            spectrum = wire.decode_file_spectrum(event.value)
+            run_key = spectrum.run.encode()
+            file_key = wire.file_key(spectrum.run, spectrum.file_index)
+            stored = runs_table.get(run_key)
+            acc = RunAccumulator.from_bytes(stored) if stored else RunAccumulator.for_spectrum(spectrum)
+            if acc.fold(spectrum):
+                file_spectra_table[file_key] = event.value  # first: a crash before the next line re-folds
+                runs_table[run_key] = acc.to_bytes()
+                now = time.time()
+                metrics.FILES_FOLDED.inc()
+                metrics.FILE_LATENCY.observe(now - spectrum.last_produced_at_s)
+                metrics.LAST_FILE_COMPLETED.set(now)
+            else:
+                metrics.DUPLICATE_FILES.inc()
+                if file_spectra_table.get(file_key) is None:
+                    file_spectra_table[file_key] = event.value
+                runs_table[run_key] = stored
+        except (wire.WireError, StateError) as exc:
+            await reject(event, settings.spectra_topic, exc.reason, str(exc))
+
+
+async def reject(event, topic: str, reason: str, message: str) -> None:
+    """Count a bad message, log it, and keep it on the dead-letter topic with its reason."""
+    metrics.REJECTED.labels(topic=topic, reason=reason).inc()
+    log.warning("rejected message %s[%d]@%d: %s", topic, event.message.partition,
+                event.message.offset, message)
+    await rejected_topic.send(key=event.key if isinstance(event.key, bytes) else None,
+                              value=event.value if isinstance(event.value, bytes) else b"",
+                              headers={"reason": reason.encode(), "error": message.encode()[:1000],
+                                       "source": f"{topic}/{event.message.partition}/{event.message.offset}".encode()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only web views (JSON). Run data lives on the worker owning the single `runs` partition;
+# any worker routes the request there.
+
+def _run(run: str) -> RunAccumulator | None:
+    stored = runs_table.get(run.encode())
+    return RunAccumulator.from_bytes(stored) if stored else None
+
+
+def _file(run: str, file_index: int) -> wire.FileSpectrum | None:
+    stored = file_spectra_table.get(wire.file_key(run, file_index))
+    return wire.decode_file_spectrum(stored) if stored else None
+
+
+@app.page("/quax/runs/")
+class RunsView(View):
+    @app.table_route(table=runs_table, exact_key="runs")
+    async def get(self, request: Request) -> Response:
+        runs = [views.run_summary(RunAccumulator.from_bytes(value)) for _, value in runs_table.items()]
+        return self.json({"runs": sorted(runs, key=lambda r: r["run"])})
+
+
+@app.page("/quax/runs/{run}/")
+class RunView(View):
+    @app.table_route(table=runs_table, match_info="run")
+    async def get(self, request: Request, run: str) -> Response:
+        acc = _run(run)
+        if acc is None:
+            return self.json({"error": f"no run {run!r}"}, status=404)
+        return self.json(views.run_document(acc, settings.lo_frequency_hz))
+
+
+@app.page("/quax/runs/{run}/files/")
+class RunFilesView(View):
+    """A run's finished files; ``?start=K&limit=N&spectra=1`` pages and adds mean/std."""
+
+    @app.table_route(table=runs_table, match_info="run")
+    async def get(self, request: Request, run: str) -> Response:
+        acc = _run(run)
+        if acc is None:
+            return self.json({"error": f"no run {run!r}"}, status=404)
+        try:
+            start = int(request.query.get("start", 0))
+            limit = min(int(request.query.get("limit", 100)), 1000)
+        except ValueError:
+            return self.json({"error": "start and limit must be integers"}, status=400)
+        with_spectra = request.query.get("spectra", "0") in {"1", "true", "yes"}
+        indices = [i for i in acc.files if i >= start][:limit]
+        files = [views.file_document(spec, with_spectrum=with_spectra)
+                 for spec in (_file(run, i) for i in indices) if spec is not None]
+        return self.json({"run": run, "n_files": acc.n_files, "files": files})
+
+
+@app.page("/quax/runs/{run}/files/{file_index}/")
+class FileView(View):
+    @app.table_route(table=runs_table, match_info="run")
+    async def get(self, request: Request, run: str, file_index: str) -> Response:
+        index = _latest_or_int(run, file_index)
+        spec = _file(run, index) if index is not None else None
+        if spec is None:
+            return self.json({"error": f"no finished file {file_index} in run {run!r}"}, status=404)
+        return self.json({**views.file_document(spec), "frequency_hz": views.floats(
+            dsp.frequency_axis_hz(spec.slice_len, spec.sample_rate_hz, settings.lo_frequency_hz))})
+
+
+def _latest_or_int(run: str, file_index: str) -> int | None:
+    if file_index == "latest":
+        acc = _run(run)
+        return acc.latest_file_index if acc is not None and acc.n_files else None
+    try:
+        return int(file_index)
+    except ValueError:
+        return None
+
+
+@app.page("/quax/health/")
+class HealthView(View):
+    """This worker: its assigned partitions and counters (not routed)."""
+
+    async def get(self, request: Request) -> Response:
+        assignment = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment()) \
+            if app.consumer else []
+        return self.json({
+            "worker": app.conf.canonical_url.human_repr() if app.conf.canonical_url else None,
+            "status": "ok", "time_s": time.time(), "assigned": assignment,
+            "slices_total": metrics.SLICES._value.get(),
+            "files_completed_total": metrics.FILES_COMPLETED._value.get(),
+        })
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

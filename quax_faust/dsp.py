@@ -1,0 +1,142 @@
+"""The spectrum: FFT of complex slices, power spectral density, averages. Pure numpy/pyfftw.
+
+Definitions (docs/architecture.md):
+
+- a *slice* is ``slice_len`` consecutive complex samples ``i + 1j*q`` (complex64);
+- its periodogram is ``|FFT(slice)|**2 / (sample_rate_hz * slice_len)`` in V**2/Hz (boxcar window,
+  no detrend, two-sided): exactly one segment of ``scipy.signal.welch(..., scaling="density")``;
+- a file's spectrum is the mean periodogram over its whole slices (= Welch's average, no overlap);
+- spectra are returned *fftshifted*: bin 0 is -sample_rate_hz/2, bin slice_len//2 is 0 Hz.
+
+The FFT runs through one cached FFTW plan per (block_rows, slice_len) shape, on cache-sized blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pyfftw
+
+
+def frequency_axis_hz(slice_len: int, sample_rate_hz: float, lo_frequency_hz: float = 0.0) -> np.ndarray:
+    """Bin centre frequencies (Hz), fftshifted, shape (slice_len,), float64, offset by the LO."""
+    return np.fft.fftshift(np.fft.fftfreq(slice_len, d=1.0 / sample_rate_hz)) + lo_frequency_hz
+
+
+def psd_scale(slice_len: int, sample_rate_hz: float) -> float:
+    """Factor turning |FFT|**2 of one boxcar slice into a density in V**2/Hz (Welch's 'density')."""
+    return 1.0 / (sample_rate_hz * slice_len)
+
+
+@dataclass
+class PowerSums:
+    """Per-bin sums over counted slices, fftshifted, in V**2/Hz: shapes (slice_len,), float64."""
+
+    power_sum: np.ndarray
+    power_sumsq: np.ndarray
+    n_slices: int
+
+
+class _Plan:
+    """One FFTW plan over an aligned (block_rows, slice_len) complex64 buffer."""
+
+    def __init__(self, block_rows: int, slice_len: int, threads: int):
+        self.inp = pyfftw.empty_aligned((block_rows, slice_len), dtype=np.complex64)
+        self.out = pyfftw.empty_aligned((block_rows, slice_len), dtype=np.complex64)
+        self.fft = pyfftw.FFTW(self.inp, self.out, axes=(1,), direction="FFTW_FORWARD",
+                               flags=("FFTW_MEASURE",), threads=threads)
+        self.inp[:] = 0
+
+
+@lru_cache(maxsize=8)
+def _plan(block_rows: int, slice_len: int, threads: int) -> _Plan:
+    return _Plan(block_rows, slice_len, threads)
+
+
+def slice_power(slices: np.ndarray, *, block_rows: int = 64, threads: int = 1) -> np.ndarray:
+    """|FFT|**2 of each slice, unscaled and unshifted.
+
+    slices: (n_slices, slice_len) complex64 (any other complex dtype is converted).
+    Returns (n_slices, slice_len) float32.
+    """
+    slices = _as_slices(slices)
+    n, slice_len = slices.shape
+    plan = _plan(block_rows, slice_len, threads)
+    power = np.empty((n, slice_len), dtype=np.float32)
+    for start in range(0, n, block_rows):
+        rows = min(block_rows, n - start)
+        plan.inp[:rows] = slices[start:start + rows]
+        plan.fft()
+        spec = plan.out[:rows].view(np.float32).reshape(rows, slice_len, 2)
+        np.einsum("ijk,ijk->ij", spec, spec, out=power[start:start + rows])
+    return power
+
+
+def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray | None = None,
+               block_rows: int = 64, threads: int = 1) -> PowerSums:
+    """Sum and sum of squares of the slices' periodograms (V**2/Hz), fftshifted.
+
+    slices: (n_slices, slice_len) complex samples. counted: optional (n_slices,) bool mask of the
+    slices to include (the others, e.g. already-counted duplicates, are transformed but ignored).
+    """
+    slices = _as_slices(slices)
+    n, slice_len = slices.shape
+    plan = _plan(block_rows, slice_len, threads)
+    acc = np.zeros(slice_len, dtype=np.float64)
+    acc_sq = np.zeros(slice_len, dtype=np.float64)
+    n_counted = 0
+    for start in range(0, n, block_rows):
+        rows = min(block_rows, n - start)
+        keep = slice(None) if counted is None else counted[start:start + rows]
+        if counted is not None and not keep.any():
+            continue
+        plan.inp[:rows] = slices[start:start + rows]
+        plan.fft()
+        spec = plan.out[:rows].view(np.float32).reshape(rows, slice_len, 2)[keep]
+        power = np.einsum("ijk,ijk->ij", spec, spec)
+        acc += power.sum(axis=0, dtype=np.float64)
+        acc_sq += np.einsum("ij,ij->j", power, power, dtype=np.float64)
+        n_counted += power.shape[0]
+    scale = psd_scale(slice_len, sample_rate_hz)
+    return PowerSums(np.fft.fftshift(acc * scale), np.fft.fftshift(acc_sq * scale * scale), n_counted)
+
+
+def mean_and_std(power_sum: np.ndarray, power_sumsq: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin mean and sample standard deviation (ddof=1) from sums over n_slices periodograms."""
+    if n_slices <= 0:
+        raise ValueError("no slices counted")
+    mean = power_sum / n_slices
+    if n_slices == 1:
+        return mean, np.zeros_like(mean)
+    var = (power_sumsq - n_slices * mean * mean) / (n_slices - 1)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def merge_moments(n_a: int, mean_a: np.ndarray, m2_a: np.ndarray,
+                  n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.'s parallel merge of (count, mean, sum of squared deviations) per bin."""
+    n = n_a + n_b
+    if n_a == 0:
+        return n_b, mean_b.copy(), m2_b.copy()
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+    return n, mean, m2
+
+
+def standard_error(m2: np.ndarray, n_slices: int) -> np.ndarray:
+    """Standard error of the mean per bin, sigma/sqrt(N), from the sum of squared deviations."""
+    if n_slices < 2:
+        return np.full_like(m2, np.nan)
+    return np.sqrt(m2 / (n_slices - 1) / n_slices)
+
+
+def _as_slices(slices: np.ndarray) -> np.ndarray:
+    slices = np.asarray(slices)
+    if slices.ndim != 2:
+        raise ValueError(f"slices must be 2-D (n_slices, slice_len), got shape {slices.shape}")
+    if not np.iscomplexobj(slices):
+        raise ValueError(f"slices must be complex, got {slices.dtype}")
+    return slices

@@ -1,0 +1,120 @@
+"""The one settings object of quax-stream.
+
+Defaults describe the real QUAX detector and a single-machine deployment. Every field can be
+overridden by an environment variable ``QUAX_<FIELD>`` (e.g. ``QUAX_BROKER=127.0.0.1:19092``) and
+most commands take the same name as a flag (``--broker``). Nothing else in the code base repeats
+these numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "QUAX_"
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- the detector and the DSP ------------------------------------------------------------
+    sample_rate_hz: float = 2e6
+    """ADC sample rate of each channel (i and q), samples per second."""
+    slice_len: int = 3072
+    """Samples per FFT slice (3 x 1024); the spectrum has this many bins of sample_rate_hz/slice_len Hz."""
+    lo_frequency_hz: float = 0.0
+    """Local-oscillator frequency added to the baseband frequency axis (Hz)."""
+    fft_threads: int = 1
+    """FFTW threads per worker process; 1 is the right value on a 2-core box shared with a broker."""
+    fft_block_rows: int = 64
+    """Slices transformed per FFTW call (cache-sized blocks, see docs/performance.md)."""
+
+    # --- the wire and the broker -----------------------------------------------------------------
+    broker: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, host:port[,host:port...]."""
+    slices_topic: str = "slices"
+    spectra_topic: str = "spectra"
+    partitions: int = 4
+    """Partitions of the slices topic; a multiple of the worker count."""
+    slices_per_message: int = 128
+    """Consecutive slices of one file carried by one Kafka message (3 MiB at 3072 samples)."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest record the producer, the broker and the consumers accept (bytes)."""
+
+    # --- the Faust workers -----------------------------------------------------------------------
+    app_id: str = "quax"
+    workers: int = 4
+    web_host: str = "127.0.0.1"
+    web_port_base: int = 6066
+    """Worker k serves its web views on web_port_base + k."""
+    stream_buffer_maxsize: int = 32
+    """Messages buffered per partition inside a worker (each up to a few MiB)."""
+    var_dir: Path = REPO_DIR / "var"
+    """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
+
+    # --- readers of the tables (export, dashboard) -----------------------------------------------
+    http_timeout_s: float = 30.0
+
+    # derived -------------------------------------------------------------------------------------
+    @property
+    def bin_width_hz(self) -> float:
+        return self.sample_rate_hz / self.slice_len
+
+    @property
+    def slice_duration_s(self) -> float:
+        return self.slice_len / self.sample_rate_hz
+
+    def worker_url(self, index: int) -> str:
+        return f"http://{self.web_host}:{self.web_port_base + index}"
+
+    @property
+    def worker_urls(self) -> list[str]:
+        return [self.worker_url(k) for k in range(self.workers)]
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (None values are ignored, so CLI defaults can pass through)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **{k: _convert(self, k, v) for k, v in changes.items()})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults overridden by QUAX_<FIELD> environment variables."""
+        environ = os.environ if environ is None else environ
+        base = cls()
+        changes = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                changes[f.name] = raw
+        return base.replace(**changes)
+
+
+def _convert(settings: Settings, name: str, value: Any) -> Any:
+    """Turn a string from the environment or the command line into the field's type."""
+    if name not in {f.name for f in fields(settings)}:
+        raise ValueError(f"unknown setting {name!r}")
+    current = getattr(settings, name)
+    if not isinstance(value, str) or isinstance(current, str):
+        return Path(value) if isinstance(current, Path) else value
+    try:
+        if isinstance(current, bool):
+            return value.lower() in {"1", "true", "yes", "on"}
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, Path):
+            return Path(value)
+    except ValueError:
+        raise ValueError(f"setting {name}: {value!r} is not a valid {type(current).__name__}") from None
+    return value
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    return list(fields(Settings))
+
+
+__all__ = ["Settings", "settings_fields"]

@@ -1,0 +1,55 @@
+"""Synthetic detector data: complex Gaussian noise through a smooth passband, optional narrow tones.
+
+No public QUAX data exists, so tests and the demo make their own. The model (docs/architecture.md):
+white complex noise (std ``noise_std`` per channel) filtered by a smooth, non-flat amplifier
+passband whose gain drifts slowly from file to file, plus optional complex tones
+``A * exp(2j*pi*f*t)`` with continuous phase across files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft
+
+
+@dataclass(frozen=True)
+class SynthModel:
+    sample_rate_hz: float = 2e6
+    noise_std: float = 1.0
+    """Standard deviation of each channel (i, q) before the passband, volts."""
+    passband_ripple: float = 0.25
+    """Peak-to-peak relative variation of the passband power gain across the band."""
+    drift_fraction: float = 0.02
+    """Relative amplitude of the slow file-to-file gain drift (period drift_period_files)."""
+    drift_period_files: float = 50.0
+    tones: tuple[tuple[float, float], ...] = field(default=())
+    """(frequency Hz, amplitude V) of each injected narrow line."""
+
+
+def passband_power_gain(freq_hz: np.ndarray, model: SynthModel) -> np.ndarray:
+    """Smooth power gain |H(f)|**2 of the simulated amplifier chain (dimensionless)."""
+    x = np.asarray(freq_hz) / (model.sample_rate_hz / 2)  # -1 .. 1
+    ripple = 1 + model.passband_ripple / 2 * (np.cos(1.7 * np.pi * x + 0.4) * 0.7 + 0.3 * x)
+    rolloff = 1 / (1 + (x / 0.92) ** 16)  # anti-alias filter near +-fs/2
+    return ripple * rolloff + 0.02
+
+
+def synth_file(file_index: int, n_samples: int, model: SynthModel, seed: int = 0) -> np.ndarray:
+    """One file of complex64 samples, reproducible from (seed, file_index)."""
+    rng = np.random.default_rng([seed, file_index])
+    noise = np.empty(n_samples, dtype=np.complex64)
+    view = noise.view(np.float32)
+    rng.standard_normal(out=view, dtype=np.float32)
+    view *= model.noise_std
+    spectrum = scipy.fft.fft(noise, workers=2, overwrite_x=True)
+    freq = scipy.fft.fftfreq(n_samples, d=1.0 / model.sample_rate_hz)
+    drift = 1 + model.drift_fraction * np.sin(2 * np.pi * file_index / model.drift_period_files)
+    spectrum *= np.sqrt(passband_power_gain(freq, model) * drift).astype(np.float32)
+    samples = scipy.fft.ifft(spectrum, workers=2, overwrite_x=True).astype(np.complex64)
+    if model.tones:
+        t = (np.arange(n_samples, dtype=np.float64) + file_index * n_samples) / model.sample_rate_hz
+        for freq_hz, amplitude in model.tones:
+            samples += (amplitude * np.exp(2j * np.pi * freq_hz * t)).astype(np.complex64)
+    return samples

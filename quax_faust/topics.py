@@ -1,0 +1,52 @@
+"""Create the topics the producer and workers need, with the right partition counts.
+
+Faust creates only its own changelog topics; ``slices`` and ``spectra`` are ours. A topic that exists
+with another partition count is an error (a file's slices would not land where its table lives).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_plan(settings: Settings) -> dict[str, int]:
+    """Topic name -> partition count."""
+    return {settings.slices_topic: settings.partitions, settings.spectra_topic: 1,
+            f"{settings.slices_topic}.rejected": 1}
+
+
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create missing topics; raise RuntimeError if one exists with the wrong partition count."""
+    plan = topic_plan(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin, plan)
+        missing = [NewTopic(name, n, 1, topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
+                   for name, n in plan.items() if name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        existing = await _partition_counts(admin, plan)
+    finally:
+        await admin.close()
+    for name, n in plan.items():
+        if existing.get(name) != n:
+            raise RuntimeError(f"topic {name!r} has {existing.get(name)} partitions, expected {n}; "
+                               "delete it or change QUAX_PARTITIONS")
+    return existing
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names) -> dict[str, int]:
+    listed = set(await admin.list_topics())
+    wanted = [n for n in names if n in listed]
+    if not wanted:
+        return {}
+    described = await admin.describe_topics(wanted)
+    return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}

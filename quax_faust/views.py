@@ -1,0 +1,64 @@
+"""JSON documents served by the workers' read-only web views, built from table values. No Kafka."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import dsp
+from .accumulators import RunAccumulator
+from .wire import FileSpectrum
+
+
+def floats(values: np.ndarray) -> list[float | None]:
+    """A JSON-safe list: NaN and infinities become null."""
+    return [v if math.isfinite(v) else None for v in np.asarray(values, dtype=float).tolist()]
+
+
+def run_summary(acc: RunAccumulator) -> dict[str, Any]:
+    duration_s = acc.n_slices * acc.slice_len / acc.sample_rate_hz
+    return {
+        "run": acc.run,
+        "n_files": acc.n_files,
+        "n_slices": acc.n_slices,
+        "latest_file_index": acc.latest_file_index if acc.n_files else None,
+        "data_seconds": duration_s,
+        "duplicate_files": acc.duplicate_files,
+        "tail_samples_dropped": acc.tail_samples_total,
+        "first_completed_at_s": acc.first_completed_at_s if acc.n_files else None,
+        "last_completed_at_s": acc.last_completed_at_s if acc.n_files else None,
+        "slice_len": acc.slice_len,
+        "sample_rate_hz": acc.sample_rate_hz,
+    }
+
+
+def run_document(acc: RunAccumulator, lo_frequency_hz: float) -> dict[str, Any]:
+    """Run average with its standard error sigma/sqrt(N), all per bin in V**2/Hz."""
+    std = np.sqrt(acc.m2 / (acc.n_slices - 1)) if acc.n_slices > 1 else np.full(acc.slice_len, np.nan)
+    return {
+        **run_summary(acc),
+        "file_indices": [int(i) for i in acc.files],
+        "frequency_hz": floats(dsp.frequency_axis_hz(acc.slice_len, acc.sample_rate_hz, lo_frequency_hz)),
+        "mean": floats(acc.mean),
+        "std": floats(std),
+        "sem": floats(acc.sem),
+    }
+
+
+def file_document(spec: FileSpectrum, *, with_spectrum: bool = True) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "run": spec.run,
+        "file_index": spec.file_index,
+        "n_slices": spec.n_slices,
+        "tail_samples": spec.tail_samples,
+        "first_produced_at_s": spec.first_produced_at_s,
+        "last_produced_at_s": spec.last_produced_at_s,
+        "completed_at_s": spec.completed_at_s,
+        "latency_s": spec.latency_s,
+    }
+    if with_spectrum:
+        doc["mean"] = floats(spec.mean)
+        doc["std"] = floats(spec.std)
+    return doc

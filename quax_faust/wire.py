@@ -1,0 +1,216 @@
+"""Binary, versioned messages on the topics (docs/wire-format.md). No pickle, no JSON for samples.
+
+Two record kinds, all integers and floats little-endian:
+
+- ``SliceBatch`` on topic ``slices``: consecutive whole slices of one file, complex64 samples;
+- ``FileSpectrum`` on topic ``spectra``: one finished file's mean and standard deviation per bin.
+
+``decode_*`` never trusts its input: anything malformed raises ``WireError`` whose ``reason`` is a
+short machine-readable tag (used as a metric label) and whose message says what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+SLICE_MAGIC = b"QXSB"
+SPECTRUM_MAGIC = b"QXSP"
+VERSION = 1
+SAMPLE_FORMAT_COMPLEX64 = 1
+"""Interleaved little-endian float32 pairs (i, q): numpy '<c8'."""
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_SLICE_LEN = 1 << 20
+
+# magic, version, header_len, run_len, sample_format, file_index, first_slice, slice_count,
+# slices_in_file, slice_len, tail_samples, sample_rate_hz, produced_at_s
+_SLICE_HEAD = struct.Struct("<4sHHHHIIIIIIdd")
+# magic, version, header_len, run_len, reserved, file_index, n_slices, slice_len, tail_samples,
+# sample_rate_hz, first_produced_at_s, last_produced_at_s, completed_at_s
+_SPECTRUM_HEAD = struct.Struct("<4sHHHHIIIIdddd")
+
+
+class WireError(ValueError):
+    """A message that cannot be decoded; ``reason`` is a short tag such as 'bad_magic'."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+def check_run_id(run: str) -> str:
+    """Return run if it is a valid run id (1-64 of A-Z a-z 0-9 _ . -, starting alphanumeric)."""
+    if not isinstance(run, str) or not RUN_ID_PATTERN.fullmatch(run):
+        raise ValueError(f"run id {run!r} must be 1-64 characters of A-Z a-z 0-9 _ . - "
+                         "starting with a letter or digit")
+    return run
+
+
+def file_key(run: str, file_index: int) -> bytes:
+    """Kafka key of a file's slice messages: all slices of one file land in one partition."""
+    return f"{run}/{file_index:010d}".encode()
+
+
+@dataclass(frozen=True)
+class SliceBatch:
+    """``slice_count`` consecutive whole slices of file ``file_index``, starting at ``first_slice``.
+
+    samples: (slice_count, slice_len) complex64. ``slices_in_file`` whole slices make the file;
+    ``tail_samples`` (< slice_len) samples at its end were dropped by the producer, as Welch does.
+    ``produced_at_s`` is the producer's wall clock (Unix seconds) when it sent the message.
+    """
+
+    run: str
+    file_index: int
+    first_slice: int
+    slices_in_file: int
+    tail_samples: int
+    sample_rate_hz: float
+    produced_at_s: float
+    samples: np.ndarray
+
+    @property
+    def slice_count(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def slice_len(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def is_last(self) -> bool:
+        return self.first_slice + self.slice_count == self.slices_in_file
+
+
+def encode_slice_batch(batch: SliceBatch) -> bytes:
+    run = check_run_id(batch.run).encode()
+    samples = np.ascontiguousarray(batch.samples, dtype="<c8")
+    if samples.ndim != 2 or samples.shape[0] == 0 or samples.shape[1] == 0:
+        raise ValueError(f"samples must be (slice_count>0, slice_len>0), got {samples.shape}")
+    if batch.first_slice + samples.shape[0] > batch.slices_in_file:
+        raise ValueError("first_slice + slice_count exceeds slices_in_file")
+    head = _SLICE_HEAD.pack(SLICE_MAGIC, VERSION, _SLICE_HEAD.size + len(run), len(run),
+                            SAMPLE_FORMAT_COMPLEX64, batch.file_index, batch.first_slice,
+                            samples.shape[0], batch.slices_in_file, samples.shape[1],
+                            batch.tail_samples, batch.sample_rate_hz, batch.produced_at_s)
+    return b"".join((head, run, samples.data))
+
+
+def decode_slice_batch(data: bytes | memoryview) -> SliceBatch:
+    """Decode and validate a slice message; samples are a read-only view into ``data``."""
+    (magic, version, header_len, run_len, sample_format, file_index, first_slice, slice_count,
+     slices_in_file, slice_len, tail_samples, sample_rate_hz,
+     produced_at_s) = _unpack_head(_SLICE_HEAD, SLICE_MAGIC, data)
+    run = _check_header(version, header_len, run_len, _SLICE_HEAD.size, data)
+    if sample_format != SAMPLE_FORMAT_COMPLEX64:
+        raise WireError("bad_sample_format", f"sample format {sample_format}, expected "
+                        f"{SAMPLE_FORMAT_COMPLEX64} (complex64)")
+    _check_slicing(slice_len, tail_samples, sample_rate_hz)
+    if slice_count == 0:
+        raise WireError("bad_slice_range", "slice_count is 0")
+    if first_slice + slice_count > slices_in_file:
+        raise WireError("bad_slice_range", f"slices {first_slice}..{first_slice + slice_count - 1}"
+                        f" exceed the file's {slices_in_file} slices")
+    expected = header_len + slice_count * slice_len * 8
+    if len(data) != expected:
+        raise WireError("bad_length", f"{len(data)} bytes, expected {expected} for {slice_count} "
+                        f"slices of {slice_len} complex64 samples")
+    if not np.isfinite(produced_at_s):
+        raise WireError("bad_timestamp", "produced_at_s is not finite")
+    samples = np.frombuffer(data, dtype="<c8", offset=header_len).reshape(slice_count, slice_len)
+    return SliceBatch(run, file_index, first_slice, slices_in_file, tail_samples, sample_rate_hz,
+                      produced_at_s, samples)
+
+
+@dataclass(frozen=True)
+class FileSpectrum:
+    """A finished file: mean and sample std (ddof=1) of its periodograms, fftshifted, V**2/Hz.
+
+    mean, std: (slice_len,) float64. Times are Unix seconds: the producer's clock on the file's first
+    and last slice messages, and the worker's clock when the spectrum was complete.
+    """
+
+    run: str
+    file_index: int
+    n_slices: int
+    tail_samples: int
+    sample_rate_hz: float
+    first_produced_at_s: float
+    last_produced_at_s: float
+    completed_at_s: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def slice_len(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def latency_s(self) -> float:
+        """From the producer sending the file's last slice to the spectrum being complete."""
+        return self.completed_at_s - self.last_produced_at_s
+
+
+def encode_file_spectrum(spec: FileSpectrum) -> bytes:
+    run = check_run_id(spec.run).encode()
+    mean = np.ascontiguousarray(spec.mean, dtype="<f8")
+    std = np.ascontiguousarray(spec.std, dtype="<f8")
+    if mean.ndim != 1 or mean.shape != std.shape:
+        raise ValueError(f"mean and std must be equal 1-D arrays, got {mean.shape} and {std.shape}")
+    head = _SPECTRUM_HEAD.pack(SPECTRUM_MAGIC, VERSION, _SPECTRUM_HEAD.size + len(run), len(run), 0,
+                               spec.file_index, spec.n_slices, mean.shape[0], spec.tail_samples,
+                               spec.sample_rate_hz, spec.first_produced_at_s,
+                               spec.last_produced_at_s, spec.completed_at_s)
+    return b"".join((head, run, mean.data, std.data))
+
+
+def decode_file_spectrum(data: bytes | memoryview) -> FileSpectrum:
+    (magic, version, header_len, run_len, _reserved, file_index, n_slices, slice_len, tail_samples,
+     sample_rate_hz, first_at, last_at, completed_at) = _unpack_head(_SPECTRUM_HEAD, SPECTRUM_MAGIC, data)
+    run = _check_header(version, header_len, run_len, _SPECTRUM_HEAD.size, data)
+    _check_slicing(slice_len, tail_samples, sample_rate_hz)
+    if n_slices == 0:
+        raise WireError("bad_slice_range", "n_slices is 0")
+    expected = header_len + 2 * slice_len * 8
+    if len(data) != expected:
+        raise WireError("bad_length", f"{len(data)} bytes, expected {expected} for mean and std "
+                        f"of {slice_len} bins")
+    values = np.frombuffer(data, dtype="<f8", offset=header_len).reshape(2, slice_len)
+    return FileSpectrum(run, file_index, n_slices, tail_samples, sample_rate_hz, first_at, last_at,
+                        completed_at, values[0], values[1])
+
+
+def _unpack_head(head: struct.Struct, magic: bytes, data: bytes | memoryview) -> tuple:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("not_bytes", f"expected bytes, got {type(data).__name__}")
+    if len(data) < head.size:
+        raise WireError("truncated", f"{len(data)} bytes, shorter than the {head.size}-byte header")
+    fields = head.unpack_from(data)
+    if fields[0] != magic:
+        raise WireError("bad_magic", f"magic {bytes(fields[0])!r}, expected {magic!r}")
+    return fields
+
+
+def _check_header(version: int, header_len: int, run_len: int, fixed: int, data) -> str:
+    if version != VERSION:
+        raise WireError("bad_version", f"version {version}, this decoder reads version {VERSION}")
+    if header_len != fixed + run_len or len(data) < header_len:
+        raise WireError("bad_header", f"header_len {header_len} with a {run_len}-byte run id "
+                        f"(expected {fixed + run_len}) in a {len(data)}-byte message")
+    try:
+        return check_run_id(bytes(data[fixed:header_len]).decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError("bad_run_id", str(exc)) from None
+
+
+def _check_slicing(slice_len: int, tail_samples: int, sample_rate_hz: float) -> None:
+    if not 0 < slice_len <= MAX_SLICE_LEN:
+        raise WireError("bad_slice_len", f"slice_len {slice_len}, expected 1..{MAX_SLICE_LEN}")
+    if tail_samples >= slice_len:
+        raise WireError("bad_tail", f"tail of {tail_samples} samples is not shorter than a slice")
+    if not (np.isfinite(sample_rate_hz) and sample_rate_hz > 0):
+        raise WireError("bad_sample_rate", f"sample rate {sample_rate_hz} Hz")
