@@ -74,11 +74,16 @@ def cmd_produce(args, settings: Settings) -> int:
 
 
 def cmd_worker(args, settings: Settings) -> int:
+    from .topics import ensure_topics
+
     datadir = Path(settings.var_dir) / "workers" / str(args.index)
     datadir.mkdir(parents=True, exist_ok=True)
+    # Faust subscribes only to topics that exist: create ours first (idempotent).
+    asyncio.run(ensure_topics(settings))
     from .app import app
 
-    sys.argv = ["quax-worker", "--datadir", str(datadir), "worker", "--loglevel", args.loglevel,
+    app.conf.datadir = datadir
+    sys.argv = ["quax-worker", "worker", "--loglevel", args.loglevel,
                 "--web-host", settings.web_host, "--web-port", str(settings.web_port_base + args.index)]
     app.main()
     return 0

@@ -43,6 +43,16 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     return existing
 
 
+async def partition_counts(bootstrap: str, names) -> dict[str, int]:
+    """Partition count of each named topic that exists."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await _partition_counts(admin, names)
+    finally:
+        await admin.close()
+
+
 async def _partition_counts(admin: AIOKafkaAdminClient, names) -> dict[str, int]:
     listed = set(await admin.list_topics())
     wanted = [n for n in names if n in listed]

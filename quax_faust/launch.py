@@ -1,0 +1,154 @@
+"""Start and stop the local processes of the chain (broker, Faust workers) from Python.
+
+Used by the tests, the benchmarks and the reliability drills; the demo uses the Procfile instead.
+Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import ENV_PREFIX, REPO_DIR, Settings
+
+BROKER_SCRIPT = REPO_DIR / "ops" / "kafka" / "broker.sh"
+
+
+def free_port(count: int = 1) -> int:
+    """A port p such that p .. p+count-1 are free on 127.0.0.1 (best effort)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count < 65000 and all(_port_free(base + k) for k in range(1, count)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce settings in a child process."""
+    env = {}
+    for name, value in settings.__dict__.items():
+        env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
+@dataclass
+class Broker:
+    """A single-node Kafka broker run by ops/kafka/broker.sh (port and port+1 for the controller)."""
+
+    port: int
+    data_dir: Path
+    heap: str = "-Xmx768m -Xms256m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, command: str) -> None:
+        env = {**os.environ, "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_HEAP": self.heap}
+        subprocess.run(["bash", str(BROKER_SCRIPT), command, str(self.port)], env=env, check=True)
+
+    def start(self) -> "Broker":
+        self._run("start")
+        return self
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def kill(self) -> None:
+        pid = int((self.data_dir.parent / (self.data_dir.name + ".pid")).read_text())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
+@dataclass
+class Workers:
+    """Faust worker processes ``quax worker --index K`` sharing one settings object."""
+
+    settings: Settings
+    log_dir: Path
+    procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, indices=None) -> "Workers":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        for k in range(self.settings.workers) if indices is None else indices:
+            log = open(self.log_dir / f"worker-{k}.log", "ab")
+            self.procs[k] = subprocess.Popen(
+                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", "warn"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
+        return self
+
+    def health(self, k: int) -> dict | None:
+        try:
+            with urllib.request.urlopen(self.settings.worker_url(k) + "/quax/health/", timeout=2) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def wait_assigned(self, timeout_s: float = 120.0) -> None:
+        """Wait until every running worker answers and all slices partitions are assigned."""
+        deadline = time.monotonic() + timeout_s
+        want = {f"{self.settings.slices_topic}/{p}" for p in range(self.settings.partitions)}
+        while time.monotonic() < deadline:
+            for k, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker {k} exited with {proc.returncode}; see {self.log_dir}/worker-{k}.log")
+            docs = [self.health(k) for k in self.procs]
+            if all(docs):
+                assigned = {tp for d in docs for tp in d["assigned"]}
+                if want <= assigned:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"workers not assigned all partitions within {timeout_s} s; logs in {self.log_dir}")
+
+    def stop(self, k: int | None = None, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        for index in [k] if k is not None else list(self.procs):
+            proc = self.procs.pop(index, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self, k: int) -> None:
+        self.stop(k, sig=signal.SIGKILL)
+
+
+def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 120.0) -> dict:
+    """Poll the workers' views until the run has n_files folded; return the run summary."""
+    from .export import TablesUnavailable, get_json
+
+    deadline = time.monotonic() + timeout_s
+    last: dict | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            summary = {r["run"]: r for r in get_json(settings, "/quax/runs/")["runs"]}.get(run)
+            if summary and summary["n_files"] >= n_files:
+                return summary
+            last = summary or f"run {run} not in the tables yet"
+        except TablesUnavailable as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"run {run} did not reach {n_files} files in {timeout_s} s; last: {last}")

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real Kafka broker (started here on a free 127.0.0.1 port) and Faust workers."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from quax_faust.launch import Broker, Workers, free_port
+from quax_faust.settings import Settings
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One Apache Kafka broker (KRaft) for the whole test session."""
+    b = Broker(port=free_port(2), data_dir=tmp_path_factory.mktemp("kafka") / "data").start()
+    yield b
+    b.stop()
+
+
+def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
+    """Settings for an isolated pipeline on the shared broker: own topics, app id and ports."""
+    uid = uuid.uuid4().hex[:8]
+    base = dict(broker=broker.bootstrap, app_id=f"quax-{uid}", slices_topic=f"slices-{uid}",
+                spectra_topic=f"spectra-{uid}", var_dir=var_dir, workers=2,
+                web_port_base=free_port(4))
+    return Settings().replace(**{**base, **changes})
+
+
+@pytest.fixture
+def make_stack(broker, tmp_path):
+    """Factory: make_stack(workers=2, **settings) -> (settings, Workers) with workers started."""
+    started: list[Workers] = []
+
+    def make(start: bool = True, **changes) -> tuple[Settings, Workers]:
+        settings = stack_settings(broker, tmp_path / f"var{len(started)}", **changes)
+        workers = Workers(settings, tmp_path / f"logs{len(started)}")
+        started.append(workers)
+        if start:
+            workers.start()
+            workers.wait_assigned()
+        return settings, workers
+
+    yield make
+    for w in started:
+        w.stop()

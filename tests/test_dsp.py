@@ -1,0 +1,102 @@
+"""The spectrum is Welch's average: checked against scipy.signal.welch, tones and white noise."""
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from quax_faust import dsp
+
+FS = 2e6
+L = 3072
+
+
+def welch_oracle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f, p = scipy.signal.welch(x, fs=FS, window="boxcar", nperseg=L, noverlap=0, detrend=False,
+                              return_onesided=False, scaling="density")
+    return np.fft.fftshift(f), np.fft.fftshift(p)
+
+
+def file_mean(x: np.ndarray, **kw) -> np.ndarray:
+    n = x.shape[0] // L
+    s = dsp.power_sums(x[: n * L].reshape(n, L), FS, **kw)
+    assert s.n_slices == n
+    return dsp.mean_and_std(s.power_sum, s.power_sumsq, s.n_slices)[0]
+
+
+@pytest.mark.parametrize("n_samples", [L * 40, L * 40 + 2048, 65536, L * 131 + 7])
+def test_file_mean_equals_welch(n_samples):
+    rng = np.random.default_rng(n_samples)
+    x = (rng.standard_normal(n_samples) + 1j * rng.standard_normal(n_samples)).astype(np.complex64)
+    x *= np.linspace(0.5, 2.0, n_samples).astype(np.float32)  # not stationary: a real test of the mean
+    f, p = welch_oracle(x)
+    np.testing.assert_allclose(dsp.frequency_axis_hz(L, FS), f)
+    assert np.max(np.abs(file_mean(x) - p)) <= 1e-5 * p.mean()
+
+
+def test_block_size_and_mask_do_not_change_the_result():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((100, L)) + 1j * rng.standard_normal((100, L))).astype(np.complex64)
+    a = dsp.power_sums(x, FS, block_rows=64)
+    b = dsp.power_sums(x, FS, block_rows=7)
+    np.testing.assert_allclose(a.power_sum, b.power_sum, rtol=1e-12)
+    mask = np.zeros(100, bool)
+    mask[10:37] = True
+    c = dsp.power_sums(x, FS, counted=mask)
+    d = dsp.power_sums(x[10:37], FS)
+    assert c.n_slices == 27
+    np.testing.assert_allclose(c.power_sum, d.power_sum, rtol=1e-12)
+    np.testing.assert_allclose(c.power_sumsq, d.power_sumsq, rtol=1e-12)
+
+
+def test_tone_lands_in_its_bin_with_its_power():
+    bin_hz = FS / L
+    k = 200  # bins above DC
+    amplitude = 0.5
+    t = np.arange(L * 20) / FS
+    x = (amplitude * np.exp(2j * np.pi * k * bin_hz * t)).astype(np.complex64)
+    mean = file_mean(x)
+    freq = dsp.frequency_axis_hz(L, FS)
+    peak = int(np.argmax(mean))
+    assert freq[peak] == pytest.approx(k * bin_hz)
+    # A bin-centred tone of amplitude A puts A**2 of power into one bin: density A**2 / bin width.
+    assert mean[peak] == pytest.approx(amplitude**2 / bin_hz, rel=1e-5)
+    assert mean.sum() * bin_hz == pytest.approx(amplitude**2, rel=1e-5)  # Parseval
+
+
+def test_lo_frequency_offsets_the_axis():
+    f = dsp.frequency_axis_hz(L, FS, lo_frequency_hz=10.5e9)
+    assert f[L // 2] == 10.5e9
+    assert f[0] == pytest.approx(10.5e9 - FS / 2)
+    assert f[1] - f[0] == pytest.approx(FS / L)
+
+
+def test_white_noise_is_flat_with_one_over_sqrt_n_scatter():
+    rng = np.random.default_rng(7)
+    n_slices, sigma = 400, 1.0
+    x = (rng.standard_normal(n_slices * L) + 1j * rng.standard_normal(n_slices * L)).astype(np.complex64) * sigma
+    s = dsp.power_sums(x.reshape(n_slices, L), FS)
+    mean, std = dsp.mean_and_std(s.power_sum, s.power_sumsq, s.n_slices)
+    level = 2 * sigma**2 / FS  # complex noise, variance 2 sigma**2 spread over FS Hz
+    assert mean.mean() == pytest.approx(level, rel=0.01)
+    # Each periodogram bin is exponential (std = mean): the average over N scatters by 1/sqrt(N).
+    assert np.std(mean / level) == pytest.approx(1 / np.sqrt(n_slices), rel=0.1)
+    assert np.median(std / mean) == pytest.approx(1.0, rel=0.05)
+
+
+def test_merge_moments_equals_pooled_statistics():
+    rng = np.random.default_rng(1)
+    a, b = rng.exponential(size=(30, 5)), rng.exponential(size=(55, 5))
+    m2 = lambda x: ((x - x.mean(0)) ** 2).sum(0)
+    n, mean, merged = dsp.merge_moments(30, a.mean(0), m2(a), 55, b.mean(0), m2(b))
+    both = np.vstack([a, b])
+    assert n == 85
+    np.testing.assert_allclose(mean, both.mean(0))
+    np.testing.assert_allclose(merged, m2(both))
+    np.testing.assert_allclose(dsp.standard_error(merged, n), both.std(0, ddof=1) / np.sqrt(85))
+
+
+def test_rejects_real_or_1d_input():
+    with pytest.raises(ValueError, match="complex"):
+        dsp.power_sums(np.zeros((2, L)), FS)
+    with pytest.raises(ValueError, match="2-D"):
+        dsp.power_sums(np.zeros(L, np.complex64), FS)
