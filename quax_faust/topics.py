@@ -6,9 +6,12 @@ with another partition count is an error (a file's slices would not land where i
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from .settings import Settings
 
@@ -21,11 +24,26 @@ def topic_plan(settings: Settings) -> dict[str, int]:
             f"{settings.slices_topic}.rejected": 1}
 
 
-async def ensure_topics(settings: Settings) -> dict[str, int]:
+async def _connect(bootstrap: str, wait_s: float) -> AIOKafkaAdminClient:
+    """An admin client, retrying while the broker is still starting (up to wait_s seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError:
+            await admin.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no Kafka broker answers at {bootstrap} after {wait_s:.0f} s") from None
+            log.info("waiting for the broker at %s", bootstrap)
+            await asyncio.sleep(1.0)
+
+
+async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, int]:
     """Create missing topics; raise RuntimeError if one exists with the wrong partition count."""
     plan = topic_plan(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=30000)
-    await admin.start()
+    admin = await _connect(settings.broker, wait_s)
     try:
         existing = await _partition_counts(admin, plan)
         missing = [NewTopic(name, n, 1, topic_configs={"max.message.bytes": str(settings.max_message_bytes)})

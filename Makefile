@@ -1,0 +1,24 @@
+# quax-stream: `make demo` runs the live chain on synthetic data; `make test` runs the tests.
+SHELL := /bin/bash
+VENV := .venv/bin
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: setup demo test test-fast bench clean-var
+
+setup:
+	@ops/setup.sh
+
+## The live demo: broker, four Faust workers, the DAQ emulator at real-time pace (Ctrl-C stops all).
+demo: setup
+	@ops/demo.sh
+
+## The test suite, against a real broker the fixtures start on 127.0.0.1.
+test: setup
+	$(VENV)/python -m pytest -ra $(PYTEST_ARGS)
+
+## Only the tests that need no broker.
+test-fast: setup
+	$(VENV)/python -m pytest -ra -m "not broker" $(PYTEST_ARGS)
+
+clean-var:
+	rm -rf var/kafka var/workers var/demo-daq

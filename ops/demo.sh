@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make demo`: the whole live chain on this machine under honcho (Procfile). Ctrl-C stops it all.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export PATH=$repo/.venv/bin:$PATH PYTHONUNBUFFERED=1
+port_base=${QUAX_WEB_PORT_BASE:-6066}
+cat <<MSG
+quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace.
+  worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
+                 http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
+  metrics:       http://127.0.0.1:$port_base/metrics
+  export a run:  .venv/bin/quax export --run <run> --out run.npz
+Ctrl-C stops everything.
+MSG
+exec honcho start -f Procfile

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything quax-stream needs on a fresh Debian machine; idempotent and quick when done.
+#   - Debian packages: prometheus (metrics), chromium (browser tests) — only when run as root
+#   - Python venv .venv with the project and its test extras (pinned in pyproject.toml)
+#   - Apache Kafka jars from Maven Central (ops/kafka/pom.xml) into var/kafka-lib
+# Set QUAX_SETUP_SPARK=1 to install pyspark and the Spark Kafka connector too (ops/spark).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    echo "[setup] apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "[setup] missing Debian packages (install as root): ${need_apt[*]}" >&2
+  fi
+fi
+
+stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+  echo "[setup] Python venv .venv"
+  [[ -x .venv/bin/python ]] || "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip wheel
+  extras=test
+  [[ ${QUAX_SETUP_SPARK:-0} == 1 ]] && extras=test,spark
+  .venv/bin/pip install -q -e ".[$extras]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+ops/kafka/broker.sh install
+if [[ -x ops/spark/install.sh && ${QUAX_SETUP_SPARK:-0} == 1 ]]; then ops/spark/install.sh; fi
+echo "[setup] ready"
