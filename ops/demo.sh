@@ -13,4 +13,13 @@ quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, D
   export a run:  .venv/bin/quax export --run <run> --out run.npz
 Ctrl-C stops everything.
 MSG
-exec honcho start -f Procfile
+# honcho gives processes 5 s after SIGTERM; Faust workers need longer to flush their tables.
+exec python - <<'PY'
+import sys
+import honcho.manager
+from honcho.command import main
+
+honcho.manager.KILL_WAIT = 30
+sys.argv = ["honcho", "start", "-f", "Procfile"]
+main()
+PY

@@ -27,6 +27,14 @@ def topic_plan(settings: Settings) -> dict[str, int]:
 async def _connect(bootstrap: str, wait_s: float) -> AIOKafkaAdminClient:
     """An admin client, retrying while the broker is still starting (up to wait_s seconds)."""
     deadline = time.monotonic() + wait_s
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # one line per retry is enough
+    try:
+        return await _retry_connect(bootstrap, deadline, wait_s)
+    finally:
+        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+
+
+async def _retry_connect(bootstrap: str, deadline: float, wait_s: float) -> AIOKafkaAdminClient:
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
         try:
