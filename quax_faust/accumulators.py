@@ -124,15 +124,21 @@ class FileAccumulator:
         seen = self.counted[batch.first_slice: batch.first_slice + batch.slice_count]
         return ~seen
 
-    def add(self, batch: SliceBatch, new: np.ndarray, sums: dsp.PowerSums) -> None:
-        """Count the batch's new slices (mask ``new``), whose periodogram sums are ``sums``."""
+    def add(self, batch: SliceBatch, new: np.ndarray, sums: dsp.PowerSums | None) -> None:
+        """Count the batch's new slices (mask ``new``), whose periodogram sums are ``sums``.
+
+        ``sums`` is None when no slice is new; the repeats are counted in ``duplicate_slices``.
+        """
         if self.status != FILLING:
             raise StateError("file_complete", f"{self.run} file {self.file_index} is already complete")
+        n_new = 0 if sums is None else sums.n_slices
+        self.duplicate_slices += batch.slice_count - n_new
+        if sums is None:
+            return
         self.power_sum += sums.power_sum
         self.power_sumsq += sums.power_sumsq
         self.counted[batch.first_slice: batch.first_slice + batch.slice_count] |= new
-        self.n_counted += sums.n_slices
-        self.duplicate_slices += batch.slice_count - sums.n_slices
+        self.n_counted += n_new
         self.first_produced_at_s = min(self.first_produced_at_s, batch.produced_at_s)
         self.last_produced_at_s = max(self.last_produced_at_s, batch.produced_at_s)
 

@@ -81,15 +81,16 @@ async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
         files_table[key] = stored  # re-assert, so the changelog holds what RocksDB holds
         return
     new = acc.new_slices(batch)
+    sums = None
     if new.any():
         fft_started = time.perf_counter()
         sums = dsp.power_sums(batch.samples, batch.sample_rate_hz, counted=None if new.all() else new,
                               block_rows=settings.fft_block_rows, threads=settings.fft_threads)
         metrics.FFT_SECONDS.observe(time.perf_counter() - fft_started)
-        acc.add(batch, new, sums)
         metrics.SLICES.inc(sums.n_slices)
         metrics.SAMPLE_BYTES.inc(batch.samples.nbytes)
-    metrics.DUPLICATE_SLICES.inc(int((~new).sum()))
+    acc.add(batch, new, sums)
+    metrics.DUPLICATE_SLICES.inc(batch.slice_count - (sums.n_slices if sums else 0))
     if acc.is_complete:
         spectrum = acc.spectrum(completed_at_s=time.time())
         # Wait for the broker's ack before forgetting the sums: a crash in between re-sends it, and

@@ -1,0 +1,100 @@
+"""Table values: a slice or a file delivered twice is counted once; state survives serialisation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from quax_faust import dsp, wire
+from quax_faust.accumulators import COMPLETE, FileAccumulator, IndexSet, RunAccumulator, StateError
+
+L, FS = 256, 2e6
+
+
+def file_slices(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, L)) + 1j * rng.standard_normal((n, L))).astype(np.complex64)
+
+
+def deliver(acc, x, first, count, produced_at=1.0):
+    b = wire.SliceBatch("r", 7, first, x.shape[0], 5, FS, produced_at, x[first:first + count])
+    acc = acc or FileAccumulator.for_batch(b)
+    new = acc.new_slices(b)
+    acc.add(b, new, dsp.power_sums(b.samples, FS, counted=new) if new.any() else None)
+    return FileAccumulator.from_bytes(acc.to_bytes())  # as the table stores it
+
+
+def test_redelivered_and_overlapping_batches_count_each_slice_once():
+    x = file_slices()
+    acc = None
+    for first, count in [(0, 8), (8, 8), (0, 8), (4, 9), (16, 4), (16, 4)]:
+        acc = deliver(acc, x, first, count)
+    assert acc.is_complete and acc.n_counted == 20
+    assert acc.duplicate_slices == 8 + 9 + 4  # (0,8) again, (4,9) all seen, (16,4) again
+    ref = dsp.power_sums(x, FS)
+    np.testing.assert_allclose(acc.power_sum, ref.power_sum, rtol=1e-12)
+    np.testing.assert_allclose(acc.power_sumsq, ref.power_sumsq, rtol=1e-12)
+
+
+def test_spectrum_and_completion():
+    x = file_slices()
+    acc = deliver(None, x, 0, 20, produced_at=5.0)
+    spec = acc.spectrum(completed_at_s=5.25)
+    mean, std = dsp.mean_and_std(acc.power_sum, acc.power_sumsq, 20)
+    np.testing.assert_array_equal(spec.mean, mean)
+    assert spec.latency_s == 0.25 and spec.n_slices == 20 and spec.tail_samples == 5
+    acc.mark_complete()
+    back = FileAccumulator.from_bytes(acc.to_bytes())
+    assert back.status == COMPLETE and back.power_sum is None and back.n_counted == 20
+    assert len(acc.to_bytes()) < 100  # finished files leave the hot state small
+
+
+def test_inconsistent_batch_is_refused():
+    x = file_slices()
+    acc = deliver(None, x, 0, 4)
+    other = wire.SliceBatch("r", 7, 4, 21, 5, FS, 1.0, x[4:8])
+    with pytest.raises(StateError) as info:
+        acc.new_slices(other)
+    assert info.value.reason == "inconsistent_file"
+
+
+def spectrum(index, n, seed):
+    rng = np.random.default_rng(seed)
+    p = rng.exponential(size=(n, L))
+    return wire.FileSpectrum("r", index, n, 5, FS, 0, 0, float(index), p.mean(0), p.std(0, ddof=1)), p
+
+
+def test_run_average_is_the_mean_over_all_slices_and_repeats_are_ignored():
+    run, rows = None, []
+    for index, n in [(0, 10), (1, 7), (2, 12), (1, 7), (5, 3)]:
+        spec, p = spectrum(index, n, seed=index)
+        run = run or RunAccumulator.for_spectrum(spec)
+        if run.fold(spec):
+            rows.append(p)
+        run = RunAccumulator.from_bytes(run.to_bytes())
+    allp = np.vstack(rows)
+    assert run.n_files == 4 and run.n_slices == 32 and run.duplicate_files == 1
+    assert list(run.files) == [0, 1, 2, 5] and run.latest_file_index == 5
+    np.testing.assert_allclose(run.mean, allp.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(run.sem, allp.std(0, ddof=1) / np.sqrt(32), rtol=1e-10)
+    assert run.tail_samples_total == 20
+
+
+def test_run_refuses_another_slice_length():
+    spec, _ = spectrum(0, 4, 0)
+    run = RunAccumulator.for_spectrum(spec)
+    other = wire.FileSpectrum("r", 1, 4, 0, FS, 0, 0, 0, np.ones(L // 2), np.ones(L // 2))
+    with pytest.raises(StateError):
+        run.fold(other)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=120))
+def test_index_set_behaves_like_a_set(values):
+    s, ref = IndexSet(), set()
+    for v in values:
+        assert s.add(v) == (v not in ref)
+        ref.add(v)
+    assert sorted(ref) == list(s) and len(s) == len(ref)
+    back = IndexSet(s.bounds())
+    assert list(back) == sorted(ref)
+    assert all((v in back) == (v in ref) for v in range(-1, 302))

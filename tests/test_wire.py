@@ -1,0 +1,106 @@
+"""Wire format: round trips, and every kind of malformed message is rejected with a reason."""
+
+import struct
+
+import numpy as np
+import pytest
+
+from quax_faust import wire
+
+L = 3072
+
+
+def batch(**changes) -> wire.SliceBatch:
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal((3, L)) + 1j * rng.standard_normal((3, L))).astype(np.complex64)
+    fields = dict(run="run-1", file_index=70000, first_slice=6, slices_in_file=2730, tail_samples=2048,
+                  sample_rate_hz=2e6, produced_at_s=1.7e9, samples=samples)
+    fields.update(changes)
+    return wire.SliceBatch(**fields)
+
+
+def test_slice_batch_round_trip():
+    b = batch()
+    out = wire.decode_slice_batch(wire.encode_slice_batch(b))
+    assert (out.run, out.file_index, out.first_slice, out.slices_in_file, out.tail_samples) == \
+        ("run-1", 70000, 6, 2730, 2048)
+    assert out.sample_rate_hz == 2e6 and out.produced_at_s == 1.7e9
+    assert out.samples.dtype == np.complex64 and out.samples.shape == (3, L)
+    np.testing.assert_array_equal(out.samples, b.samples)
+    assert not out.is_last and batch(first_slice=2727).is_last
+
+
+def test_file_index_beyond_16_bits():
+    # The original's 2-byte index wrapped after 65,535 files (~3 days at 4.2 s per file).
+    for index in (65536, 2**32 - 1):
+        assert wire.decode_slice_batch(wire.encode_slice_batch(batch(file_index=index))).file_index == index
+
+
+def test_file_spectrum_round_trip():
+    mean, std = np.linspace(1, 2, L), np.linspace(0.1, 0.2, L)
+    spec = wire.FileSpectrum("r", 3, 2730, 2048, 2e6, 10.0, 12.0, 12.5, mean, std)
+    out = wire.decode_file_spectrum(wire.encode_file_spectrum(spec))
+    np.testing.assert_array_equal(out.mean, mean)
+    np.testing.assert_array_equal(out.std, std)
+    assert (out.run, out.file_index, out.n_slices, out.latency_s) == ("r", 3, 2730, 0.5)
+
+
+def reason(data) -> str:
+    with pytest.raises(wire.WireError) as info:
+        wire.decode_slice_batch(data)
+    return info.value.reason
+
+
+def patched(offset: int, fmt: str, value) -> bytes:
+    data = bytearray(wire.encode_slice_batch(batch()))
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+# Header offsets: magic 0, version 4, header_len 6, run_len 8, sample_format 10, file_index 12,
+# first_slice 16, slice_count 20, slices_in_file 24, slice_len 28, tail 32, rate 36, produced_at 44.
+@pytest.mark.parametrize("data, expected", [
+    (b"", "truncated"),
+    (b"QXSB\x01\x00", "truncated"),
+    (b"X" * 100, "bad_magic"),
+    (patched(4, "<H", 2), "bad_version"),
+    (patched(6, "<H", 40), "bad_header"),
+    (patched(8, "<H", 200), "bad_header"),
+    (patched(10, "<H", 9), "bad_sample_format"),
+    (patched(20, "<I", 0), "bad_slice_range"),
+    (patched(24, "<I", 7), "bad_slice_range"),
+    (patched(28, "<I", 0), "bad_slice_len"),
+    (patched(32, "<I", 5000), "bad_tail"),
+    (patched(36, "<d", float("nan")), "bad_sample_rate"),
+    (patched(36, "<d", -2e6), "bad_sample_rate"),
+    (patched(44, "<d", float("inf")), "bad_timestamp"),
+    (wire.encode_slice_batch(batch())[:-8], "bad_length"),
+    (wire.encode_slice_batch(batch()) + b"\0", "bad_length"),
+    (wire.encode_file_spectrum(wire.FileSpectrum("r", 0, 1, 0, 2e6, 0, 0, 0, np.ones(4), np.ones(4))), "bad_magic"),
+])
+def test_malformed_slice_messages_are_rejected_with_a_reason(data, expected):
+    assert reason(data) == expected
+
+
+def test_bad_run_id_in_message():
+    data = bytearray(wire.encode_slice_batch(batch(run="abc")))
+    data[52:55] = b"a/b"
+    assert reason(bytes(data)) == "bad_run_id"
+    data[52:55] = b"\xff\xfe\xfd"
+    assert reason(bytes(data)) == "bad_run_id"
+
+
+def test_encoder_refuses_what_the_decoder_would_reject():
+    with pytest.raises(ValueError, match="run id"):
+        wire.encode_slice_batch(batch(run="has space"))
+    with pytest.raises(ValueError, match="exceeds"):
+        wire.encode_slice_batch(batch(first_slice=2729))
+
+
+def test_malformed_spectrum_messages():
+    good = wire.encode_file_spectrum(wire.FileSpectrum("r", 0, 5, 0, 2e6, 0, 0, 0, np.ones(8), np.ones(8)))
+    for data, expected in [(good[:-1], "bad_length"), (good[:30], "truncated"),
+                           (wire.encode_slice_batch(batch()), "bad_magic")]:
+        with pytest.raises(wire.WireError) as info:
+            wire.decode_file_spectrum(data)
+        assert info.value.reason == expected
