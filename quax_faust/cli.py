@@ -99,6 +99,12 @@ def cmd_export(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_settings(args, settings: Settings) -> int:
+    for f in fields(Settings):
+        print(f"{f.name:24} {ENV_PREFIX + f.name.upper():32} {getattr(settings, f.name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _settings_parser()
     parser = argparse.ArgumentParser(prog="quax", description=__doc__,
@@ -130,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("settings", parents=[common], help="print every setting and its env variable")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("export", parents=[common], help="write a run from the live tables to .npz/.csv")
     p.add_argument("--run", required=True)
