@@ -131,6 +131,9 @@ class FileAccumulator:
         """
         if self.status != FILLING:
             raise StateError("file_complete", f"{self.run} file {self.file_index} is already complete")
+        if sums is not None and not (np.isfinite(sums.power_sum).all() and np.isfinite(sums.power_sumsq).all()):
+            raise StateError("non_finite_samples", f"{self.run} file {self.file_index}: slices "
+                             f"{batch.first_slice}..{batch.first_slice + batch.slice_count - 1} hold NaN/Inf")
         n_new = 0 if sums is None else sums.n_slices
         self.duplicate_slices += batch.slice_count - n_new
         if sums is None:

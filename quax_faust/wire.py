@@ -180,6 +180,12 @@ def decode_file_spectrum(data: bytes | memoryview) -> FileSpectrum:
         raise WireError("bad_length", f"{len(data)} bytes, expected {expected} for mean and std "
                         f"of {slice_len} bins")
     values = np.frombuffer(data, dtype="<f8", offset=header_len).reshape(2, slice_len)
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise WireError("bad_values", "mean and std must be finite and non-negative")
+    for name, at in (("first_produced_at_s", first_at), ("last_produced_at_s", last_at),
+                     ("completed_at_s", completed_at)):
+        if not np.isfinite(at):
+            raise WireError("bad_timestamp", f"{name} is not finite")
     return FileSpectrum(run, file_index, n_slices, tail_samples, sample_rate_hz, first_at, last_at,
                         completed_at, values[0], values[1])
 

@@ -98,3 +98,16 @@ def test_index_set_behaves_like_a_set(values):
     back = IndexSet(s.bounds())
     assert list(back) == sorted(ref)
     assert all((v in back) == (v in ref) for v in range(-1, 302))
+
+
+def test_non_finite_samples_are_refused_and_change_nothing():
+    x = file_slices()
+    acc = deliver(None, x, 0, 4)
+    before = acc.to_bytes()
+    x[5, 17] = np.nan
+    b = wire.SliceBatch("r", 7, 4, 20, 5, FS, 1.0, x[4:8])
+    new = acc.new_slices(b)
+    with pytest.raises(StateError) as info:
+        acc.add(b, new, dsp.power_sums(b.samples, FS, counted=new))
+    assert info.value.reason == "non_finite_samples"
+    assert acc.to_bytes() == before

@@ -99,7 +99,8 @@ def test_encoder_refuses_what_the_decoder_would_reject():
 
 def test_malformed_spectrum_messages():
     good = wire.encode_file_spectrum(wire.FileSpectrum("r", 0, 5, 0, 2e6, 0, 0, 0, np.ones(8), np.ones(8)))
-    for data, expected in [(good[:-1], "bad_length"), (good[:30], "truncated"),
+    nan = wire.encode_file_spectrum(wire.FileSpectrum("r", 0, 5, 0, 2e6, 0, 0, 0, np.full(8, np.nan), np.ones(8)))
+    for data, expected in [(good[:-1], "bad_length"), (good[:30], "truncated"), (nan, "bad_values"),
                            (wire.encode_slice_batch(batch()), "bad_magic")]:
         with pytest.raises(wire.WireError) as info:
             wire.decode_file_spectrum(data)
