@@ -63,11 +63,15 @@ def cmd_topics(args, settings: Settings) -> int:
 def cmd_produce(args, settings: Settings) -> int:
     from .producer import produce_directory
 
-    report = asyncio.run(produce_directory(settings, args.source, args.run, args.pace, loop=args.loop))
+    report = asyncio.run(produce_directory(
+        settings, args.source, args.run, args.pace, loop=args.loop, follow=args.follow,
+        checkpoint=not args.no_checkpoint, quarantine_dir=args.quarantine, idle_exit_s=args.idle_exit,
+        settle_s=args.settle_s))
     print(f"sent {report.files_sent} files, {report.slices_sent} slices in {report.messages_sent} "
           f"messages ({report.bytes_sent / 1e6:.1f} MB), {report.data_seconds:.1f} s of data in "
           f"{report.wall_seconds:.1f} s = {report.realtime_factor:.2f}x real time; "
-          f"{report.tail_samples_dropped} tail samples dropped; {len(report.skipped)} files skipped")
+          f"{report.tail_samples_dropped} tail samples dropped; {len(report.skipped)} files skipped; "
+          f"{report.already_sent} sent before (checkpoint)")
     for reason in report.skipped:
         print(f"  skipped: {reason}")
     return 1 if report.skipped and args.strict else 0
@@ -130,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pace", default="realtime", help="realtime, max, or a real-time factor (e.g. 10)")
     p.add_argument("--loop", type=int, default=1, help="send the directory this many times, renumbering files")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
+    p.add_argument("--follow", action="store_true",
+                   help="keep watching SOURCE for new pairs (a live DAQ directory) until Ctrl-C")
+    p.add_argument("--idle-exit", type=float, metavar="S", help="with --follow: stop after S s without a new pair")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="with --follow: a pair is complete when its sizes were stable this long (s)")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="send every pair even if the run's checkpoint says it was sent")
+    p.add_argument("--quarantine", type=Path, help="where bad pairs are moved (default SOURCE/quarantine)")
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("worker", parents=[common], help="run Faust worker K (web port web_port_base+K)")

@@ -3,12 +3,19 @@
 One long-lived Kafka producer sends each file as messages of ``slices_per_message`` consecutive
 whole slices, keyed ``run/file`` so a file stays in one partition. Pace: ``realtime`` releases one
 file per file duration (4.194 s for real files), a number X runs X times faster, ``max`` does not wait.
+
+``follow`` watches a live DAQ directory: a pair is sent once both files exist and their sizes have
+not changed for ``settle_s``. A checkpoint (var/producer/<run>.json) records the files sent, so a
+restarted producer resumes with the next file; re-sending a file changes nothing downstream.
+Bad pairs are reported, moved to a quarantine folder with a ``.reason.txt``, and skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +24,7 @@ from typing import Iterable, Iterator
 from aiokafka import AIOKafkaProducer
 
 from . import daq, wire
+from .accumulators import IndexSet
 from .settings import Settings
 from .topics import ensure_topics
 
@@ -51,6 +59,7 @@ class ProduceReport:
     data_seconds: float = 0.0
     wall_seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    already_sent: int = 0
 
     @property
     def realtime_factor(self) -> float:
@@ -102,59 +111,174 @@ def _stamped(batch: wire.SliceBatch) -> wire.SliceBatch:
                            batch.tail_samples, batch.sample_rate_hz, time.time(), batch.samples)
 
 
+class Checkpoint:
+    """The file indices of a run already sent and acknowledged, kept in a small JSON file."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.sent = IndexSet()
+        if path is not None and path.exists():
+            self.sent = IndexSet(json.loads(path.read_text())["sent"])
+
+    def add(self, file_index: int) -> None:
+        self.sent.add(file_index)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"sent": self.sent.bounds().tolist()}))
+            tmp.replace(self.path)  # atomic: a crash leaves the old or the new checkpoint
+
+    def __contains__(self, file_index: int) -> bool:
+        return file_index in self.sent
+
+
+def quarantine(paths: Iterable[Path], reason: str, quarantine_dir: Path) -> None:
+    """Move bad DAQ files out of the way, with a note of why, so the run goes on without them."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for path in paths:
+        if path.exists():
+            shutil.move(str(path), quarantine_dir / path.name)
+            moved.append(path.name)
+    if moved:
+        (quarantine_dir / (Path(moved[0]).stem + ".reason.txt")).write_text(reason + "\n")
+        log.error("quarantined %s in %s: %s", " + ".join(moved), quarantine_dir, reason)
+
+
+@dataclass
+class _PendingPair:
+    """A pair seen in follow mode, not yet stable: sizes at the last look and when they last changed."""
+
+    sizes: tuple[int, int] | None
+    changed_at: float
+
+
+class DirectoryFeed:
+    """The pairs of a DAQ directory that are ready to send, in file order.
+
+    In follow mode a pair is ready when both files exist and their sizes have not changed for
+    settle_s; a file whose partner has not appeared after partner_timeout_s is quarantined.
+    """
+
+    def __init__(self, source: Path, quarantine_dir: Path, *, follow: bool, settle_s: float = 1.0,
+                 partner_timeout_s: float = 120.0):
+        self.source, self.quarantine_dir, self.follow = Path(source), Path(quarantine_dir), follow
+        self.settle_s, self.partner_timeout_s = settle_s, partner_timeout_s
+        self._seen: dict[int, _PendingPair] = {}
+
+    def ready(self, skip: Checkpoint) -> tuple[list[daq.FilePair], list[str]]:
+        pairs, problems = daq.scan_dir(self.source)
+        now = time.monotonic()
+        bad = []
+        for problem in problems:  # files without a partner
+            index = int(daq.FILE_PATTERN.fullmatch(problem.path.name).group(2))
+            first_seen = self._seen.setdefault(index, _PendingPair(None, now)).changed_at
+            if not self.follow or now - first_seen > self.partner_timeout_s:
+                quarantine([problem.path], str(problem), self.quarantine_dir)
+                bad.append(str(problem))
+                self._seen.pop(index, None)
+        ready = []
+        for pair in pairs:
+            if pair.file_index in skip:
+                continue
+            if self.follow:
+                sizes = (pair.i_path.stat().st_size, pair.q_path.stat().st_size)
+                entry = self._seen.setdefault(pair.file_index, _PendingPair(sizes, now))
+                if entry.sizes != sizes:
+                    entry.sizes, entry.changed_at = sizes, now
+                if now - entry.changed_at < self.settle_s:
+                    continue
+            self._seen.pop(pair.file_index, None)
+            ready.append(pair)
+        return ready, bad
+
+
 async def produce_directory(settings: Settings, source: Path, run: str, pace: str | float = "realtime",
                             *, loop: int = 1, progress: bool = True,
-                            indices: Iterable[int] | None = None) -> ProduceReport:
-    """Send every valid pair of ``source`` (``loop`` times, renumbering files after the first pass).
+                            indices: Iterable[int] | None = None, follow: bool = False,
+                            checkpoint: bool = True, quarantine_dir: Path | None = None,
+                            idle_exit_s: float | None = None, settle_s: float = 1.0,
+                            partner_timeout_s: float = 120.0) -> ProduceReport:
+    """Send the valid pairs of ``source`` as run ``run``; return what was sent and skipped.
 
-    Bad pairs (missing partner, odd size, i/q mismatch, NaN/Inf) are logged, listed in the report
-    and skipped; the run goes on.
+    loop > 1 sends the directory again with new file numbers (a demo of an endless run; no
+    checkpoint then). follow keeps watching for new pairs until Ctrl-C, or until no new pair has
+    come for idle_exit_s seconds. Bad pairs are logged, quarantined (default: source/quarantine)
+    and listed in the report; the run goes on.
     """
     wire.check_run_id(run)
-    speed = parse_pace(pace)
-    pairs, problems = daq.scan_dir(source)
+    speed = float("inf") if follow else parse_pace(pace)
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"DAQ directory {source} does not exist")
+    feed = DirectoryFeed(source, quarantine_dir or source / "quarantine", follow=follow,
+                         settle_s=settle_s, partner_timeout_s=partner_timeout_s)
+    use_checkpoint = checkpoint and loop == 1
+    done = Checkpoint(Path(settings.var_dir) / "producer" / f"{run}.json" if use_checkpoint else None)
+    wanted = None if indices is None else set(indices)
     report = ProduceReport()
-    for problem in problems:
-        log.error("skipping %s", problem)
-        report.skipped.append(str(problem))
-    if indices is not None:
-        wanted = set(indices)
-        pairs = [p for p in pairs if p.file_index in wanted]
-    if not pairs:
-        raise FileNotFoundError(f"no duck_i/duck_q pairs in {source}")
-    next_index = max(p.file_index for p in pairs) + 1
-    started = time.monotonic()
+    started = last_new = time.monotonic()
     async with DaqProducer(settings) as producer:
+        next_index = None
         for lap in range(loop):
-            for pair in pairs:
-                file_index = pair.file_index if lap == 0 else next_index
-                if lap:
-                    next_index += 1
-                try:
-                    samples = daq.read_pair(pair)
-                except daq.DaqError as exc:
-                    log.error("skipping %s", exc)
-                    report.skipped.append(str(exc))
-                    continue
-                # Real time: the DAQ finishes writing a file one file-duration after the previous one.
-                due = started + report.data_seconds / speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                n_slices, n_messages, n_bytes = await producer.send_file(run, file_index, samples)
-                layout = daq.SliceLayout(samples.shape[0], settings.slice_len)
-                report.files_sent += 1
-                report.slices_sent += n_slices
-                report.messages_sent += n_messages
-                report.bytes_sent += n_bytes
-                report.tail_samples_dropped += layout.tail_samples
-                report.data_seconds += samples.shape[0] / settings.sample_rate_hz
-                report.wall_seconds = time.monotonic() - started
-                if progress:
-                    log.info("run %s file %05d: %d slices in %d messages (tail %d dropped); "
-                             "%d files, %.1f s of data in %.1f s = %.2fx real time",
-                             run, file_index, n_slices, n_messages, layout.tail_samples,
-                             report.files_sent, report.data_seconds, report.wall_seconds,
-                             report.realtime_factor)
+            while True:
+                pairs, bad = feed.ready(done if lap == 0 else Checkpoint(None))
+                report.skipped += bad
+                pairs = [p for p in pairs if wanted is None or p.file_index in wanted]
+                if lap == 0 and not follow:
+                    report.already_sent = sum(1 for p in daq.scan_dir(source)[0] if p.file_index in done)
+                    if not pairs and not report.already_sent:
+                        raise FileNotFoundError(f"no valid duck_i/duck_q pairs in {source}")
+                if next_index is None and pairs:
+                    next_index = max(p.file_index for p in pairs) + 1
+                for pair in pairs:
+                    file_index = pair.file_index
+                    if lap:
+                        file_index, next_index = next_index, next_index + 1
+                    if await _send_pair(producer, settings, run, pair, file_index, speed, started,
+                                        report, feed.quarantine_dir, progress):
+                        done.add(file_index)
+                        last_new = time.monotonic()
+                if not follow:
+                    break
+                if idle_exit_s is not None and time.monotonic() - last_new > idle_exit_s:
+                    break
+                await asyncio.sleep(0.2)
     report.wall_seconds = time.monotonic() - started
+    if report.already_sent:
+        log.info("%d files of run %s were sent before (checkpoint); not sent again", report.already_sent, run)
     return report
+
+
+async def _send_pair(producer: DaqProducer, settings: Settings, run: str, pair: daq.FilePair,
+                     file_index: int, speed: float, started: float, report: ProduceReport,
+                     quarantine_dir: Path, progress: bool) -> bool:
+    """Read, check and send one pair (paced); quarantine it if bad. True if sent."""
+    try:
+        samples = daq.read_pair(pair)
+        layout = daq.SliceLayout(samples.shape[0], settings.slice_len)
+        if layout.n_slices == 0:
+            raise daq.DaqError("too_short", pair.i_path, f"{samples.shape[0]} samples, fewer than one "
+                               f"slice of {settings.slice_len}")
+    except daq.DaqError as exc:
+        quarantine([pair.i_path, pair.q_path], str(exc), quarantine_dir)
+        report.skipped.append(str(exc))
+        return False
+    # Real time: the DAQ finishes writing a file one file-duration after the previous one.
+    delay = started + report.data_seconds / speed - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    n_slices, n_messages, n_bytes = await producer.send_file(run, file_index, samples)
+    report.files_sent += 1
+    report.slices_sent += n_slices
+    report.messages_sent += n_messages
+    report.bytes_sent += n_bytes
+    report.tail_samples_dropped += layout.tail_samples
+    report.data_seconds += samples.shape[0] / settings.sample_rate_hz
+    report.wall_seconds = time.monotonic() - started
+    if progress:
+        log.info("run %s file %05d: %d slices in %d messages (tail %d dropped); %d files, %.1f s of "
+                 "data in %.1f s = %.2fx real time", run, file_index, n_slices, n_messages,
+                 layout.tail_samples, report.files_sent, report.data_seconds, report.wall_seconds,
+                 report.realtime_factor)
+    return True
