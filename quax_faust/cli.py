@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
+
+    from . import candidates
+    candidates.register(sub, common)  # quax analyse
     return parser
 
 

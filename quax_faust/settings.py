@@ -55,6 +55,26 @@ class Settings:
     var_dir: Path = REPO_DIR / "var"
     """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
 
+    # --- the candidate search (quax_faust/analysis.py, docs/analysis.md) --------------------------
+    candidates_topic: str = "candidates"
+    """Topic (1 partition, key run) of new and updated candidates, JSON."""
+    baseline_window_hz: float = 65_000.0
+    """Savitzky-Golay window of the passband fit (Hz; 101 bins at 651 Hz): far wider than a line,
+    far narrower than passband features."""
+    baseline_polyorder: int = 4
+    candidate_threshold_sigma: float = 5.0
+    """Global significance a candidate must exceed, after the look-elsewhere correction over every
+    block searched (5 sigma global is about 6.4 sigma per bin over 2600 bins)."""
+    line_width_hz: float = 0.0
+    """Expected line width: adjacent bins are co-added in blocks this wide (0 = single bins; a
+    virialised axion line is about 1e-6 of its frequency: ~10 kHz at 10 GHz)."""
+    search_band_fraction: float = 0.85
+    """Searched baseband |f| <= this fraction of sample_rate_hz/2 (keeps off the anti-alias roll-off)."""
+    dc_exclude_hz: float = 2000.0
+    """Bins within this distance of 0 Hz baseband (the I/Q mixer's DC spike) are not searched."""
+    persist_searches: int = 3
+    """A candidate is persistent once above threshold in this many consecutive searches (files)."""
+
     # --- readers of the tables (export, dashboard) -----------------------------------------------
     http_timeout_s: float = 30.0
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def topic_plan(settings: Settings) -> dict[str, int]:
     """Topic name -> partition count."""
     return {settings.slices_topic: settings.partitions, settings.spectra_topic: 1,
-            f"{settings.slices_topic}.rejected": 1}
+            f"{settings.slices_topic}.rejected": 1, settings.candidates_topic: 1}
 
 
 async def _connect(bootstrap: str, wait_s: float) -> AIOKafkaAdminClient:
