@@ -3,7 +3,7 @@
 #   - Debian packages: prometheus (metrics), chromium (browser tests) — only when run as root
 #   - Python venv .venv with the project and its test extras (pinned in pyproject.toml)
 #   - Apache Kafka jars from Maven Central (ops/kafka/pom.xml) into var/kafka-lib
-# Set QUAX_SETUP_SPARK=1 to install pyspark and the Spark Kafka connector too (ops/spark).
+#   - Spark's Kafka source jars from Maven Central (ops/spark/pom.xml) into var/spark-jars
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -30,13 +30,11 @@ if [[ ! -f $stamp ]]; then
   echo "[setup] Python venv .venv"
   [[ -x .venv/bin/python ]] || "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip wheel
-  extras=test
-  [[ ${QUAX_SETUP_SPARK:-0} == 1 ]] && extras=test,spark
-  .venv/bin/pip install -q -e ".[$extras]"
+  .venv/bin/pip install -q -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
 
 ops/kafka/broker.sh install
-if [[ -x ops/spark/install.sh && ${QUAX_SETUP_SPARK:-0} == 1 ]]; then ops/spark/install.sh; fi
+ops/spark/install.sh
 echo "[setup] ready"

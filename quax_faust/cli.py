@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import candidates
     candidates.register(sub, common)  # quax analyse
+    import spark_batch.cli
+    spark_batch.cli.register(sub, common)  # quax reprocess, quax verify (Spark imported only there)
     return parser
 
 

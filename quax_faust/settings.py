@@ -55,6 +55,15 @@ class Settings:
     var_dir: Path = REPO_DIR / "var"
     """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
 
+    # --- Spark batch reprocessing (spark_batch/: `quax reprocess`, `quax verify`) ---------------
+    spark_master: str = "local[2]"
+    """Where the batch job runs: local[N] on this machine, or spark://host:7077 for a cluster."""
+    spark_driver_memory: str = "1g"
+    spark_jars_dir: Path = REPO_DIR / "var" / "spark-jars"
+    """Spark's Kafka source jars, fetched by ops/spark/install.sh (ops/spark/pom.xml)."""
+    verify_tolerance: float = 1e-6
+    """`quax verify`: largest power difference allowed, relative to the run's mean level."""
+
     # --- the candidate search (quax_faust/analysis.py, docs/analysis.md) --------------------------
     candidates_topic: str = "candidates"
     """Topic (1 partition, key run) of new and updated candidates, JSON."""

@@ -1,0 +1,330 @@
+"""What runs inside the Spark tasks: decode, FFT and fold records into per-file and per-run sums.
+
+Pure Python on pyarrow record batches (no pyspark import), so the same functions are unit-tested
+without Spark. Each function is handed to ``mapInArrow`` / ``applyInArrow`` by ``job.py``.
+
+Counting each slice once. Every valid slice message of a file carries the key ``run/file``, so all
+of a file's messages sit in one Kafka partition, and Spark's Kafka source gives each partition's
+offset range to one task, in offset order. ``fold_slices`` therefore keeps, per task, one
+``FileAccumulator`` per file -- the live workers' own bitmap of counted slices -- and exactly the
+live rule applies: the first copy of a slice (lowest offset) counts, repeats are counted as
+duplicates, partial overlaps count only their new slices. The per-file reduction
+(``merge_file_parts``) ORs the parts' bitmaps and refuses (``problem='overlapping_parts'``) a file
+whose parts from different tasks overlap, so a double count can never pass silently.
+
+All spectra are fftshifted, in V**2/Hz, float64, shape (slice_len,).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from quax_faust import dsp, wire
+from quax_faust.accumulators import COMPLETE, FileAccumulator, StateError
+
+SPECTRUM = pa.list_(pa.float64())
+
+PART_SCHEMA = pa.schema([
+    ("kind", pa.string()),                # "file" (a part of a file's sums) or "malformed"
+    ("partition", pa.int32()),            # Kafka partition and offset: of the malformed record,
+    ("offset", pa.int64()),               #   or of the file's first counted message
+    ("reason", pa.string()),              # malformed: WireError/StateError reason tag
+    ("error", pa.string()),               # malformed: what was expected
+    ("file_index", pa.int64()),
+    ("slices_in_file", pa.int64()),
+    ("slice_len", pa.int64()),
+    ("tail_samples", pa.int64()),
+    ("sample_rate_hz", pa.float64()),
+    ("n_messages", pa.int64()),           # records folded into this part (repeats included)
+    ("n_slices", pa.int64()),             # slices counted (each once)
+    ("duplicate_slices", pa.int64()),     # slices seen again and not counted
+    ("counted", pa.binary()),             # np.packbits of the (slices_in_file,) counted mask
+    ("power_sum", SPECTRUM),              # sum of the counted periodograms
+    ("power_sumsq", SPECTRUM),            # sum of their squares
+    ("first_produced_at_s", pa.float64()),
+    ("last_produced_at_s", pa.float64()),
+    ("completed_at_s", pa.float64()),     # spectra: the live worker's clock; slices: NaN
+])
+
+FILE_SCHEMA = pa.schema([
+    ("file_index", pa.int64()),
+    ("n_slices", pa.int64()),
+    ("slices_in_file", pa.int64()),
+    ("complete", pa.bool_()),             # every whole slice counted, no problem
+    ("problem", pa.string()),             # null, 'overlapping_parts' or 'inconsistent_parts'
+    ("slice_len", pa.int64()),
+    ("tail_samples", pa.int64()),
+    ("sample_rate_hz", pa.float64()),
+    ("n_messages", pa.int64()),
+    ("duplicate_slices", pa.int64()),
+    ("mean", SPECTRUM),                   # mean periodogram (Welch's average)
+    ("std", SPECTRUM),                    # sample standard deviation (ddof=1) per bin
+    ("first_produced_at_s", pa.float64()),
+    ("last_produced_at_s", pa.float64()),
+    ("latency_s", pa.float64()),          # spectra: last slice sent -> spectrum complete; slices: NaN
+])
+
+RUN_PART_SCHEMA = pa.schema([
+    ("n_files", pa.int64()),
+    ("n_slices", pa.int64()),
+    ("tail_samples", pa.int64()),
+    ("mean", SPECTRUM),
+    ("m2", SPECTRUM),                     # sum of squared deviations from the mean, per bin
+])
+
+
+def binary_values(column: pa.Array) -> list[memoryview | None]:
+    """The values of a binary Arrow column as zero-copy memoryviews (None for nulls)."""
+    large = pa.types.is_large_binary(column.type)
+    if not (large or pa.types.is_binary(column.type)):
+        raise TypeError(f"expected a binary column, got {column.type}")
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if large else np.int32)
+    offsets = offsets[column.offset: column.offset + len(column) + 1]
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [data[offsets[i]: offsets[i + 1]] if valid[i] else None for i in range(len(column))]
+
+
+def _records(batch: pa.RecordBatch) -> Iterator[tuple[bytes | None, memoryview | None, int, int]]:
+    keys = batch.column("key").to_pylist()
+    values = binary_values(batch.column("value"))
+    partitions = batch.column("partition").to_pylist()
+    offsets = batch.column("offset").to_pylist()
+    return zip(keys, values, partitions, offsets)
+
+
+def _malformed(partition: int, offset: int, exc: Exception) -> dict:
+    return {"kind": "malformed", "partition": partition, "offset": offset,
+            "reason": getattr(exc, "reason", type(exc).__name__), "error": str(exc)[:500]}
+
+
+def _to_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def _require_value(value: memoryview | None) -> memoryview:
+    if value is None:
+        raise wire.WireError("null_value", "the record has no value (a tombstone?)")
+    return value
+
+
+class _SliceFiles:
+    """One task's files: the live FileAccumulator per file plus where and how often it was seen."""
+
+    def __init__(self, run: str, block_rows: int, threads: int):
+        self.run = run
+        self.block_rows = block_rows
+        self.threads = threads
+        self.files: dict[int, FileAccumulator] = {}
+        self.first_seen: dict[int, tuple[int, int]] = {}
+        self.messages: dict[int, int] = {}
+
+    def fold(self, key: bytes | None, value: memoryview | None, partition: int, offset: int) -> dict | None:
+        """Fold one record; return a finished file's row when this record completed it."""
+        batch = wire.decode_slice_batch(_require_value(value))
+        expected_key = wire.file_key(batch.run, batch.file_index)
+        if key != expected_key or batch.run != self.run:
+            raise wire.WireError("key_mismatch", f"key {key!r} but the message is {expected_key!r}")
+        acc = self.files.get(batch.file_index)
+        if acc is None:
+            acc = self.files[batch.file_index] = FileAccumulator.for_batch(batch)
+            self.first_seen[batch.file_index] = (partition, offset)
+        if acc.status == COMPLETE:
+            # As in the live worker: a finished file ignores repeats; they are only counted.
+            self.messages[batch.file_index] = self.messages.get(batch.file_index, 0) + 1
+            acc.duplicate_slices += batch.slice_count
+            return None
+        new = acc.new_slices(batch)
+        sums = None
+        if new.any():
+            sums = dsp.power_sums(batch.samples, batch.sample_rate_hz,
+                                  counted=None if new.all() else new,
+                                  block_rows=self.block_rows, threads=self.threads)
+        acc.add(batch, new, sums)
+        self.messages[batch.file_index] = self.messages.get(batch.file_index, 0) + 1
+        if not acc.is_complete:
+            return None
+        row = self._row(acc)
+        acc.mark_complete()
+        acc.duplicate_slices = 0  # from here on it counts only the repeats after completion
+        self.messages[batch.file_index] = 0
+        return row
+
+    def leftovers(self) -> list[dict]:
+        """Rows for files still filling at the end of the task, and for repeats of finished files."""
+        rows = []
+        for file_index, acc in sorted(self.files.items()):
+            if acc.status != COMPLETE and acc.n_counted:
+                rows.append(self._row(acc))
+            elif acc.status == COMPLETE and self.messages.get(file_index):
+                rows.append(self._row(acc, repeats_only=True))
+        return rows
+
+    def _row(self, acc: FileAccumulator, repeats_only: bool = False) -> dict:
+        partition, offset = self.first_seen[acc.file_index]
+        counted = np.zeros_like(acc.counted) if repeats_only else acc.counted
+        return {
+            "kind": "file", "partition": partition, "offset": offset,
+            "file_index": acc.file_index, "slices_in_file": acc.slices_in_file,
+            "slice_len": acc.slice_len, "tail_samples": acc.tail_samples,
+            "sample_rate_hz": acc.sample_rate_hz, "n_messages": self.messages.get(acc.file_index, 0),
+            "n_slices": 0 if repeats_only else acc.n_counted,
+            "duplicate_slices": acc.duplicate_slices,
+            "counted": np.packbits(counted).tobytes(),
+            "power_sum": None if repeats_only else acc.power_sum,
+            "power_sumsq": None if repeats_only else acc.power_sumsq,
+            "first_produced_at_s": acc.first_produced_at_s,
+            "last_produced_at_s": acc.last_produced_at_s,
+            "completed_at_s": float("nan"),
+        }
+
+
+def fold_slices(run: str, *, block_rows: int = 64, threads: int = 1
+                ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A mapInArrow function: records (key, value, partition, offset) of the slices topic in
+    offset order -> PART_SCHEMA rows: one per finished file, one per malformed record, and at the
+    end one per unfinished file or file repeated after it finished."""
+
+    def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        files = _SliceFiles(run, block_rows, threads)
+        for batch in batches:
+            rows = []
+            for key, value, partition, offset in _records(batch):
+                try:
+                    row = files.fold(key, value, partition, offset)
+                except (wire.WireError, StateError) as exc:
+                    row = _malformed(partition, offset, exc)
+                if row is not None:
+                    rows.append(row)
+            if rows:
+                yield _to_batch(rows, PART_SCHEMA)
+        rows = files.leftovers()
+        if rows:
+            yield _to_batch(rows, PART_SCHEMA)
+
+    return fold
+
+
+def fold_spectra(run: str) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A mapInArrow function: records of the spectra topic -> PART_SCHEMA rows, one per file
+    (the first copy in offset order; later copies are counted in n_messages/duplicate_slices),
+    one per malformed record."""
+
+    def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        first: dict[int, dict] = {}
+        for batch in batches:
+            bad = []
+            for key, value, partition, offset in _records(batch):
+                try:
+                    spec = wire.decode_file_spectrum(_require_value(value))
+                    if key != spec.run.encode() or spec.run != run:
+                        raise wire.WireError("key_mismatch", f"key {key!r} but the spectrum is of run {spec.run!r}")
+                except wire.WireError as exc:
+                    bad.append(_malformed(partition, offset, exc))
+                    continue
+                row = first.get(spec.file_index)
+                if row is None:
+                    first[spec.file_index] = _spectrum_row(spec, partition, offset)
+                else:
+                    row["n_messages"] += 1
+                    row["duplicate_slices"] += spec.n_slices
+            if bad:
+                yield _to_batch(bad, PART_SCHEMA)
+        if first:
+            yield _to_batch([first[k] for k in sorted(first)], PART_SCHEMA)
+
+    return fold
+
+
+def _spectrum_row(spec: wire.FileSpectrum, partition: int, offset: int) -> dict:
+    """A finished file as sums: power_sum = n*mean, power_sumsq = (n-1)*std**2 + n*mean**2."""
+    n = spec.n_slices
+    return {
+        "kind": "file", "partition": partition, "offset": offset, "file_index": spec.file_index,
+        "slices_in_file": n, "slice_len": spec.slice_len, "tail_samples": spec.tail_samples,
+        "sample_rate_hz": spec.sample_rate_hz, "n_messages": 1, "n_slices": n, "duplicate_slices": 0,
+        "counted": np.packbits(np.ones(n, dtype=bool)).tobytes(),
+        "power_sum": n * spec.mean, "power_sumsq": (n - 1) * spec.std ** 2 + n * spec.mean ** 2,
+        "first_produced_at_s": spec.first_produced_at_s, "last_produced_at_s": spec.last_produced_at_s,
+        "completed_at_s": spec.completed_at_s,
+    }
+
+
+def merge_file_parts(parts: pa.Table) -> pa.Table:
+    """An applyInArrow function over the parts of ONE file -> one FILE_SCHEMA row.
+
+    Parts from different tasks must cover disjoint slices (their bitmaps are ORed); if they
+    overlap or disagree on the file's shape the file gets a ``problem`` and is not complete.
+    """
+    rows = parts.to_pylist()
+    head = rows[0]
+    shape = ("slices_in_file", "slice_len", "tail_samples", "sample_rate_hz")
+    problem = None
+    if any(tuple(r[k] for k in shape) != tuple(head[k] for k in shape) for r in rows):
+        problem = "inconsistent_parts"
+    n_bins, n_total = head["slice_len"], head["slices_in_file"]
+    counted = np.zeros(n_total, dtype=bool)
+    power_sum, power_sumsq = np.zeros(n_bins), np.zeros(n_bins)
+    n_slices = 0
+    for r in rows:
+        if problem or r["power_sum"] is None:
+            continue
+        mask = np.unpackbits(np.frombuffer(r["counted"], np.uint8))[:n_total].astype(bool)
+        if (mask & counted).any():
+            problem = "overlapping_parts"
+            continue
+        counted |= mask
+        power_sum += np.asarray(r["power_sum"])
+        power_sumsq += np.asarray(r["power_sumsq"])
+        n_slices += r["n_slices"]
+    mean = std = None
+    if n_slices and not problem:
+        mean, std = dsp.mean_and_std(power_sum, power_sumsq, n_slices)
+    latency = [r["completed_at_s"] - r["last_produced_at_s"] for r in rows if r["power_sum"] is not None]
+    row = {
+        "file_index": head["file_index"], "n_slices": n_slices, "slices_in_file": n_total,
+        "complete": problem is None and n_slices == n_total, "problem": problem,
+        "slice_len": n_bins, "tail_samples": head["tail_samples"],
+        "sample_rate_hz": head["sample_rate_hz"],
+        "n_messages": sum(r["n_messages"] for r in rows),
+        "duplicate_slices": sum(r["duplicate_slices"] for r in rows),
+        "mean": mean, "std": std,
+        "first_produced_at_s": min(r["first_produced_at_s"] for r in rows),
+        "last_produced_at_s": max(r["last_produced_at_s"] for r in rows),
+        "latency_s": latency[0] if latency else float("nan"),
+    }
+    return pa.Table.from_pylist([row], schema=FILE_SCHEMA)
+
+
+def run_moments(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A mapInArrow function over complete FILE_SCHEMA rows -> one RUN_PART_SCHEMA row per task:
+    (count, mean, M2) merged with Chan's formula, as the live run table does."""
+    n, mean, m2 = 0, None, None
+    n_files = tail = 0
+    for batch in batches:
+        for r in batch.to_pylist():
+            f_mean = np.asarray(r["mean"])
+            f_m2 = np.asarray(r["std"]) ** 2 * (r["n_slices"] - 1)
+            if mean is None:
+                mean, m2 = np.zeros_like(f_mean), np.zeros_like(f_mean)
+            n, mean, m2 = dsp.merge_moments(n, mean, m2, r["n_slices"], f_mean, f_m2)
+            n_files += 1
+            tail += r["tail_samples"]
+    if n_files:
+        yield _to_batch([{"n_files": n_files, "n_slices": n, "tail_samples": tail,
+                          "mean": mean, "m2": m2}], RUN_PART_SCHEMA)
+
+
+def merge_run_parts(parts: list[dict]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n_slices, mean, M2) of the run from the tasks' RUN_PART_SCHEMA rows (in the driver)."""
+    if not parts:
+        raise ValueError("no complete file to average: the run is not in the topic, or none of its "
+                         "files has all its whole slices there")
+    n, mean, m2 = 0, np.zeros(len(parts[0]["mean"])), np.zeros(len(parts[0]["mean"]))
+    for p in parts:
+        n, mean, m2 = dsp.merge_moments(n, mean, m2, p["n_slices"], np.asarray(p["mean"]), np.asarray(p["m2"]))
+    return n, mean, m2

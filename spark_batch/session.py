@@ -1,0 +1,78 @@
+"""The SparkSession of the batch job: local[2] by default, any ``spark://`` master unchanged.
+
+Spark's Kafka source comes from the jars ops/spark/install.sh fetched into settings.spark_jars_dir
+(spark.jars: shipped to the executors by the driver; no Ivy download at run time).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from quax_faust.settings import REPO_DIR, Settings
+
+ARROW_BATCH_BYTES = 64 << 20
+"""Target size of one Arrow batch between the JVM and Python (a few slice messages, not 10000)."""
+SHUFFLE_PARTITIONS = 8
+"""Partitions of the small per-file shuffle (adaptive execution merges them further)."""
+
+
+def connector_jars(settings: Settings) -> list[Path]:
+    """The Kafka source jars; raises with the fix if ops/spark/install.sh has not run."""
+    jars = sorted(Path(settings.spark_jars_dir).glob("*.jar"))
+    if not any(j.name.startswith("spark-sql-kafka-0-10_") for j in jars):
+        raise RuntimeError(f"no spark-sql-kafka jar in {settings.spark_jars_dir}: run ops/spark/install.sh "
+                           "(or make setup)")
+    return jars
+
+
+def records_per_arrow_batch(settings: Settings) -> int:
+    """Slice messages per Arrow batch so one batch stays near ARROW_BATCH_BYTES."""
+    message_bytes = settings.slices_per_message * settings.slice_len * 8
+    return max(1, ARROW_BATCH_BYTES // message_bytes)
+
+
+def get_session(settings: Settings, conf: dict[str, str] | None = None) -> SparkSession:
+    """The running session, or a new one for settings.spark_master. ``conf`` adds or overrides
+    Spark properties (e.g. {"spark.ui.enabled": "false"}); static ones apply only to a new JVM."""
+    local = settings.spark_master.startswith("local")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    options = {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "quax-reprocess",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.jars": ",".join(str(j) for j in connector_jars(settings)),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(records_per_arrow_batch(settings)),
+        "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
+        "spark.python.worker.reuse": "true",  # keeps each worker's FFTW plans between tasks
+        "spark.ui.showConsoleProgress": "false",
+        **({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} if local else {}),
+        **(conf or {}),
+    }
+    builder = SparkSession.builder
+    for key, value in options.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    if not local:
+        _ship_code(spark)
+    return spark
+
+
+def _ship_code(spark: SparkSession) -> None:
+    """On a cluster, send quax_faust and spark_batch to the executors (their Python still needs
+    numpy, pyfftw and pyarrow: docs/spark.md)."""
+    archive = Path(tempfile.mkdtemp(prefix="quax-code-")) / "quax_code.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for package in ("quax_faust", "spark_batch"):
+            for path in sorted((REPO_DIR / package).rglob("*.py")):
+                zf.write(path, path.relative_to(REPO_DIR))
+    spark.sparkContext.addPyFile(str(archive))

@@ -1,0 +1,108 @@
+"""Compare a batch recompute with the live tables: the verdict of ``quax verify``. Pure numpy.
+
+Equal means: the same set of finished files, the same slice count per file and for the run, and
+every file's mean spectrum and the run mean equal to within ``tolerance`` times the run's mean level
+(the average of the live run mean over all bins, V**2/Hz).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Verdict:
+    run: str
+    tolerance: float
+    level: float
+    """The run's mean power level, V**2/Hz: differences are quoted relative to it."""
+    n_files: int
+    n_slices: int
+    run_deviation: float
+    """Largest |batch - live| of the run mean over all bins, relative to level."""
+    max_file_deviation: float
+    missing_from_batch: list[int] = field(default_factory=list)
+    """Files in the live tables that the batch job did not find complete in the archive."""
+    missing_from_live: list[int] = field(default_factory=list)
+    slice_count_differs: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """file -> (live, batch) slice counts."""
+    power_differs: dict[int, float] = field(default_factory=dict)
+    """file -> largest relative deviation of its mean spectrum."""
+    run_slices: tuple[int, int] = (0, 0)
+    """(live, batch) slice counts of the run."""
+
+    @property
+    def differing_files(self) -> list[int]:
+        return sorted(set(self.missing_from_batch) | set(self.missing_from_live)
+                      | set(self.slice_count_differs) | set(self.power_differs))
+
+    @property
+    def equal(self) -> bool:
+        return (not self.differing_files and self.run_slices[0] == self.run_slices[1]
+                and self.run_deviation <= self.tolerance)
+
+    def lines(self) -> list[str]:
+        if self.equal:
+            return [f"VERDICT: EQUAL - run {self.run}: {self.n_files} files and {self.n_slices} slices "
+                    f"in both; largest power difference {self.max_file_deviation:.2e} (files) and "
+                    f"{self.run_deviation:.2e} (run mean) of the mean level {self.level:.4g} V**2/Hz, "
+                    f"tolerance {self.tolerance:.0e}"]
+        out = [f"VERDICT: MISMATCH - run {self.run}: {len(self.differing_files)} files differ: "
+               + ", ".join(str(i) for i in self.differing_files[:50])
+               + (" ..." if len(self.differing_files) > 50 else "")]
+        if self.missing_from_batch:
+            out.append(f"  in the live tables but not complete in the archive: {_short(self.missing_from_batch)}")
+        if self.missing_from_live:
+            out.append(f"  complete in the archive but not in the live tables: {_short(self.missing_from_live)}")
+        for i, (live, batch) in sorted(self.slice_count_differs.items())[:20]:
+            out.append(f"  file {i}: {live} slices live, {batch} recomputed")
+        for i, dev in sorted(self.power_differs.items())[:20]:
+            out.append(f"  file {i}: power differs by {dev:.2e} of the mean level (tolerance {self.tolerance:.0e})")
+        if self.run_slices[0] != self.run_slices[1]:
+            out.append(f"  run: {self.run_slices[0]} slices live, {self.run_slices[1]} recomputed")
+        if self.run_deviation > self.tolerance:
+            out.append(f"  run mean differs by {self.run_deviation:.2e} of the mean level")
+        return out
+
+
+def _short(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices[:50]) + (" ..." if len(indices) > 50 else "")
+
+
+def compare(live: dict[str, np.ndarray], batch: dict[str, np.ndarray], tolerance: float) -> Verdict:
+    """Compare two runs in the ``quax export`` layout (live: export.fetch_run; batch: job.reprocess)."""
+    live_files = {int(i): k for k, i in enumerate(live["file_index"])}
+    batch_files = {int(i): k for k, i in enumerate(batch["file_index"])}
+    level = float(np.mean(live["run_mean"]))
+    if not level > 0:
+        raise ValueError(f"run {live['run']}: the live run mean level is {level}, expected > 0")
+    slice_count_differs, power_differs, max_dev = {}, {}, 0.0
+    for i in sorted(live_files.keys() & batch_files.keys()):
+        a, b = live_files[i], batch_files[i]
+        n_live, n_batch = int(live["file_n_slices"][a]), int(batch["file_n_slices"][b])
+        if n_live != n_batch:
+            slice_count_differs[i] = (n_live, n_batch)
+        dev = _deviation(live["file_mean"][a], batch["file_mean"][b], level)
+        max_dev = max(max_dev, dev)
+        if not dev <= tolerance:
+            power_differs[i] = dev
+    return Verdict(
+        run=str(live["run"]), tolerance=tolerance, level=level, n_files=len(live_files),
+        n_slices=int(live["n_slices_total"]),
+        run_deviation=_deviation(live["run_mean"], batch["run_mean"], level),
+        max_file_deviation=max_dev,
+        missing_from_batch=sorted(live_files.keys() - batch_files.keys()),
+        missing_from_live=sorted(batch_files.keys() - live_files.keys()),
+        slice_count_differs=slice_count_differs, power_differs=power_differs,
+        run_slices=(int(live["n_slices_total"]), int(batch["n_slices_total"])))
+
+
+def _deviation(a: np.ndarray, b: np.ndarray, level: float) -> float:
+    """max |a - b| / level; infinite when the shapes differ or a value is not finite."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    diff = np.abs(a - b)
+    return float(np.max(diff) / level) if np.isfinite(diff).all() else float("inf")
