@@ -1,0 +1,274 @@
+"""Spark batch reprocessing (spark_batch/): real local Spark reading the real broker's topics.
+
+A synthetic run goes through the live pipeline with duplicated slices (whole files, a partial
+overlap, repeats while a file is still filling), a duplicated spectrum and malformed records in
+both topics. Then the recompute from each topic must equal the live tables and the Welch oracle,
+count every slice once and report the malformed records; after the archive loses a file's first
+records, `quax verify` must say MISMATCH and name that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition
+
+from quax_faust import cli, daq, dsp, synth, wire
+from quax_faust.export import fetch_run
+from quax_faust.launch import wait_for_run
+from quax_faust.producer import DaqProducer, produce_directory
+from quax_faust.settings import Settings
+from spark_batch import fold
+from spark_batch.verify import compare
+from tests.kafka_io import read_topic, send_raw_async, wait_records
+from tests.test_dsp import welch_oracle
+
+N_FILES, N_SAMPLES, PER_MESSAGE = 8, 65536, 8
+RUN = "sparkrun"
+TEST_CONF = {"spark.ui.enabled": "false"}
+EXPORT_KEYS = {"frequency_hz", "run_mean", "run_sem", "run_std", "n_slices_total", "file_index",
+               "file_mean", "file_std", "file_n_slices", "file_latency_s", "run"}
+
+
+# ------------------------------------------------------------------------------------------------
+# The task functions on their own (pure logic: Arrow batches in, rows out; no Spark, no broker)
+
+def _slices(file_index: int, n_slices: int, slice_len: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(file_index)
+    x = rng.standard_normal((n_slices, slice_len, 2)).astype(np.float32)
+    return x.view(np.complex64)[..., 0]
+
+
+def _message(file_index: int, x: np.ndarray, first: int, stop: int, n_total: int) -> bytes:
+    return wire.encode_slice_batch(wire.SliceBatch("r1", file_index, first, n_total, 5, 1e3, 1.0, x[first:stop]))
+
+
+def _records(records: list[tuple[bytes | None, bytes | None]], partition: int = 0) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({
+        "key": pa.array([k for k, _ in records], pa.binary()),
+        "value": pa.array([v for _, v in records], pa.binary()),
+        "partition": pa.array([partition] * len(records), pa.int32()),
+        "offset": pa.array(range(len(records)), pa.int64())})
+
+
+def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
+    x, y = _slices(1, 20), _slices(2, 6)
+    key1, key2 = wire.file_key("r1", 1), wire.file_key("r1", 2)
+    records = [(key1, _message(1, x, 0, 8, 20)), (key1, _message(1, x, 4, 12, 20)),  # partial overlap
+               (key1, b"JUNK" * 20), (key2, _message(2, y, 0, 6, 6)),
+               (key1, _message(1, x, 0, 8, 20)),                                      # repeat while filling
+               (key1, _message(1, x, 8, 20, 20)), (key1, _message(1, x, 0, 20, 20)),  # completes; late repeat
+               (key2, None), (wire.file_key("r1", 9), _message(2, y, 0, 6, 6))]      # tombstone; wrong key
+    batches = [_records(records[:4]), _records(records[4:])]
+    rows = [r for b in fold.fold_slices("r1", block_rows=8)(batches) for r in b.to_pylist()]
+    bad = sorted(r["reason"] for r in rows if r["kind"] == "malformed")
+    assert bad == ["bad_magic", "key_mismatch", "null_value"]
+    files = pa.Table.from_pylist([r for r in rows if r["kind"] == "file"], schema=fold.PART_SCHEMA)
+    merged = {}
+    for index in (1, 2):
+        part = files.filter(pc.equal(files["file_index"], index)).drop(["kind", "reason", "error"])
+        merged[index] = fold.merge_file_parts(part).to_pylist()[0]
+    assert merged[1]["complete"] and merged[1]["n_slices"] == 20
+    assert merged[1]["duplicate_slices"] == 4 + 8 + 4 + 20 and merged[1]["n_messages"] == 5
+    expected = dsp.power_sums(x, 1e3)
+    mean, std = dsp.mean_and_std(expected.power_sum, expected.power_sumsq, 20)
+    np.testing.assert_allclose(merged[1]["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(merged[1]["std"], std, rtol=1e-9)
+    assert merged[2]["complete"] and merged[2]["n_slices"] == 6 and merged[2]["duplicate_slices"] == 0
+
+
+def test_file_parts_that_overlap_across_tasks_are_refused_not_double_counted():
+    x = _slices(1, 10)
+    key = wire.file_key("r1", 1)
+    task_a = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
+    task_b = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 4, 10, 10))], partition=1)])
+    parts = pa.Table.from_batches(list(task_a) + list(task_b)).drop(["kind", "reason", "error"])
+    row = fold.merge_file_parts(parts).to_pylist()[0]
+    assert row["problem"] == "overlapping_parts" and not row["complete"]
+
+    disjoint_b = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 6, 10, 10))], partition=1)])
+    task_a = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
+    parts = pa.Table.from_batches(list(task_a) + list(disjoint_b)).drop(["kind", "reason", "error"])
+    row = fold.merge_file_parts(parts).to_pylist()[0]
+    assert row["problem"] is None and row["complete"] and row["n_slices"] == 10
+
+
+def _run_dict(file_index, file_n, file_mean, run_mean) -> dict:
+    return {"run": np.array("r"), "file_index": np.array(file_index), "file_n_slices": np.array(file_n),
+            "file_mean": np.array(file_mean, dtype=float), "run_mean": np.array(run_mean, dtype=float),
+            "n_slices_total": np.int64(sum(file_n))}
+
+
+def test_verdict_names_the_files_that_differ():
+    live = _run_dict([0, 1, 2, 3], [5, 5, 5, 5], [[1.0, 2.0]] * 4, [1.5, 1.5])
+    same = _run_dict([0, 1, 2, 3], [5, 5, 5, 5], [[1.0, 2.0 + 1e-9]] * 4, [1.5, 1.5 + 1e-9])
+    assert compare(live, same, 1e-6).equal
+    batch = _run_dict([0, 1, 3, 4], [5, 4, 5, 5], [[1.0, 2.0], [1.0, 2.0], [1.0, 2.1], [1.0, 2.0]], [1.5, 1.5])
+    verdict = compare(live, batch, 1e-6)
+    assert not verdict.equal
+    assert verdict.differing_files == [1, 2, 3, 4]
+    assert verdict.missing_from_batch == [2] and verdict.missing_from_live == [4]
+    assert verdict.slice_count_differs == {1: (5, 4)}
+    assert verdict.power_differs[3] == pytest.approx(0.1 / 1.5)
+    text = "\n".join(verdict.lines())
+    assert text.startswith("VERDICT: MISMATCH") and "file 3: power differs" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Real Spark on the real broker
+
+@pytest.fixture(scope="module")
+def spark():
+    from spark_batch.session import get_session
+
+    session = get_session(Settings(), TEST_CONF)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def daq_dir(tmp_path):
+    model = synth.SynthModel(tones=((123_456.0, 0.2),))
+    for k in range(N_FILES):
+        daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=11))
+    return tmp_path / "daq"
+
+
+async def _send_duplicates_and_garbage(settings: Settings, daq_dir) -> tuple[int, int]:
+    """Duplicated slices, an extra file sent with repeats while filling, a repeated spectrum and
+    one malformed record per topic. Returns (duplicate slices sent, the extra file's index)."""
+    async with DaqProducer(settings) as producer:
+        await producer.send_file(RUN, 3, daq.read_pair(daq.pair_paths(daq_dir, 3)))  # 21 repeats
+    send = lambda key, value: send_raw_async(settings.broker, settings.slices_topic, key, value)
+    x5 = daq.whole_slices(daq.read_pair(daq.pair_paths(daq_dir, 5)), settings.slice_len)
+    n_whole, tail = x5.shape[0], N_SAMPLES % settings.slice_len
+    batch = lambda index, x, a, b: wire.encode_slice_batch(
+        wire.SliceBatch(RUN, index, a, n_whole, tail, settings.sample_rate_hz, 1.0, x[a:b]))
+    await send(wire.file_key(RUN, 5), batch(5, x5, 4, 15))  # 11 repeats, another batch size
+    extra = N_FILES
+    x = daq.whole_slices(synth.synth_file(extra, N_SAMPLES, synth.SynthModel(), seed=11), settings.slice_len)
+    daq.write_pair(daq_dir, extra, np.concatenate([x.ravel(), np.zeros(tail, np.complex64)]))
+    for a, b in ((0, 8), (4, 12), (0, 8), (8, n_whole)):  # 4 + 8 + 4 repeats while filling
+        await send(wire.file_key(RUN, extra), batch(extra, x, a, b))
+    await send(wire.file_key(RUN, 5), b"not a slice message")
+    return 21 + 11 + 16, extra
+
+
+def _assert_equals_oracle(data: dict, daq_dir, indices, slice_len: int) -> None:
+    assert list(data["file_index"]) == list(indices)
+    all_slices = []
+    for row, k in enumerate(indices):
+        x = daq.read_pair(daq.pair_paths(daq_dir, k))
+        _, p = welch_oracle(x)
+        assert data["file_n_slices"][row] == x.shape[0] // slice_len, f"file {k}: slice count"
+        assert np.max(np.abs(data["file_mean"][row] - p)) <= 1e-5 * p.mean(), f"file {k}: spectrum"
+        all_slices.append(daq.whole_slices(x, slice_len).ravel())
+    _, p_run = welch_oracle(np.concatenate(all_slices))
+    assert int(data["n_slices_total"]) == sum(s.size for s in all_slices) // slice_len
+    assert np.max(np.abs(data["run_mean"] - p_run)) <= 1e-5 * p_run.mean()
+
+
+def _quax(args: list[str], settings: Settings, capsys) -> tuple[int, str]:
+    """Run the `quax` command in this process (so it reuses the module's SparkSession)."""
+    flags = ["--broker", settings.broker, "--slices-topic", settings.slices_topic,
+             "--spectra-topic", settings.spectra_topic, "--web-port-base", str(settings.web_port_base),
+             "--workers", str(settings.workers), "--slices-per-message", str(settings.slices_per_message)]
+    saved = dict(os.environ)
+    try:
+        code = cli.main(args + flags)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return code, capsys.readouterr().out
+
+
+def _first_record_without_copy(records) -> tuple[int, int, int]:
+    """(partition, offset after its first record, file of that record) for a partition whose first
+    record's slices appear in no later record: deleting it leaves that file incomplete."""
+    for partition in sorted({r.partition for r in records}):
+        in_partition = [r for r in records if r.partition == partition]
+        first = wire.decode_slice_batch(in_partition[0].value)
+        lost = set(range(first.first_slice, first.first_slice + first.slice_count))
+        for r in in_partition[1:]:
+            try:
+                b = wire.decode_slice_batch(r.value)
+            except wire.WireError:
+                continue
+            if b.file_index == first.file_index:
+                lost -= set(range(b.first_slice, b.first_slice + b.slice_count))
+        if lost:
+            return partition, in_partition[1].offset, first.file_index
+    raise AssertionError("every partition's first record has a later copy")
+
+
+async def _delete_first_records(settings: Settings, partition: int, before: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(settings.slices_topic, partition): RecordsToDelete(before)})
+    finally:
+        await admin.close()
+
+
+@pytest.mark.broker
+def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp_path, capsys):
+    from spark_batch.job import reprocess
+
+    settings, _workers = make_stack(workers=2, slices_per_message=PER_MESSAGE)
+    report = asyncio.run(produce_directory(settings, daq_dir, RUN, "max", progress=False))
+    assert report.files_sent == N_FILES and not report.skipped
+    n_duplicates, extra = asyncio.run(_send_duplicates_and_garbage(settings, daq_dir))
+    wait_for_run(settings, RUN, N_FILES + 1)
+    spectra = wait_records(settings.broker, settings.spectra_topic, N_FILES + 1)
+    # A repeated spectrum and a malformed one on the spectra topic too.
+    asyncio.run(send_raw_async(settings.broker, settings.spectra_topic, RUN.encode(), spectra[0].value))
+    asyncio.run(send_raw_async(settings.broker, settings.spectra_topic, RUN.encode(), b"not a spectrum"))
+    assert len(wait_records(settings.broker, f"{settings.slices_topic}.rejected", 2)) == 2  # live saw all
+    live = fetch_run(settings, RUN)
+    indices = list(range(N_FILES + 1))
+    _assert_equals_oracle(live, daq_dir, indices, settings.slice_len)
+
+    # --from slices: the full recompute, called as a library.
+    result = reprocess(settings, RUN, "slices", tmp_path / "slices", spark=spark)
+    verdict = compare(live, result.data, settings.verify_tolerance)
+    assert verdict.equal, verdict.lines()
+    _assert_equals_oracle(result.data, daq_dir, indices, settings.slice_len)
+    assert result.duplicate_slices == n_duplicates, "each repeated slice seen and not counted"
+    assert result.malformed == {"truncated": 1}
+    bad = result.malformed_examples[0]
+    assert bad["partition"] in range(settings.partitions) and bad["offset"] >= 0 and bad["error"]
+    assert not result.incomplete_files
+    assert set(np.load(tmp_path / "slices" / "run.npz").files) == EXPORT_KEYS
+    per_file = pq.read_table(tmp_path / "slices" / "files.parquet")
+    assert sorted(per_file.column("file_index").to_pylist()) == indices
+    per_run = pq.read_table(tmp_path / "slices" / "run.parquet").to_pylist()[0]
+    assert per_run["n_slices"] == int(live["n_slices_total"])
+    np.testing.assert_allclose(per_run["mean"], result.data["run_mean"])
+
+    # --from spectra through `quax verify`: EQUAL, and its outputs say what it skipped.
+    code, out = _quax(["verify", "--run", RUN, "--from", "spectra", "--out", str(tmp_path / "spectra")],
+                      settings, capsys)
+    assert code == 0 and "VERDICT: EQUAL" in out, out
+    doc = json.loads((tmp_path / "spectra" / "report.json").read_text())
+    assert doc["malformed"] == {"truncated": 1} and doc["n_messages"] == N_FILES + 2
+    assert doc["offsets"] == {"0": [0, N_FILES + 3]}
+    with np.load(tmp_path / "spectra" / "run.npz") as npz:
+        data = {k: npz[k] for k in npz.files}
+    _assert_equals_oracle(data, daq_dir, indices, settings.slice_len)
+    assert np.all(np.isfinite(data["file_latency_s"]) & (data["file_latency_s"] >= 0))
+
+    # The archive loses the first record of a partition (as retention would): verify names the
+    # file that can no longer be recomputed, and exits non-zero.
+    partition, cut, lost = _first_record_without_copy(read_topic(settings.broker, settings.slices_topic))
+    asyncio.run(_delete_first_records(settings, partition, cut))
+    code, out = _quax(["verify", "--run", RUN], settings, capsys)
+    assert code == 1, out
+    assert "VERDICT: MISMATCH" in out and f"not complete in the archive: {lost}" in out, out
