@@ -87,6 +87,22 @@ class Settings:
     # --- readers of the tables (export, dashboard) -----------------------------------------------
     http_timeout_s: float = 30.0
 
+    # --- the live dashboard (dashboard/, `bokeh serve dashboard`) --------------------------------
+    dashboard_port: int = 5006
+    dashboard_refresh_s: float = 1.0
+    """How often the page asks the workers for news (s); a new file arrives every 4.19 s."""
+    dashboard_http_timeout_s: float = 2.0
+    """Timeout of each dashboard request to a worker (s): a dead worker must not freeze the page."""
+    dashboard_rate_window_s: float = 20.0
+    """Window over which files/s, slices/s and the real-time factor are averaged (s)."""
+    dashboard_behind_s: float = 4.194
+    """The health strip turns red when the last file's latency or the consumer lag (as seconds of
+    data) exceeds this: one DAQ file (2**23 samples at 2 MS/s)."""
+    waterfall_files: int = 60
+    """Most recent files shown in the waterfall."""
+    excess_threshold_sigma: float = 5.0
+    """Bins of the run average whose normalised excess exceeds this are marked on the dashboard."""
+
     # derived -------------------------------------------------------------------------------------
     @property
     def bin_width_hz(self) -> float:
