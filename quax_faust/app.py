@@ -10,12 +10,15 @@ Start a worker with ``quax worker --index K`` (Procfile runs four). Settings: qu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import dsp, metrics, views, wire
 from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
@@ -45,6 +48,9 @@ app = faust.App(
     web_bind=settings.web_host,
     consumer_auto_offset_reset="earliest",
 )
+# Faust's own sensor (faust_*: events, commits, rebalances; its latencies are in ms) joins our
+# quax_* metrics on /metrics (docs/metrics.md).
+app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "faust"))
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 slices_topic = app.topic(settings.slices_topic, partitions=settings.partitions, **raw)
@@ -69,12 +75,14 @@ async def transform_slices(stream):
             await fold_slice_batch(key, batch)
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.slices_topic, exc.reason, str(exc))
+        metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
 
 
 async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
     started = time.perf_counter()
     stored = files_table.get(key)
     acc = FileAccumulator.from_bytes(stored) if stored else FileAccumulator.for_batch(batch)
+    table_seconds = time.perf_counter() - started
     metrics.MESSAGES.inc()
     if acc.status == COMPLETE:
         metrics.DUPLICATE_SLICES.inc(batch.slice_count)
@@ -89,6 +97,7 @@ async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
         metrics.FFT_SECONDS.observe(time.perf_counter() - fft_started)
         metrics.SLICES.inc(sums.n_slices)
         metrics.SAMPLE_BYTES.inc(batch.samples.nbytes)
+        metrics.DATA_SECONDS.inc(sums.n_slices * batch.slice_len / batch.sample_rate_hz)
     acc.add(batch, new, sums)
     metrics.DUPLICATE_SLICES.inc(batch.slice_count - (sums.n_slices if sums else 0))
     if acc.is_complete:
@@ -99,8 +108,10 @@ async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
         acc.mark_complete()
         metrics.FILES_COMPLETED.inc()
         metrics.TAIL_SAMPLES.inc(acc.tail_samples)
+        metrics.DATA_SECONDS.inc(acc.tail_samples / acc.sample_rate_hz)
+    put_started = time.perf_counter()
     files_table[key] = acc.to_bytes()
-    metrics.TABLE_SECONDS.observe(time.perf_counter() - started)
+    metrics.TABLE_SECONDS.observe(table_seconds + time.perf_counter() - put_started)
 
 
 @app.agent(spectra_topic)
@@ -127,6 +138,7 @@ async def fold_spectra(stream):
                 runs_table[run_key] = stored
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.spectra_topic, exc.reason, str(exc))
+        metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
 
 
 async def reject(event, topic: str, reason: str, message: str) -> None:
@@ -140,6 +152,29 @@ async def reject(event, topic: str, reason: str, message: str) -> None:
                                        "source": f"{topic}/{event.message.partition}/{event.message.offset}".encode()})
 
 
+# ---------------------------------------------------------------------------------------------
+# Consumer lag (metrics.CONSUMER_LAG, docs/metrics.md): each worker exports, for the partitions of
+# the agents' source topics assigned to it, how many messages wait behind what it has processed.
+
+@app.timer(interval=settings.consumer_lag_interval_s)
+async def export_consumer_lag() -> None:
+    sources = {settings.slices_topic, settings.spectra_topic}
+    lags = {}
+    for tp in app.consumer.assignment():
+        if tp.topic not in sources:
+            continue
+        try:
+            highwater = app.consumer.highwater(tp)  # from the last fetch response; None before one
+            next_offset = metrics.next_offset_to_process(tp.topic, tp.partition)
+            if highwater is not None and next_offset is None:  # none processed here yet
+                next_offset = await asyncio.wait_for(app.consumer.position(tp), 1.0)
+        except (AssertionError, IllegalStateError, asyncio.TimeoutError):  # a rebalance is under way
+            continue
+        if highwater is not None and next_offset is not None:
+            lags[(tp.topic, tp.partition)] = highwater - next_offset
+    metrics.set_consumer_lag(lags)
+
+# End of the consumer-lag section.
 # ---------------------------------------------------------------------------------------------
 # Read-only web views (JSON). Run data lives on the worker owning the single `runs` partition;
 # any worker routes the request there.

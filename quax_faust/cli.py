@@ -61,8 +61,10 @@ def cmd_topics(args, settings: Settings) -> int:
 
 
 def cmd_produce(args, settings: Settings) -> int:
+    from .metrics import serve_producer_metrics
     from .producer import produce_directory
 
+    serve_producer_metrics(settings.producer_metrics_port, settings.web_host)  # /metrics (docs/metrics.md)
     report = asyncio.run(produce_directory(
         settings, args.source, args.run, args.pace, loop=args.loop, follow=args.follow,
         checkpoint=not args.no_checkpoint, quarantine_dir=args.quarantine, idle_exit_s=args.idle_exit,

@@ -1,29 +1,119 @@
-"""Prometheus metrics of the workers (prometheus-client). Names follow Prometheus conventions.
+"""Prometheus metrics of every process of the chain (prometheus-client). docs/metrics.md lists them.
 
-Each worker serves them at ``/metrics`` on its own web port (see app.py).
+Names follow Prometheus conventions: a ``quax_`` prefix, base units in the name (``_seconds``,
+``_bytes``), counters end in ``_total``.
+
+- Workers register in prometheus-client's default registry and serve it at ``/metrics`` on their
+  web port (app.py), together with Faust's own sensor (``faust_*``, see app.py) and the process
+  collector (``process_*``: CPU, resident memory).
+- The producer registers in ``PRODUCER_REGISTRY``, served by ``serve_producer_metrics`` on
+  ``settings.producer_metrics_port`` (``quax produce`` starts it), so neither process exports the
+  other's idle zeros.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Mapping
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+
+# --- workers: the slices agent (transform_slices) ---------------------------------------------
 SLICES = Counter("quax_slices_total", "Whole slices counted into file spectra")
-SAMPLE_BYTES = Counter("quax_sample_bytes_total", "Bytes of complex64 samples received")
+SAMPLE_BYTES = Counter("quax_sample_bytes_total", "Bytes of complex64 samples counted into file spectra")
+DATA_SECONDS = Counter("quax_data_seconds_total",
+                       "Seconds of detector data counted into file spectra (whole slices, plus each "
+                       "finished file's dropped tail); its rate is the pipeline's real-time factor")
 MESSAGES = Counter("quax_slice_messages_total", "Slice messages processed")
 DUPLICATE_SLICES = Counter("quax_duplicate_slices_total", "Slices received again and ignored")
 REJECTED = Counter("quax_rejected_messages_total", "Messages rejected, by reason", ["topic", "reason"])
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")
+FFT_SECONDS = Histogram("quax_fft_batch_seconds", "FFT + power sums of one slice message",
+                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
+TABLE_SECONDS = Histogram("quax_table_update_seconds",
+                          "Reading, decoding, encoding and writing one file's table entry",
+                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
+
+# --- workers: the spectra agent (fold_spectra) --------------------------------------------------
 FILES_FOLDED = Counter("quax_files_folded_total", "File spectra folded into a run average")
 DUPLICATE_FILES = Counter("quax_duplicate_files_total", "File spectra received again and ignored")
 FILE_LATENCY = Histogram(
     "quax_file_latency_seconds",
     "From the producer sending a file's last slice to its spectrum committed to the tables",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0))
-FFT_SECONDS = Histogram("quax_fft_batch_seconds", "FFT + power sums of one slice message",
-                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
-TABLE_SECONDS = Histogram("quax_table_update_seconds", "Reading and writing one table entry",
-                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5,
+             2.0, 3.0, 5.0, 10.0, 30.0, 60.0))
 LAST_FILE_COMPLETED = Gauge("quax_last_file_completed_timestamp_seconds",
                             "Unix time the latest file spectrum was folded into its run")
+
+# --- workers: consumer lag of the agents' source partitions -------------------------------------
+CONSUMER_LAG = Gauge("quax_consumer_lag_messages",
+                     "Messages in an assigned source partition not processed yet by this worker "
+                     "(the partition's high watermark minus the next offset to process)",
+                     ["topic", "partition"])
+_processed: dict[tuple[str, int], int] = {}
+_lag_exported: set[tuple[str, int]] = set()
+
+
+def note_processed(topic: str, partition: int, offset: int) -> None:
+    """An agent finished the message at ``offset`` of topic/partition (accepted or rejected)."""
+    _processed[(topic, partition)] = offset
+
+
+def next_offset_to_process(topic: str, partition: int) -> int | None:
+    """The offset after the last one processed here, or None if none was since the assignment."""
+    last = _processed.get((topic, partition))
+    return None if last is None else last + 1
+
+
+def set_consumer_lag(lags: Mapping[tuple[str, int], int]) -> None:
+    """Export ``{(topic, partition): lag}`` for the partitions assigned now; forget the others."""
+    for topic, partition in list(_processed):
+        if (topic, partition) not in lags:
+            del _processed[(topic, partition)]
+    for topic, partition in _lag_exported - set(lags):
+        CONSUMER_LAG.remove(topic, str(partition))
+    for (topic, partition), lag in lags.items():
+        CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(max(0, lag))
+    _lag_exported.clear()
+    _lag_exported.update(lags)
+
+
+# --- the producer (DAQ emulator) -----------------------------------------------------------------
+PRODUCER_REGISTRY = CollectorRegistry()
+ProcessCollector(registry=PRODUCER_REGISTRY)
+PRODUCER_FILES = Counter("quax_producer_files_sent_total", "File pairs sent and acknowledged by the broker",
+                         registry=PRODUCER_REGISTRY)
+PRODUCER_SLICES = Counter("quax_producer_slices_sent_total", "Whole slices sent",
+                          registry=PRODUCER_REGISTRY)
+PRODUCER_MESSAGES = Counter("quax_producer_messages_sent_total", "Slice messages sent",
+                            registry=PRODUCER_REGISTRY)
+PRODUCER_BYTES = Counter("quax_producer_bytes_sent_total", "Bytes of slice messages sent (wire format)",
+                         registry=PRODUCER_REGISTRY)
+PRODUCER_DATA_SECONDS = Counter("quax_producer_data_seconds_total",
+                                "Seconds of detector data sent; its rate is the achieved pace",
+                                registry=PRODUCER_REGISTRY)
+PRODUCER_SKIPPED = Counter("quax_producer_files_skipped_total", "Files not sent, by reason",
+                           ["reason"], registry=PRODUCER_REGISTRY)
+PRODUCER_SEND_SECONDS = Histogram(
+    "quax_producer_file_send_seconds",
+    "From handing a file's first message to the Kafka client to the broker's ack of its last",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0),
+    registry=PRODUCER_REGISTRY)
+PRODUCER_REALTIME_FACTOR = Gauge("quax_producer_realtime_factor",
+                                 "Achieved pace since the producer started: data seconds per wall second",
+                                 registry=PRODUCER_REGISTRY)
+PRODUCER_TARGET_REALTIME_FACTOR = Gauge("quax_producer_target_realtime_factor",
+                                        "Requested pace (1 = real time, +Inf = as fast as possible)",
+                                        registry=PRODUCER_REGISTRY)
+
+
+def serve_producer_metrics(port: int, host: str = "127.0.0.1"):
+    """Serve the producer's metrics at http://host:port/metrics from a daemon thread (port 0: don't).
+
+    Returns the HTTP server (``.shutdown()`` stops it), or None.
+    """
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host, registry=PRODUCER_REGISTRY)
+    return server

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
 
-from . import daq, wire
+from . import daq, metrics, wire
 from .accumulators import IndexSet
 from .settings import Settings
 from .topics import ensure_topics
@@ -97,12 +97,14 @@ class DaqProducer:
         """Send one file's whole slices; returns (slices, messages, bytes) once the broker acked all."""
         key = wire.file_key(run, file_index)
         pending, n_slices, n_bytes = [], 0, 0
+        started = time.perf_counter()
         for batch in batches_of_file(run, file_index, samples, self.settings):
             value = wire.encode_slice_batch(_stamped(batch))
             pending.append(await self.producer.send(self.settings.slices_topic, value, key=key))
             n_slices += batch.slice_count
             n_bytes += len(value)
         await asyncio.gather(*pending)
+        metrics.PRODUCER_SEND_SECONDS.observe(time.perf_counter() - started)
         return n_slices, len(pending), n_bytes
 
 
@@ -176,6 +178,7 @@ class DirectoryFeed:
             if not self.follow or now - first_seen > self.partner_timeout_s:
                 quarantine([problem.path], str(problem), self.quarantine_dir)
                 bad.append(str(problem))
+                metrics.PRODUCER_SKIPPED.labels(reason=problem.reason).inc()
                 self._seen.pop(index, None)
         ready = []
         for pair in pairs:
@@ -208,6 +211,7 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
     """
     wire.check_run_id(run)
     speed = float("inf") if follow else parse_pace(pace)
+    metrics.PRODUCER_TARGET_REALTIME_FACTOR.set(speed)
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"DAQ directory {source} does not exist")
@@ -263,6 +267,7 @@ async def _send_pair(producer: DaqProducer, settings: Settings, run: str, pair: 
     except daq.DaqError as exc:
         quarantine([pair.i_path, pair.q_path], str(exc), quarantine_dir)
         report.skipped.append(str(exc))
+        metrics.PRODUCER_SKIPPED.labels(reason=exc.reason).inc()
         return False
     # Real time: the DAQ finishes writing a file one file-duration after the previous one.
     delay = started + report.data_seconds / speed - time.monotonic()
@@ -276,9 +281,20 @@ async def _send_pair(producer: DaqProducer, settings: Settings, run: str, pair: 
     report.tail_samples_dropped += layout.tail_samples
     report.data_seconds += samples.shape[0] / settings.sample_rate_hz
     report.wall_seconds = time.monotonic() - started
+    _count_sent(settings, samples.shape[0], n_slices, n_messages, n_bytes, report.realtime_factor)
     if progress:
         log.info("run %s file %05d: %d slices in %d messages (tail %d dropped); %d files, %.1f s of "
                  "data in %.1f s = %.2fx real time", run, file_index, n_slices, n_messages,
                  layout.tail_samples, report.files_sent, report.data_seconds, report.wall_seconds,
                  report.realtime_factor)
     return True
+
+
+def _count_sent(settings: Settings, n_samples: int, n_slices: int, n_messages: int, n_bytes: int,
+                realtime_factor: float) -> None:
+    metrics.PRODUCER_FILES.inc()
+    metrics.PRODUCER_SLICES.inc(n_slices)
+    metrics.PRODUCER_MESSAGES.inc(n_messages)
+    metrics.PRODUCER_BYTES.inc(n_bytes)
+    metrics.PRODUCER_DATA_SECONDS.inc(n_samples / settings.sample_rate_hz)
+    metrics.PRODUCER_REALTIME_FACTOR.set(realtime_factor)

@@ -55,6 +55,16 @@ class Settings:
     var_dir: Path = REPO_DIR / "var"
     """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
 
+    # --- metrics (quax_faust/metrics.py, ops/prometheus/, docs/metrics.md) ------------------------
+    producer_metrics_port: int = 9464
+    """`quax produce` serves its Prometheus metrics on web_host:this/metrics (0: not at all)."""
+    consumer_lag_interval_s: float = 1.0
+    """How often each worker refreshes quax_consumer_lag_messages (s)."""
+    prometheus_port: int = 9090
+    """Prometheus (ops/prometheus/run.sh) listens on web_host:this."""
+    prometheus_scrape_interval_s: float = 5.0
+    """How often Prometheus scrapes the workers and the producer (s); rules use 1 m windows."""
+
     # --- Spark batch reprocessing (spark_batch/: `quax reprocess`, `quax verify`) ---------------
     spark_master: str = "local[2]"
     """Where the batch job runs: local[N] on this machine, or spark://host:7077 for a cluster."""

@@ -1,0 +1,211 @@
+"""Metrics, Prometheus rules and the Grafana dashboard, checked against the real programs.
+
+- promtool checks the Prometheus configuration (committed and rendered) and the rules, and runs the
+  rules' unit tests (ops/prometheus/rules_test.yml);
+- a short real run — real broker, two Faust workers, the producer in this process serving its
+  /metrics — is scraped by a real Prometheus (Debian's): every PromQL expression of every Grafana
+  panel must return data, the rejected-messages alert must fire for the malformed message we send,
+  and the quax_* families the processes export must pass `promtool check metrics`, Prometheus's
+  own lint of metric names, and our units/_total conventions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from quax_faust import daq, metrics, synth, wire
+from quax_faust.launch import free_port, wait_for_run
+from quax_faust.producer import DaqProducer, produce_directory
+from quax_faust.prometheus import CONFIG, OPS_DIR, Prometheus, render_config
+from quax_faust.settings import REPO_DIR, Settings
+from tests.kafka_io import send_raw_async
+
+DASHBOARD = REPO_DIR / "ops" / "grafana" / "dashboards" / "quax-stream.json"
+DATASOURCE = REPO_DIR / "ops" / "grafana" / "provisioning" / "datasources" / "quax-prometheus.yml"
+N_FILES, N_SAMPLES = 12, 65536
+
+needs_prometheus = pytest.mark.skipif(shutil.which("promtool") is None,
+                                      reason="Debian's prometheus package is not installed (ops/setup.sh)")
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, cwd=OPS_DIR)
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel of the provisioned dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+@needs_prometheus
+def test_promtool_accepts_config_and_rules_and_the_rule_tests_pass(tmp_path):
+    for args in (("check", "config", str(CONFIG)), ("check", "rules", "rules.yml"),
+                 ("test", "rules", "rules_test.yml")):
+        done = promtool(*args)
+        assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    # The copy run.sh writes for other ports is valid too, and points at the right targets.
+    settings = Settings().replace(web_port_base=31000, workers=4, producer_metrics_port=31500,
+                                  prometheus_port=31600)
+    rendered = render_config(settings, scrape_interval_s=1)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(rendered))
+    done = promtool("check", "config", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
+    assert targets["quax-workers"] == [f"127.0.0.1:{31000 + k}" for k in range(4)]
+    assert targets["quax-producer"] == ["127.0.0.1:31500"]
+
+
+def test_dashboard_panels_use_the_provisioned_datasource():
+    uid = yaml.safe_load(DATASOURCE.read_text())["datasources"][0]["uid"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid and target["expr"].strip(), panel["title"]
+
+
+@pytest.fixture
+def daq_dir(tmp_path):
+    """12 small synthetic pairs, plus an i file without its q partner (skipped by the producer)."""
+    directory = tmp_path / "daq"
+    for k in range(N_FILES):
+        daq.write_pair(directory, k, synth.synth_file(k, N_SAMPLES, synth.SynthModel(), seed=11))
+    (directory / f"duck_i_{N_FILES:05d}.dat").write_bytes(b"\0" * 4096)
+    return directory
+
+
+def poll(what: str, probe, timeout_s: float = 60.0, every_s: float = 0.5):
+    """Call probe() until it returns something truthy; fail with `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def quax_exposition(text: str) -> str:
+    """Only the quax_* families of a /metrics text (Faust's faust_* use ms and are not ours)."""
+    keep, out = False, []
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            keep = line.split()[2].startswith("quax_")
+        elif not line.startswith("#"):
+            keep = line.startswith("quax_")
+        if keep:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def check_conventions(text: str, source: str) -> list[str]:
+    """Our naming rules, beyond promtool's lint: units in the name, base units, _total counters."""
+    problems = []
+    families = [f for f in text_string_to_metric_families(text) if f.name.startswith("quax_")]
+    assert families, f"{source} exports no quax_* metrics"
+    for family in families:
+        name = family.name  # the parser strips _total from counters
+        if not re.fullmatch(r"quax_[a-z0-9_]+", name):
+            problems.append(f"{source}: {name} is not lower snake case")
+        if not family.documentation.strip():
+            problems.append(f"{source}: {name} has no help text")
+        if re.search(r"_(ms|milliseconds|us|microseconds|minutes|hours|kilobytes|megabytes|mb|kb)(_|$)", name):
+            problems.append(f"{source}: {name} is not in a base unit (seconds, bytes)")
+        if family.type == "histogram" and not name.endswith(("_seconds", "_bytes")):
+            problems.append(f"{source}: histogram {name} does not name its unit")
+        if family.type == "counter" and f"# TYPE {name}_total counter" not in text:
+            problems.append(f"{source}: counter {name} does not end in _total")
+        if family.type == "gauge" and name.endswith("_total"):
+            problems.append(f"{source}: gauge {name} ends in _total")
+    return problems
+
+
+@needs_prometheus
+@pytest.mark.broker
+def test_every_dashboard_panel_returns_data_from_a_real_prometheus(make_stack, daq_dir, tmp_path):
+    settings, workers = make_stack(workers=2, slices_per_message=8, producer_metrics_port=free_port(),
+                                   prometheus_port=free_port(), consumer_lag_interval_s=0.5)
+    producer_http = metrics.serve_producer_metrics(settings.producer_metrics_port, settings.web_host)
+    prometheus = Prometheus(settings, tmp_path / "prometheus", scrape_interval_s=1).start()
+    try:
+        # Every target (2 workers, the producer here, Prometheus itself) scraped before data flows,
+        # so counters have a sample at their starting value and rate() sees the increase.
+        poll("Prometheus to scrape every target",
+             lambda: (lambda up: len(up) == settings.workers + 2 and all(up.values()))(prometheus.targets_up()))
+
+        report = asyncio.run(produce_directory(settings, daq_dir, "metrics", "realtime", progress=False))
+        assert report.files_sent == N_FILES and len(report.skipped) == 1
+
+        async def duplicates_and_garbage():
+            async with DaqProducer(settings) as producer:  # file 3 again: all its slices duplicates
+                await producer.send_file("metrics", 3, daq.read_pair(daq.pair_paths(daq_dir, 3)))
+            await send_raw_async(settings.broker, settings.slices_topic, wire.file_key("metrics", 0),
+                                 b"QXSB but not a slice message")
+
+        asyncio.run(duplicates_and_garbage())
+        wait_for_run(settings, "metrics", N_FILES)
+        poll("Prometheus to see every file folded and the rejected message",
+             lambda: (prometheus.value("sum(quax_files_folded_total)") or 0) >= N_FILES
+             and (prometheus.value("sum(quax_rejected_messages_total)") or 0) >= 1)
+
+        # The Grafana dashboard: no panel may query a metric or rule that does not exist.
+        queries = panel_queries()
+        assert len(queries) >= 15
+        missing = set(queries)
+        deadline = time.monotonic() + 45
+        while missing and time.monotonic() < deadline:
+            missing = {(title, expr) for title, expr in missing if not prometheus.query(expr)}
+            time.sleep(1)
+        assert not missing, "panels without data:\n" + "\n".join(f"  {t}: {e}" for t, e in sorted(missing))
+
+        # The same figures the panels show agree with what the run did.
+        assert prometheus.value("sum(quax_producer_files_skipped_total{reason=\"missing_partner\"})") == 1
+        assert prometheus.value("sum(quax_duplicate_slices_total)") >= N_SAMPLES // settings.slice_len
+        assert prometheus.value("sum(quax_slices_total)") == N_FILES * (N_SAMPLES // settings.slice_len)
+        assert prometheus.value("sum(quax_data_seconds_total)") == pytest.approx(N_FILES * N_SAMPLES / 2e6)
+        lags = prometheus.query("quax_consumer_lag_messages")
+        assert {r["metric"]["topic"] for r in lags} == {settings.slices_topic, settings.spectra_topic}
+        assert len([r for r in lags if r["metric"]["topic"] == settings.slices_topic]) == settings.partitions
+
+        alert = poll("the QuaxRejectedMessagesRising alert to fire",
+                     lambda: [a for a in prometheus.alerts() if a["labels"]["alertname"] == "QuaxRejectedMessagesRising"
+                              and a["state"] == "firing"], timeout_s=30)
+        assert alert[0]["labels"]["reason"] == "truncated"  # 28 bytes, shorter than any header
+
+        # Metric names: Prometheus's own lint, and our conventions, on what the processes export.
+        expositions = {"worker 0": get_text(settings.worker_url(0) + "/metrics"),
+                       "producer": get_text(f"http://{settings.web_host}:{settings.producer_metrics_port}/metrics")}
+        problems = []
+        for source, text in expositions.items():
+            lint = promtool("check", "metrics", stdin=quax_exposition(text))
+            if lint.returncode != 0 or lint.stdout.strip() or lint.stderr.strip():
+                problems.append(f"{source}: promtool check metrics: {lint.stdout}{lint.stderr}")
+            problems += check_conventions(text, source)
+        assert not problems, "\n".join(problems)
+        assert "faust_messages_received_total" in expositions["worker 0"], "Faust's sensor is exported"
+    finally:
+        prometheus.stop()
+        if producer_http is not None:
+            producer_http.shutdown()
