@@ -9,7 +9,8 @@ cat <<MSG
 quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace.
   worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
-  metrics:       http://127.0.0.1:$port_base/metrics
+  metrics:       http://127.0.0.1:$port_base/metrics  (producer: http://127.0.0.1:${QUAX_PRODUCER_METRICS_PORT:-9464}/metrics)
+  prometheus:    http://127.0.0.1:${QUAX_PROMETHEUS_PORT:-9090}/   (rules and Grafana dashboard: docs/metrics.md)
   export a run:  .venv/bin/quax export --run <run> --out run.npz
 Ctrl-C stops everything.
 MSG
