@@ -17,6 +17,9 @@ from pyspark.sql import functions as F
 from quax_faust.settings import Settings
 from quax_faust.topics import partition_counts
 
+RECEIVE_BUFFER_BYTES = 4 << 20
+"""Socket buffer of Spark's Kafka consumer: the 64 KiB default throttles MiB-sized records."""
+
 Bounds = dict[int, tuple[int, int]]
 """Kafka partition -> [start, end) offsets."""
 
@@ -54,6 +57,7 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
           .option("endingOffsets", json.dumps(end))
           .option("kafka.max.partition.fetch.bytes", str(settings.max_message_bytes))
           .option("kafka.fetch.max.bytes", str(4 * settings.max_message_bytes))
+          .option("kafka.receive.buffer.bytes", str(RECEIVE_BUFFER_BYTES))
           .load())
     key = F.col("key").cast("string")
     return df.where(key_filter(key)).select("key", "value", "partition", "offset")
