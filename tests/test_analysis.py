@@ -1,0 +1,360 @@
+"""The candidate search, tested like the physics (no broker).
+
+Pure noise must give a standard-normal normalised excess and exactly the false-candidate rate the
+threshold promises; an injected tone (`quax synth --tone-hz F --tone-amplitude A`) must be found at
+its frequency with a significance growing like sqrt(N); a tone too weak for the run must not be
+claimed; a strongly rippled, drifting passband must produce nothing.
+
+Two sources of spectra: the real chain (synth -> .dat files -> dsp.power_sums), and, where many
+spectra or very long runs are needed, the exact distribution of a run mean of N periodograms of
+Gaussian noise: passband x Gamma(N, 1/N) per bin (a mean of N exponential values).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from quax_faust import analysis, candidates, daq, dsp, synth
+from quax_faust.cli import main as quax
+from quax_faust.export import write_export
+from quax_faust.settings import Settings
+
+FS = 2e6
+L = 3072
+BIN_HZ = FS / L
+SETTINGS = Settings()
+FREQ = dsp.frequency_axis_hz(L, FS)
+GAIN = synth.passband_power_gain(FREQ, synth.SynthModel()) * 2 / FS  # noise PSD, V**2/Hz
+
+TONE_HZ = 123_456.0  # 189.6 bins: off-centre, part of its power leaks into the next bin
+FILES, SAMPLES = 24, 3072 * 170  # 170 slices per file, 4080 in the run
+
+
+def noise_mean(rng, n_slices: int, gain: np.ndarray = GAIN) -> np.ndarray:
+    """Run mean of n_slices periodograms of Gaussian noise with PSD gain: gain x Gamma(N, 1/N)."""
+    return gain * rng.gamma(n_slices, 1.0 / n_slices, size=gain.shape)
+
+
+def spectra_of(directory, n_files: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-file mean periodograms (n_files, L) and slice counts of the .dat pairs in directory."""
+    means, counts = [], []
+    for k in range(n_files):
+        slices = daq.whole_slices(daq.read_pair(daq.pair_paths(directory, k)), L)
+        sums = dsp.power_sums(slices, FS)
+        means.append(sums.power_sum / sums.n_slices)
+        counts.append(sums.n_slices)
+    return np.array(means), np.array(counts)
+
+
+def cumulative(means: np.ndarray, counts: np.ndarray):
+    """(files folded, run mean, N) after each file, in file order."""
+    power_sum = np.zeros(means.shape[1])
+    for k in range(len(counts)):
+        power_sum += means[k] * counts[k]
+        yield k, power_sum / counts[: k + 1].sum(), int(counts[: k + 1].sum())
+
+
+@pytest.fixture(scope="module")
+def tone_runs(tmp_path_factory):
+    """The same noise with a tone of two amplitudes, written by `quax synth` and read back."""
+    out = {}
+    for name, amplitude in (("strong", 0.020), ("weak", 0.0045)):
+        directory = tmp_path_factory.mktemp(name)
+        assert quax(["synth", "--out", str(directory), "--files", str(FILES), "--samples",
+                     str(SAMPLES), "--seed", "11", "--tone-hz", str(TONE_HZ),
+                     "--tone-amplitude", str(amplitude)]) == 0
+        out[name] = (amplitude, *spectra_of(directory, FILES))
+    return out
+
+
+def predicted_snr(amplitude: float, freq_hz: float, noise_drift: float = 1.0) -> float:
+    """Per-slice relative excess (P - B)/B of a tone in its nearest bin.
+
+    Tone periodogram A**2 * L / fs * sinc(offset)**2 (boxcar scalloping) over the noise PSD
+    2 * gain / fs (1 V rms per channel, complex), times synth's file-to-file gain drift.
+    """
+    offset = freq_hz / BIN_HZ - round(freq_hz / BIN_HZ)
+    gain = synth.passband_power_gain(np.array([freq_hz]), synth.SynthModel())[0]
+    return amplitude ** 2 * L * np.sinc(offset) ** 2 / (2 * gain * noise_drift)
+
+
+def expected_standardised(amplitude: float, freq_hz: float, counts: np.ndarray) -> np.ndarray:
+    """The tone's expected standardised excess after each file: snr * sqrt(N / sum r**2).
+
+    sum r**2 = 1 + sum w**2 is the block's residual variance including the baseline fit's noise;
+    the noise level is the slice-weighted mean of synth's drift (1 + 2 % sin(2 pi k / 50)).
+    """
+    model = synth.SynthModel()
+    drift = 1 + model.drift_fraction * np.sin(2 * np.pi * np.arange(counts.size) / model.drift_period_files)
+    n = np.cumsum(counts)
+    mean_drift = np.cumsum(counts * drift) / n
+    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    s2, _ = analysis.block_moments(analysis.block_baseline_weights(1, window, SETTINGS.baseline_polyorder), 1)
+    return predicted_snr(amplitude, freq_hz, mean_drift) * np.sqrt(n / s2)
+
+
+def tone_noise(amplitude: float, freq_hz: float) -> float:
+    """Scatter of a tone bin's standardised excess: a tone plus noise has |s+n|**2 of variance
+    sigma**4 + 2 |s|**2 sigma**2 (non-central chi-square), i.e. sqrt(1 + 2 snr) in units of pure noise."""
+    return float(np.sqrt(1 + 2 * predicted_snr(amplitude, freq_hz)))
+
+
+def block_at(result: analysis.SearchResult, freq_hz: float) -> int:
+    return int(np.argmin(np.abs(result.block_frequency_hz - freq_hz)))
+
+
+# --- pure noise ----------------------------------------------------------------------------------
+
+def test_pure_noise_normalised_excess_is_standard_normal(tmp_path):
+    """Through the real chain: N=170 slices per spectrum, so the Gamma skewness (0.15) matters."""
+    assert quax(["synth", "--out", str(tmp_path), "--files", "24", "--samples", str(SAMPLES),
+                 "--seed", "3"]) == 0
+    means, counts = spectra_of(tmp_path, 24)
+    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    residual_variance = analysis.baseline_residual_variance(window, SETTINGS.baseline_polyorder)
+    excess, raw, z = [], [], []
+    for mean, n in zip(means, counts):
+        result = analysis.search_spectrum(mean, int(n), FS, SETTINGS)
+        assert result.candidates == []
+        bins = result.block_start  # single-bin blocks: every searched bin
+        excess.append(analysis.normalised_excess(mean, result.baseline, int(n),
+                                                 residual_variance=residual_variance)[bins])
+        raw.append(analysis.normalised_excess(mean, result.baseline, int(n))[bins])
+        z.append(result.local_significance)
+    excess, raw, z = np.concatenate(excess), np.concatenate(raw), np.concatenate(z)
+    n = excess.size
+    assert n > 60_000
+    assert abs(excess.mean()) < 4 / np.sqrt(n)
+    assert abs(excess.var() - 1) < 4 * np.sqrt(2 / n)
+    # The fit's own noise is real: the plain delta*sqrt(N) has variance 1 - c0, not 1.
+    assert abs(raw.var() - residual_variance) < 4 * np.sqrt(2 / n)
+    assert abs(raw.var() - 1) > 4 * np.sqrt(2 / n)
+    # Tails of the local significance: the Gamma skewness is accounted for, both sides.
+    for threshold in (2.5, 3.0):
+        expected = n * scipy.stats.norm.sf(threshold)
+        for count in (np.sum(z > threshold), np.sum(z < -threshold)):
+            assert abs(count - expected) < 4 * np.sqrt(expected), (threshold, count, expected)
+
+
+@pytest.mark.parametrize("threshold_sigma", [0.0, 1.0, 5.0])
+def test_false_candidate_rate_matches_the_global_threshold(threshold_sigma):
+    """A global threshold of T sigma: a fraction Phi(-T) of pure-noise runs show any candidate."""
+    rng = np.random.default_rng(int(threshold_sigma * 10) + 1)
+    settings = SETTINGS.replace(candidate_threshold_sigma=threshold_sigma)
+    n_runs = 300
+    n_with_candidates = n_candidates = 0
+    for _ in range(n_runs):
+        result = analysis.search_spectrum(noise_mean(rng, 2730), 2730, FS, settings)
+        n_with_candidates += bool(result.candidates)
+        n_candidates += len(result.candidates)
+    p_global = scipy.stats.norm.sf(threshold_sigma)
+    expected = n_runs * p_global
+    assert abs(n_with_candidates - expected) <= 4 * np.sqrt(n_runs * p_global * (1 - p_global)) + 0.5
+    # The number of false candidates is Poisson with mean -ln(1 - P_global) per run.
+    mean_count = n_runs * -np.log1p(-p_global)
+    assert abs(n_candidates - mean_count) <= 4 * np.sqrt(mean_count) + 0.5
+
+
+# --- injection and recovery ----------------------------------------------------------------------
+
+def test_injected_tone_is_found_and_its_significance_grows_like_sqrt_n(tone_runs):
+    amplitude, means, counts = tone_runs["strong"]
+    expected = expected_standardised(amplitude, TONE_HZ, counts)
+    sd = tone_noise(amplitude, TONE_HZ)  # 1.3: the tone's own noise adds to the background's
+    n_seen = np.cumsum(counts).astype(float)
+    u_at_tone, first_claimed = [], None
+    for k, mean, n in cumulative(means, counts):
+        result = analysis.search_spectrum(mean, n, FS, SETTINGS)
+        u_at_tone.append(result.standardised[block_at(result, TONE_HZ)])
+        claimed = [c for c in result.candidates if abs(c.frequency_hz - TONE_HZ) <= BIN_HZ]
+        assert len(result.candidates) == len(claimed), "only the tone may be claimed"
+        if claimed and first_claimed is None:
+            first_claimed = k
+        if first_claimed is not None:
+            assert claimed, f"the tone fell below threshold after file {k}"
+            assert claimed[0].local_significance > result.local_threshold_sigma
+    u_at_tone = np.array(u_at_tone)
+    assert expected[0] < result.local_threshold_sigma < expected[-1]  # it crosses during the run
+    # sqrt(N): the tone's excess follows the prediction from its amplitude at every step, and a
+    # free power law fitted to it has exponent 1/2 (4 sigma of the fit's scatter: 0.25).
+    assert np.max(np.abs(u_at_tone - expected)) < 4 * sd
+    exponent = np.polyfit(np.log(n_seen[3:]), np.log(u_at_tone[3:]), 1)[0]
+    assert abs(exponent - 0.5) < 0.25, exponent
+    scale = np.sum(u_at_tone * expected) / np.sum(expected ** 2)
+    assert scale == pytest.approx(1.0, abs=4 * sd / expected[-1] + 0.02)  # + ~1 % sidelobes in the fit
+
+    doc = candidates.replay_run("strong", np.arange(FILES), means, counts, FS, SETTINGS)
+    (cand,) = doc["candidates"]
+    assert abs(cand["frequency_hz"] - TONE_HZ) <= BIN_HZ
+    assert cand["first_seen_file"] == first_claimed
+    assert cand["persistent"] and cand["above_threshold"]
+    assert cand["consecutive_searches"] == FILES - first_claimed
+    assert doc["n_slices"] == counts.sum() and doc["n_files"] == FILES
+
+
+def test_tone_too_weak_for_the_run_is_not_claimed(tone_runs):
+    amplitude, means, counts = tone_runs["weak"]
+    expected = expected_standardised(amplitude, TONE_HZ, counts)
+    assert expected[-1] < 2.0  # ~1.5 sigma expected after the whole run
+    for k, mean, n in cumulative(means, counts):
+        result = analysis.search_spectrum(mean, n, FS, SETTINGS)
+        assert result.candidates == [], f"claimed after file {k}: {result.candidates}"
+    # It is there, at the expected strength: just too weak for 4080 slices.
+    assert abs(result.standardised[block_at(result, TONE_HZ)] - expected[-1]) < 4 * tone_noise(amplitude, TONE_HZ)
+    # ... and the search would claim it in a run 60x longer (about an hour: expected 9 sigma local).
+    n_long = 60 * n
+    long_mean = noise_mean(np.random.default_rng(5), n_long)
+    k = L // 2 + int(round(TONE_HZ / BIN_HZ))
+    long_mean[k] += GAIN[k] * predicted_snr(amplitude, TONE_HZ)
+    (cand,) = analysis.search_spectrum(long_mean, n_long, FS, SETTINGS).candidates
+    assert abs(cand.frequency_hz - TONE_HZ) <= BIN_HZ
+
+
+def test_bin_centred_tone_power_is_its_mean_square_amplitude(tmp_path):
+    amplitude, freq_hz = 0.02, 384 * BIN_HZ  # the demo's 250 kHz line sits on a bin centre
+    assert quax(["synth", "--out", str(tmp_path), "--files", "4", "--samples", str(SAMPLES),
+                 "--tone-hz", str(freq_hz), "--tone-amplitude", str(amplitude)]) == 0
+    means, counts = spectra_of(tmp_path, 4)
+    *_, (k, mean, n) = cumulative(means, counts)
+    (cand,) = analysis.search_spectrum(mean, n, FS, SETTINGS).candidates
+    assert cand.frequency_hz == pytest.approx(freq_hz)
+    assert cand.n_blocks == 1
+    rel_error = 1 / (predicted_snr(amplitude, freq_hz) * np.sqrt(n))  # sigma of P over P - B
+    assert cand.power == pytest.approx(amplitude ** 2, rel=4 * rel_error)
+
+
+def test_line_width_coadding_finds_a_broad_line_single_bins_miss():
+    """A 10 kHz wide line (15 bins at 2.5 sigma each) is ~8.6 sigma when co-added over its width.
+
+    The baseline window must be much wider than the line (here 20 line widths): the fit bridges
+    the block and one block-width each side, and a narrow window makes that bridge noisy.
+    """
+    rng = np.random.default_rng(8)
+    n = 2730
+    broad = SETTINGS.replace(line_width_hz=15 * BIN_HZ, baseline_window_hz=301 * BIN_HZ,
+                             search_band_fraction=0.7)
+    z = []
+    for _ in range(40):  # pure noise: co-added blocks are standard normal too
+        result = analysis.search_spectrum(noise_mean(rng, n), n, FS, broad)
+        assert result.block_len == 15 and result.candidates == []
+        z.append(result.local_significance)
+    z = np.concatenate(z)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.var() - 1) < 4 * np.sqrt(2 / z.size)
+
+    mean = noise_mean(rng, n)
+    line = slice(L // 2 + 600, L // 2 + 615)
+    mean[line] += GAIN[line] * 2.5 / np.sqrt(n)
+    assert analysis.search_spectrum(mean, n, FS, SETTINGS).candidates == []
+    (cand,) = analysis.search_spectrum(mean, n, FS, broad).candidates
+    assert FREQ[line.start] - 8 * BIN_HZ <= cand.frequency_hz <= FREQ[line.stop - 1] + 8 * BIN_HZ
+    # The variance of a block's excess relative to no fit at all: the price of the fit.
+    for window, most in ((301, 1.3), (101, None)):
+        s2, _ = analysis.block_moments(analysis.block_baseline_weights(15, window, 4), 15)
+        assert (15 * s2 < most) if most else (15 * s2 > 3), (window, 15 * s2)
+
+
+def test_transient_line_fades_and_is_not_persistent():
+    """Interference in the first 3 files only: claimed, then diluted by the growing run, dropped."""
+    rng = np.random.default_rng(21)
+    n_file, k_line = 2730, L // 2 - 700
+    means = np.array([noise_mean(rng, n_file) for _ in range(60)])
+    means[:3, k_line] += GAIN[k_line] * 14 / np.sqrt(n_file)  # 14 sigma in each of those files
+    counts = np.full(60, n_file)
+    doc, statuses = None, []
+    for k, mean, n in cumulative(means, counts):
+        doc, changed = candidates.search_run(doc, "transient", mean, n, FS, k, k + 1, SETTINGS)
+        statuses += [(k, c["status"]) for c in changed]
+    (rec,) = doc["candidates"]
+    assert rec["bin"] == k_line and rec["first_seen_file"] == 0
+    assert statuses[0] == (0, "new") and statuses[-1][1] == "dropped"
+    assert not rec["above_threshold"] and not rec["persistent"]
+    assert rec["peak_significance"] > rec["significance"] + 5
+    assert [s for _, s in statuses].count("dropped") == 1
+
+
+# --- the passband ---------------------------------------------------------------------------------
+
+def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
+    # The real chain: a passband with 100 % ripple and a 20 % file-to-file gain drift.
+    model = synth.SynthModel(passband_ripple=1.0, drift_fraction=0.2, drift_period_files=6)
+    for k in range(6):
+        daq.write_pair(tmp_path, k, synth.synth_file(k, SAMPLES, model, seed=4))
+    means, counts = spectra_of(tmp_path, 6)
+    for k, mean, n in cumulative(means, counts):
+        assert analysis.search_spectrum(mean, n, FS, SETTINGS).candidates == [], k
+    # A day of data (20,600 files: the fit's bias must stay far below 1/sqrt(N) = 1.3e-4), with a
+    # DC spike from the I/Q mixer 1000x above the noise.
+    gain = synth.passband_power_gain(FREQ, model) * 2 / FS
+    rng = np.random.default_rng(9)
+    n_day = 2730 * 20_600
+    z = []
+    for _ in range(20):
+        mean = noise_mean(rng, n_day, gain)
+        mean[L // 2] *= 1000
+        result = analysis.search_spectrum(mean, n_day, FS, SETTINGS)
+        assert result.candidates == []
+        z.append(result.local_significance)
+    z = np.concatenate(z)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.var() - 1) < 4 * np.sqrt(2 / z.size)
+
+
+def test_savgol_baseline_follows_smooth_shapes_to_the_edges_and_bridges_excluded_bins():
+    x = np.linspace(-1, 1, L)
+    quartic = 3 + x - 2 * x ** 2 + 0.5 * x ** 4
+    np.testing.assert_allclose(analysis.savgol_baseline(quartic, 101, 4), quartic, rtol=1e-9)
+    spiked = quartic.copy()
+    spiked[L // 2 - 2: L // 2 + 3] = 1e6
+    exclude = np.zeros(L, bool)
+    exclude[L // 2 - 2: L // 2 + 3] = True
+    bridged = analysis.savgol_baseline(spiked, 101, 4, exclude=exclude)
+    assert np.max(np.abs(bridged / quartic - 1)) < 1e-4
+    with pytest.raises(ValueError, match="must be odd"):
+        analysis.savgol_baseline(quartic, 100, 4)
+    with pytest.raises(ValueError, match="at least one slice"):
+        analysis.normalised_excess(quartic, quartic, 0)
+
+
+def test_significance_conversions():
+    for n_trials in (1, 2604, 10 ** 6):
+        z_local = analysis.local_threshold(5.0, n_trials)
+        assert analysis.global_significance(z_local, n_trials) == pytest.approx(5.0, abs=1e-6)
+    assert analysis.local_threshold(5.0, 1) == pytest.approx(5.0)
+    # Bonferroni in the tail: n * p_local = p_global.
+    assert 2604 * scipy.stats.norm.sf(analysis.local_threshold(5.0, 2604)) == pytest.approx(
+        scipy.stats.norm.sf(5.0), rel=1e-5)
+    # Gamma tails against scipy's Gamma distribution, the skewed side and the other.
+    for shape in (170, 2730):
+        u = np.array([-4.0, -2.0, 0.5, 3.0, 6.0, 12.0])
+        tail = np.where(u > 0, scipy.stats.gamma.sf(1 + u / np.sqrt(shape), shape, scale=1 / shape),
+                        scipy.stats.gamma.cdf(1 + u / np.sqrt(shape), shape, scale=1 / shape))
+        z = np.where(u > 0, scipy.stats.norm.isf(tail), scipy.stats.norm.ppf(tail))
+        np.testing.assert_allclose(analysis.gaussian_equivalent(u, shape), z, rtol=1e-9, atol=1e-9)
+    # Beyond p = 1e-300 (log-space tails) the curve goes on smoothly; huge N is Gaussian.
+    u = np.linspace(30, 60, 301)
+    z = analysis.gaussian_equivalent(u, 2730)
+    assert np.all(np.diff(z) > 0) and np.max(np.abs(np.diff(z, 2))) < 1e-3
+    assert np.all(np.diff(analysis.gaussian_equivalent(-np.linspace(20, 45, 251), 2730)) < 0)
+    assert analysis.gaussian_equivalent(6.0, 1e12) == pytest.approx(6.0, abs=1e-4)
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def test_quax_analyse_on_an_export_prints_the_candidate_with_the_lo(tone_runs, tmp_path, capsys):
+    _, means, counts = tone_runs["strong"]
+    lo = 10.4e9
+    data = {"frequency_hz": FREQ + lo, "run_mean": means.T @ counts / counts.sum(),
+            "run_sem": np.zeros(L), "run_std": np.zeros(L), "n_slices_total": np.int64(counts.sum()),
+            "file_index": np.arange(FILES), "file_mean": means, "file_std": np.zeros_like(means),
+            "file_n_slices": counts, "file_latency_s": np.zeros(FILES), "run": np.array("r42")}
+    path = write_export(data, tmp_path / "r42.npz")
+    assert quax(["analyse", "--from-export", str(path)]) == 0
+    table = capsys.readouterr().out
+    row = [line for line in table.splitlines() if line.strip().startswith("10400")]
+    assert len(row) == 1, table
+    freq, sigma, local, power, first, persistent, now = row[0].split()
+    assert abs(float(freq) - (lo + TONE_HZ)) <= BIN_HZ
+    assert float(sigma) > SETTINGS.candidate_threshold_sigma and persistent == "true" and now == "above"
+    assert "run r42: 24 files, 4080 slices" in table
+    assert quax(["analyse", "--from-export", str(path), "--run", "other"]) == 2
