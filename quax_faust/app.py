@@ -4,6 +4,7 @@
                                                      \\-----> spectra (1 partition, key run)
     spectra --fold_spectra--> table runs          (run-wide average, files folded)
                          \\--> table file_spectra  (each finished file's mean and std)
+                         \\--> table candidates, topic candidates (search of the new average)
 
 Start a worker with ``quax worker --index K`` (Procfile runs four). Settings: quax_faust/settings.py.
 """
@@ -20,7 +21,7 @@ from faust.web import Request, Response, View
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import dsp, metrics, views, wire
+from . import candidates, dsp, metrics, views, wire
 from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
 from .settings import Settings
 
@@ -131,6 +132,7 @@ async def fold_spectra(stream):
                 metrics.FILES_FOLDED.inc()
                 metrics.FILE_LATENCY.observe(now - spectrum.last_produced_at_s)
                 metrics.LAST_FILE_COMPLETED.set(now)
+                await search_candidates(acc)  # the candidate-search section below
             else:
                 metrics.DUPLICATE_FILES.inc()
                 if file_spectra_table.get(file_key) is None:
@@ -175,6 +177,49 @@ async def export_consumer_lag() -> None:
     metrics.set_consumer_lag(lags)
 
 # End of the consumer-lag section.
+# ---------------------------------------------------------------------------------------------
+# Candidate search (quax_faust/analysis.py, candidates.py, docs/analysis.md): after each file is
+# folded into a run, its new average is searched; the run's candidates document lives in the
+# `candidates` table (JSON, key run) and what changed goes to the `candidates` topic.
+
+candidates_topic = app.topic(settings.candidates_topic, partitions=1, **raw)
+candidates_table = app.Table("candidates", partitions=1, **raw_table)
+
+
+async def search_candidates(acc: RunAccumulator) -> None:
+    """Search the run's new average (inside fold_spectra's stream iteration, so it may write)."""
+    key = acc.run.encode()
+    stored = candidates_table.get(key)
+    try:
+        doc, changed = candidates.search_run(candidates.decode(stored) if stored else None, acc.run,
+                                             acc.mean, acc.n_slices, acc.sample_rate_hz,
+                                             acc.latest_file_index, acc.n_files, settings)
+        value = candidates.encode(doc)
+    except ValueError as exc:  # a spectrum the search cannot use: say so, keep folding
+        log.warning("candidate search of run %s after file %d failed: %s", acc.run,
+                    acc.latest_file_index, exc)
+        return
+    candidates_table[key] = value
+    context = {k: doc[k] for k in ("run", "searched_file_index", "n_files", "n_slices",
+                                   "threshold_sigma", "local_threshold_sigma")}
+    for record in changed:
+        await candidates_topic.send(key=key, value=candidates.encode({**context, **record}))
+
+
+@app.page("/quax/runs/{run}/candidates/")
+class RunCandidatesView(View):
+    """The run's candidates: frequency (Hz, plus the LO), significance, power, first seen file..."""
+
+    @app.table_route(table=runs_table, match_info="run")
+    async def get(self, request: Request, run: str) -> Response:
+        stored = candidates_table.get(run.encode())
+        if stored:
+            return self.json(candidates.decode(stored))
+        if _run(run) is None:
+            return self.json({"error": f"no run {run!r}"}, status=404)
+        return self.json(candidates.empty_document(run, settings))
+
+# End of the candidate-search section.
 # ---------------------------------------------------------------------------------------------
 # Read-only web views (JSON). Run data lives on the worker owning the single `runs` partition;
 # any worker routes the request there.
