@@ -44,7 +44,7 @@ LEFT_WIDTH, RIGHT_WIDTH = 1060, 470
 RUN_COLOUR, FILE_COLOUR, BASELINE_COLOUR = "#b2182b", "#4d4d4d", "#2166ac"
 OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#1a7f37", "#c62828", "#6e7781"
 SPECTRUM_TOOLS = "xpan,xwheel_zoom,xbox_zoom,box_zoom,reset,save"
-EXCESS_TITLE = "Normalised excess δ·√N of the run average over its smooth baseline (searched band)"
+EXCESS_TITLE = "Normalised excess δ·√N of the run average over its smooth baseline"
 
 
 @dataclass
@@ -57,6 +57,7 @@ class PageUpdate:
     version: tuple | None = None
     run_columns: dict | None = None
     excess_scatter: float | None = None
+    noise_scale: float = 1.0
     excess_columns: dict | None = None
     marks_columns: dict | None = None
     latest_columns: dict | None = None
@@ -86,6 +87,7 @@ class LiveDashboard:
         self.seen: set[int] = set()
         self.latest_index: int | None = None
         self.latest_latency_s: float | None = None
+        self.noise_scale = 1.0
         self.run_spectrum: shaping.RunSpectrum | None = None
         self.run_summary: dict | None = None
         self.last_ok_s: float | None = None
@@ -100,6 +102,7 @@ class LiveDashboard:
         self._build()
         doc.title = "QUAX live spectrum"
         doc.add_root(self.layout)
+        doc.add_root(self.download_src)  # drawn by nothing, so not reachable from the layout
         doc.add_periodic_callback(self._tick, int(settings.dashboard_refresh_s * 1000))
         doc.on_session_destroyed(lambda _ctx: self._closed.set())
         doc.add_next_tick_callback(self._tick)
@@ -136,23 +139,24 @@ class LiveDashboard:
         self.spectrum_log = self._spectrum_figure("log", x_label)
         self.spectrum_log.visible = False
 
-        ex = figure(height=240, width=LEFT_WIDTH, x_range=self.x_range, tools=SPECTRUM_TOOLS,
+        ex = figure(toolbar_location="above", height=240, width=LEFT_WIDTH, x_range=self.x_range, tools=SPECTRUM_TOOLS,
                     title=EXCESS_TITLE,
                     x_axis_label=x_label, y_axis_label="δ·√N  (σ)", output_backend="canvas")
         ex.line("frequency_khz", "excess", source=self.excess_src, color=FILE_COLOUR, line_width=1,
                 legend_label="δ·√N per bin")
-        ex.add_layout(Span(location=s.excess_threshold_sigma, dimension="width", line_color=RUN_COLOUR,
-                           line_dash="dashed", line_width=1.5))
+        self.threshold_span = Span(location=s.excess_threshold_sigma, dimension="width",
+                                   line_color=RUN_COLOUR, line_dash="dashed", line_width=1.5)
+        ex.add_layout(self.threshold_span)
         ex.add_layout(Span(location=0, dimension="width", line_color="#999999", line_width=1))
         ex.scatter("frequency_khz", "excess", source=self.marks_src, size=7, color=RUN_COLOUR,
-                   legend_label=f"above {s.excess_threshold_sigma:g} σ")
+                   legend_label=f"above the threshold ({s.excess_threshold_sigma:g} σ × noise scale)")
         cand = ex.scatter("frequency_khz", "significance", source=self.cand_src, marker="inverted_triangle",
                           size=13, color="#ff8c00", line_color="black",
                           legend_label="candidate (analysis view), at its global significance")
-        ex.add_tools(HoverTool(renderers=[cand], tooltips=[
+        ex.add_tools(HoverTool(visible=False, renderers=[cand], tooltips=[
             ("candidate", "@frequency_hz{0,0.0} Hz"), ("significance", "@significance{0.0} σ"),
             ("first seen", "file @first_seen_file"), ("persistent", "@persistent")]))
-        ex.add_tools(HoverTool(renderers=[ex.renderers[0]], mode="vline", tooltips=[
+        ex.add_tools(HoverTool(visible=False, renderers=[ex.renderers[0]], mode="vline", tooltips=[
             ("f", "@frequency_hz{0,0.0} Hz"), ("δ·√N", "@excess{0.00} σ")]))
         _style(ex)
         ex.legend.location = "top_left"
@@ -160,34 +164,34 @@ class LiveDashboard:
 
         self.colour = LinearColorMapper(palette=interp_palette(RdBu11, 255), low=-8, high=8,
                                         nan_color=(0, 0, 0, 0))
-        wf = figure(height=300, width=LEFT_WIDTH, x_range=self.x_range, tools="xpan,xwheel_zoom,box_zoom,reset,save",
+        wf = figure(toolbar_location="above", height=300, width=LEFT_WIDTH, x_range=self.x_range, tools="xpan,xwheel_zoom,box_zoom,reset,save",
                     title=f"Waterfall of the last {s.waterfall_files} files: file / run average − 1",
                     x_axis_label=x_label, y_axis_label="file index (4.19 s per file)",
                     output_backend="canvas")
         img = wf.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.waterfall_src,
                        color_mapper=self.colour)
-        wf.add_tools(HoverTool(renderers=[img], tooltips=[
+        wf.add_tools(HoverTool(visible=False, renderers=[img], tooltips=[
             ("file", "@file_index"), ("f", "$x{0,0.00} kHz"), ("deviation", "@image{0.00} %")]))
         wf.add_layout(ColorBar(color_mapper=self.colour, title="%", width=12), "right")
         _style(wf)
         self.waterfall_fig = wf
 
-        lat = figure(height=230, width=RIGHT_WIDTH, tools="pan,wheel_zoom,box_zoom,reset,save",
+        lat = figure(toolbar_location="above", height=230, width=RIGHT_WIDTH, tools="pan,wheel_zoom,box_zoom,reset,save",
                      title="End-to-end latency of each file", x_axis_label="file index",
                      y_axis_label="latency (s)")
         lat.scatter("file_index", "latency_s", source=self.files_src, size=4, color=BASELINE_COLOUR)
         lat.add_layout(Span(location=s.dashboard_behind_s, dimension="width", line_color=BAD_COLOUR,
                             line_dash="dashed"))
-        lat.add_tools(HoverTool(tooltips=[("file", "@file_index"), ("latency", "@latency_s{0.000} s"),
+        lat.add_tools(HoverTool(visible=False, tooltips=[("file", "@file_index"), ("latency", "@latency_s{0.000} s"),
                                           ("slices", "@n_slices")]))
         _style(lat)
 
-        rtf = figure(height=230, width=RIGHT_WIDTH, x_axis_type="datetime", tools="pan,wheel_zoom,box_zoom,reset,save",
+        rtf = figure(toolbar_location="above", height=230, width=RIGHT_WIDTH, x_axis_type="datetime", tools="pan,wheel_zoom,box_zoom,reset,save",
                      title=f"Real-time factor (data s per wall s, {s.dashboard_rate_window_s:g} s mean)",
                      y_axis_label="× real time")
         rtf.line("time", "realtime_factor", source=self.throughput_src, color=OK_COLOUR, line_width=2)
         rtf.add_layout(Span(location=1.0, dimension="width", line_color="#999999", line_dash="dashed"))
-        rtf.add_tools(HoverTool(tooltips=[("time", "@time{%H:%M:%S}"), ("RTF", "@realtime_factor{0.00}"),
+        rtf.add_tools(HoverTool(visible=False, tooltips=[("time", "@time{%H:%M:%S}"), ("RTF", "@realtime_factor{0.00}"),
                                           ("files/s", "@files_per_s{0.00}"), ("slices/s", "@slices_per_s{0}")],
                                 formatters={"@time": "datetime"}))
         _style(rtf)
@@ -236,7 +240,7 @@ class LiveDashboard:
         self._render_health()
 
     def _spectrum_figure(self, scale: str, x_label: str):
-        p = figure(height=340, width=LEFT_WIDTH, x_range=self.x_range, y_axis_type=scale,
+        p = figure(toolbar_location="above", height=340, width=LEFT_WIDTH, x_range=self.x_range, y_axis_type=scale, name=f"spectrum_{scale}",
                    tools=SPECTRUM_TOOLS, title="Power spectral density: latest file and run average",
                    x_axis_label=x_label, y_axis_label="power density (V²/Hz)", output_backend="canvas")
         p.varea("frequency_khz", "lower", "upper", source=self.latest_src, color=FILE_COLOUR, alpha=0.25,
@@ -249,7 +253,7 @@ class LiveDashboard:
                           legend_label="run average ±σ/√N")
         p.line("frequency_khz", "baseline", source=self.run_src, color=BASELINE_COLOUR, line_width=1.5,
                line_dash="dashed", legend_label="smooth baseline")
-        p.add_tools(HoverTool(renderers=[run_line], mode="vline", tooltips=[
+        p.add_tools(HoverTool(visible=False, renderers=[run_line], mode="vline", tooltips=[
             ("f", "@frequency_hz{0,0.0} Hz"), ("run average", "@mean{0.0000e+0} V²/Hz"),
             ("σ/√N", "@sem{0.00e+0}"), ("baseline", "@baseline{0.0000e+0}")]))
         p.legend.click_policy = "hide"
@@ -300,8 +304,8 @@ class LiveDashboard:
         if self.pause.active or (self._inflight is not None and not self._inflight.done()):
             return
         request = PollRequest(self.wanted_run, self.run, self.version, frozenset(self.seen))
-        generation, latest = self.generation, self.latest_index
-        future = _EXECUTOR.submit(self._fetch, request, generation, latest)
+        generation, latest, scale = self.generation, self.latest_index, self.noise_scale
+        future = _EXECUTOR.submit(self._fetch, request, generation, latest, scale)
         future.add_done_callback(self._deliver)
         self._inflight = future
 
@@ -314,7 +318,8 @@ class LiveDashboard:
         except Exception:  # the session went away between the check and the call
             self._closed.set()
 
-    def _fetch(self, request: PollRequest, generation: int, latest_index: int | None) -> PageUpdate:
+    def _fetch(self, request: PollRequest, generation: int, latest_index: int | None,
+               noise_scale: float) -> PageUpdate:
         """Runs in the feed thread: HTTP, then numpy; touches no Bokeh model."""
         poll = self.feed.poll(request)
         update = PageUpdate(generation, poll)
@@ -334,7 +339,8 @@ class LiveDashboard:
                               "lower": lower, "upper": upper, "sem": sem, "std": std, "baseline": baseline}
         update.excess_columns = {"frequency_hz": freq_hz, "frequency_khz": freq_khz, "excess": excess}
         update.excess_scatter = shaping.robust_scatter(excess)
-        above = shaping.bins_above(excess, s.excess_threshold_sigma)
+        update.noise_scale = shaping.noise_scale(poll.candidates) if poll.candidates_known else noise_scale
+        above = shaping.bins_above(excess, s.excess_threshold_sigma * update.noise_scale)
         update.marks_columns = {"frequency_hz": freq_hz[above], "frequency_khz": freq_khz[above],
                                 "excess": excess[above]}
         update.run_spectrum = shaping.RunSpectrum(poll.run, freq_hz, mean, sem, std, n_slices, int(doc["n_files"]))
@@ -398,9 +404,9 @@ class LiveDashboard:
                 self._patch_run(update)
             self.version = update.version
             self.run_spectrum = update.run_spectrum
-            self.excess_fig.title.text = (
-                f"{EXCESS_TITLE}: scatter {update.excess_scatter:.2f} σ (1.00 for independent slices)"
-                if update.excess_scatter is not None and math.isfinite(update.excess_scatter) else EXCESS_TITLE)
+            self.noise_scale = update.noise_scale
+            self.threshold_span.location = self.settings.excess_threshold_sigma * update.noise_scale
+            self.excess_fig.title.text = _excess_title(update.excess_scatter, update.noise_scale)
         self._record_workers(poll)
         self._render_health()
 
@@ -453,7 +459,7 @@ class LiveDashboard:
         self.generation += 1
         self.run, self.version, self.seen = None, None, set()
         self.latest_index = self.latest_latency_s = None
-        self.run_spectrum = None
+        self.run_spectrum, self.noise_scale = None, 1.0
 
     def _mark_failure(self, time_s: float, error: str | None) -> None:
         self.last_error = error
@@ -464,7 +470,8 @@ class LiveDashboard:
         counters = {w.url: w.counters for w in poll.workers if w.counters is not None}
         if counters:
             self.rates.add(poll.time_s, counters)
-        files_per_s, slices_per_s = self.rates.rates()
+        # Rates only from workers answering now: a silent pipeline has no throughput to show.
+        files_per_s, slices_per_s = self.rates.rates() if counters else (math.nan, math.nan)
         latency = self.latest_latency_s if self.run is not None else None
         self.health = shaping.assess_health(
             files_per_s=files_per_s, slices_per_s=slices_per_s,
@@ -533,7 +540,7 @@ class LiveDashboard:
                      f"polling every {self.settings.dashboard_refresh_s:g} s")
         if self.last_error:
             lines.append("<span style='color:%s'>last error: %s</span>"
-                         % (BAD_COLOUR, html.escape(self.last_error.splitlines()[0][:200])))
+                         % (BAD_COLOUR, html.escape(" ".join(self.last_error.split())[:300])))
         return "<div style='font-size:12px;color:#444;line-height:1.5'>" + "<br>".join(lines) + "</div>"
 
 
@@ -552,6 +559,15 @@ def _style(p) -> None:
         p.legend.background_fill_alpha = 0.7
         p.legend.spacing = 2
         p.legend.padding = 4
+
+
+def _excess_title(scatter: float | None, noise_scale: float) -> str:
+    if scatter is None or not math.isfinite(scatter):
+        return EXCESS_TITLE
+    title = f"{EXCESS_TITLE}: scatter {scatter:.2f} σ"
+    if noise_scale > 1.0:
+        return title + f"; threshold ×{noise_scale:.2f} (fewer independent slices than N)"
+    return title + " (1.00 for independent slices)"
 
 
 def _clock(t: float) -> str:

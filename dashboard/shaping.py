@@ -177,6 +177,21 @@ def bins_above(excess: np.ndarray, threshold_sigma: float) -> np.ndarray:
     return np.flatnonzero(np.nan_to_num(excess, nan=-np.inf) > threshold_sigma)
 
 
+def noise_scale(candidates_doc: Mapping[str, Any] | None) -> float:
+    """The factor by which the candidate search found the excess wider than N slices promise.
+
+    The analysis view reports ``noise_scale_applied`` (1.0 unless the measured scatter is
+    significantly above 1, e.g. when files repeat); the panel's threshold is scaled by it, so the
+    marks mean what the search means. 1.0 when the view does not say.
+    """
+    value = (candidates_doc or {}).get("noise_scale_applied")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return value if math.isfinite(value) and value >= 1.0 else 1.0
+
+
 def candidate_columns(doc: Mapping[str, Any] | None, lo_frequency_hz: float) -> dict[str, list]:
     """The candidates view's list as plot/table columns (empty columns when there are none)."""
     items = list((doc or {}).get("candidates") or [])

@@ -7,6 +7,7 @@ export PATH=$repo/.venv/bin:$PATH PYTHONUNBUFFERED=1
 port_base=${QUAX_WEB_PORT_BASE:-6066}
 cat <<MSG
 quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace.
+  dashboard:     http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard   (panels: docs/dashboard.md)
   worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
   metrics:       http://127.0.0.1:$port_base/metrics  (producer: http://127.0.0.1:${QUAX_PRODUCER_METRICS_PORT:-9464}/metrics)

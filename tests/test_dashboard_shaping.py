@@ -253,3 +253,11 @@ def test_health_turns_bad_when_behind_real_time_or_a_worker_is_missing():
 
     alone = shaping.assess_health(last_file_latency_s=0.3, counters=[W()], **common)
     assert not alone.ok and alone.workers_alive == 1 and "not answering" in alone.problems[0]
+
+
+def test_noise_scale_comes_from_the_analysis_view_and_defaults_to_one():
+    assert shaping.noise_scale(None) == 1.0
+    assert shaping.noise_scale({"candidates": []}) == 1.0
+    assert shaping.noise_scale({"noise_scale_applied": 6.8}) == 6.8
+    assert shaping.noise_scale({"noise_scale_applied": None}) == 1.0
+    assert shaping.noise_scale({"noise_scale_applied": 0.97}) == 1.0
