@@ -93,7 +93,7 @@ class Workers:
         for k in range(self.settings.workers) if indices is None else indices:
             log = open(self.log_dir / f"worker-{k}.log", "ab")
             self.procs[k] = subprocess.Popen(
-                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", "warn"],
+                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", os.environ.get("QUAX_TEST_WORKER_LOGLEVEL", "warn")],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
         return self
 
@@ -151,4 +151,21 @@ def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 
         except TablesUnavailable as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise TimeoutError(f"run {run} did not reach {n_files} files in {timeout_s} s; last: {last}")
+    raise TimeoutError(f"run {run} did not reach {n_files} files in {timeout_s} s; last: {last}; "
+                       f"files: {_file_states(settings, run, n_files)}")
+
+
+def _file_states(settings: Settings, run: str, n_files: int) -> list:
+    """Diagnosis of a stuck run: the live state of files 0..n_files-1 in the files table."""
+    from .export import TablesUnavailable, get_json
+    from .wire import file_key
+
+    states = []
+    for k in range(n_files):
+        try:
+            doc = get_json(settings, f"/quax/files/?key={file_key(run, k).decode()}")
+            if doc.get("status") != 1:
+                states.append(doc)
+        except TablesUnavailable as exc:
+            states.append(f"file {k}: {exc}")
+    return states

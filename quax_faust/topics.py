@@ -11,7 +11,7 @@ import logging
 import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from .settings import Settings
 
@@ -57,9 +57,19 @@ async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, i
         missing = [NewTopic(name, n, 1, topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
                    for name, n in plan.items() if name not in existing]
         if missing:
-            await admin.create_topics(missing)
-            log.info("created topics %s", ", ".join(t.name for t in missing))
-        existing = await _partition_counts(admin, plan)
+            try:
+                await admin.create_topics(missing)
+                log.info("created topics %s", ", ".join(t.name for t in missing))
+            except TopicAlreadyExistsError:
+                pass  # another process created it first
+        # A new topic's metadata takes a moment to show everywhere (another worker may have just
+        # created it): wait for every planned topic to be described.
+        deadline = time.monotonic() + 30
+        while True:
+            existing = await _partition_counts(admin, plan)
+            if set(plan) <= set(existing) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
     for name, n in plan.items():
@@ -85,4 +95,5 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names) -> dict[str, int]
     if not wanted:
         return {}
     described = await admin.describe_topics(wanted)
-    return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
+    return {t["topic"]: len(t["partitions"]) for t in described
+            if not t.get("error_code") and t.get("partitions")}
