@@ -44,7 +44,7 @@ LEFT_WIDTH, RIGHT_WIDTH = 1060, 470
 RUN_COLOUR, FILE_COLOUR, BASELINE_COLOUR = "#b2182b", "#4d4d4d", "#2166ac"
 OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#1a7f37", "#c62828", "#6e7781"
 SPECTRUM_TOOLS = "xpan,xwheel_zoom,xbox_zoom,box_zoom,reset,save"
-EXCESS_TITLE = "Normalised excess δ·√N of the run average over its smooth baseline"
+EXCESS_TITLE = "Normalised excess δ·√N over the smooth baseline"
 
 
 @dataclass
@@ -200,7 +200,7 @@ class LiveDashboard:
                                     columns=[
                                         TableColumn(field="frequency_hz", title="frequency (Hz)",
                                                     formatter=NumberFormatter(format="0,0.0")),
-                                        TableColumn(field="significance", title="σ",
+                                        TableColumn(field="significance", title="global σ",
                                                     formatter=NumberFormatter(format="0.0")),
                                         TableColumn(field="power", title="power (V²/Hz)",
                                                     formatter=NumberFormatter(format="0.000e+0")),
@@ -304,8 +304,8 @@ class LiveDashboard:
         if self.pause.active or (self._inflight is not None and not self._inflight.done()):
             return
         request = PollRequest(self.wanted_run, self.run, self.version, frozenset(self.seen))
-        generation, latest, scale = self.generation, self.latest_index, self.noise_scale
-        future = _EXECUTOR.submit(self._fetch, request, generation, latest, scale)
+        generation, latest = self.generation, self.latest_index
+        future = _EXECUTOR.submit(self._fetch, request, generation, latest)
         future.add_done_callback(self._deliver)
         self._inflight = future
 
@@ -318,8 +318,7 @@ class LiveDashboard:
         except Exception:  # the session went away between the check and the call
             self._closed.set()
 
-    def _fetch(self, request: PollRequest, generation: int, latest_index: int | None,
-               noise_scale: float) -> PageUpdate:
+    def _fetch(self, request: PollRequest, generation: int, latest_index: int | None) -> PageUpdate:
         """Runs in the feed thread: HTTP, then numpy; touches no Bokeh model."""
         poll = self.feed.poll(request)
         update = PageUpdate(generation, poll)
@@ -333,13 +332,14 @@ class LiveDashboard:
         freq_khz = shaping.frequency_khz(freq_hz, s.lo_frequency_hz)
         mean, sem, std = (shaping.as_array(doc[k]) for k in ("mean", "sem", "std"))
         n_slices = int(doc["n_slices"])
-        baseline, excess = shaping.baseline_and_excess(mean, n_slices, float(doc["sample_rate_hz"]), s)
+        shown = shaping.baseline_and_excess(mean, n_slices, float(doc["sample_rate_hz"]), s)
+        baseline, excess = shown.baseline, shown.excess
         lower, upper = shaping.band(mean, sem)
         update.run_columns = {"frequency_hz": freq_hz, "frequency_khz": freq_khz, "mean": mean,
                               "lower": lower, "upper": upper, "sem": sem, "std": std, "baseline": baseline}
         update.excess_columns = {"frequency_hz": freq_hz, "frequency_khz": freq_khz, "excess": excess}
         update.excess_scatter = shaping.robust_scatter(excess)
-        update.noise_scale = shaping.noise_scale(poll.candidates) if poll.candidates_known else noise_scale
+        update.noise_scale = shown.noise_scale
         above = shaping.bins_above(excess, s.excess_threshold_sigma * update.noise_scale)
         update.marks_columns = {"frequency_hz": freq_hz[above], "frequency_khz": freq_khz[above],
                                 "excess": excess[above]}
@@ -564,9 +564,9 @@ def _style(p) -> None:
 def _excess_title(scatter: float | None, noise_scale: float) -> str:
     if scatter is None or not math.isfinite(scatter):
         return EXCESS_TITLE
-    title = f"{EXCESS_TITLE}: scatter {scatter:.2f} σ"
+    title = f"{EXCESS_TITLE} — scatter {scatter:.2f} σ"
     if noise_scale > 1.0:
-        return title + f"; threshold ×{noise_scale:.2f} (fewer independent slices than N)"
+        return title + f"; threshold ×{noise_scale:.2f}: fewer independent slices than N"
     return title + " (1.00 for independent slices)"
 
 

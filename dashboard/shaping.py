@@ -123,39 +123,61 @@ def merge_rows(rows: Sequence[Mapping[str, list]]) -> dict[str, list]:
 # --- the normalised excess -----------------------------------------------------------------------
 
 
-def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
-                        settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """The run mean's smooth baseline B and normalised excess (P - B)/B * sqrt(N), per bin.
+@dataclass(frozen=True)
+class Excess:
+    """The excess panel of one run mean: all arrays (n_bins,) float64."""
 
-    mean: (n_bins,) run mean P over n_slices slices, V**2/Hz, fftshifted. B is the candidate
-    search's own baseline (quax_faust.analysis.search_spectrum: Savitzky-Golay with the DC bins and
-    the lines it found bridged, knobs baseline_window_hz and baseline_polyorder), so a strong line
-    does not dig holes in the excess around itself; the excess is divided by the fit's residual
-    scatter and is NaN outside the searched band. If the search refuses the spectrum (e.g. some
-    bins unreadable), the plain fit with those bins bridged is used.
-    Returns (baseline in V**2/Hz, excess in sigma), both (n_bins,) float64.
+    baseline: np.ndarray
+    """Smooth baseline B, V**2/Hz (drawn dashed over the run average)."""
+    excess: np.ndarray
+    """Normalised excess in sigma: standard normal per bin for pure noise; NaN where not searched."""
+    noise_scale: float
+    """How much wider than N slices promise the search found the excess (1.0 normally; more when
+    the data hold fewer independent slices, e.g. repeated files). Thresholds are scaled by it."""
+
+
+def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
+                        settings: Settings) -> Excess:
+    """The run mean's baseline and normalised excess, exactly as the candidate search sees them.
+
+    mean: (n_bins,) run mean P over n_slices slices, V**2/Hz, fftshifted. Runs
+    quax_faust.analysis.search_spectrum (knobs baseline_window_hz, baseline_polyorder,
+    line_width_hz, search_band_fraction, dc_exclude_hz) and spreads its per-block standardised
+    excess (P - B)/B * sqrt(N), fit noise included, over the bins of each block; the DC bins and
+    the band edges are not searched and stay NaN. If the search refuses the spectrum (e.g. some
+    bins unreadable), the plain Savitzky-Golay fit with those bins bridged and
+    analysis.normalised_excess are shown instead.
     """
     mean = np.asarray(mean, dtype=np.float64)
     n_bins = mean.size
     n_slices = max(int(n_slices), 1)
+    excess = np.full(n_bins, np.nan)
+    try:
+        result = analysis.search_spectrum(mean, n_slices, sample_rate_hz, settings)
+    except ValueError:
+        return _plain_excess(mean, n_slices, sample_rate_hz, settings)
+    for offset in range(result.block_len):
+        excess[result.block_start + offset] = result.standardised
+    return Excess(result.baseline, excess, float(result.noise_scale_applied))
+
+
+def _plain_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float, settings: Settings) -> Excess:
+    """Per-bin excess over a Savitzky-Golay baseline with unreadable and DC bins bridged."""
+    n_bins = mean.size
     searched, dc = analysis.searched_bins(n_bins, sample_rate_hz, settings.search_band_fraction,
                                           settings.dc_exclude_hz)
     unreadable = ~np.isfinite(mean) | (mean <= 0)
-    try:
-        result = analysis.search_spectrum(mean, n_slices, sample_rate_hz, settings)
-        baseline, window, order = result.baseline, result.window_bins, result.polyorder
-    except ValueError:
-        if (dc | unreadable).all():
-            return np.full(n_bins, np.nan), np.full(n_bins, np.nan)
-        window = analysis.window_bins(settings.baseline_window_hz, sample_rate_hz / n_bins)
-        window = min(window, n_bins if n_bins % 2 else n_bins - 1)
-        order = min(settings.baseline_polyorder, window - 1)
-        baseline = analysis.savgol_baseline(mean, window, order, exclude=dc | unreadable)
+    if (dc | unreadable).all():
+        return Excess(np.full(n_bins, np.nan), np.full(n_bins, np.nan), 1.0)
+    window = analysis.window_bins(settings.baseline_window_hz, sample_rate_hz / n_bins)
+    window = min(window, n_bins if n_bins % 2 else n_bins - 1)
+    order = min(settings.baseline_polyorder, window - 1)
+    baseline = analysis.savgol_baseline(mean, window, order, exclude=dc | unreadable)
     with np.errstate(divide="ignore", invalid="ignore"):
         excess = analysis.normalised_excess(
             mean, baseline, n_slices, residual_variance=analysis.baseline_residual_variance(window, order))
     excess[~searched | unreadable | ~(baseline > 0)] = np.nan
-    return baseline, excess
+    return Excess(baseline, excess, 1.0)
 
 
 def robust_scatter(values: np.ndarray) -> float:
@@ -175,21 +197,6 @@ def bins_above(excess: np.ndarray, threshold_sigma: float) -> np.ndarray:
     """Indices of the bins whose normalised excess exceeds threshold_sigma (NaN never does)."""
     excess = np.asarray(excess, dtype=np.float64)
     return np.flatnonzero(np.nan_to_num(excess, nan=-np.inf) > threshold_sigma)
-
-
-def noise_scale(candidates_doc: Mapping[str, Any] | None) -> float:
-    """The factor by which the candidate search found the excess wider than N slices promise.
-
-    The analysis view reports ``noise_scale_applied`` (1.0 unless the measured scatter is
-    significantly above 1, e.g. when files repeat); the panel's threshold is scaled by it, so the
-    marks mean what the search means. 1.0 when the view does not say.
-    """
-    value = (candidates_doc or {}).get("noise_scale_applied")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return value if math.isfinite(value) and value >= 1.0 else 1.0
 
 
 def candidate_columns(doc: Mapping[str, Any] | None, lo_frequency_hz: float) -> dict[str, list]:

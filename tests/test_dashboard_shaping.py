@@ -95,7 +95,9 @@ def test_waterfall_colour_scale_is_a_few_sigma_of_one_files_noise():
 def test_excess_of_pure_noise_over_a_curved_passband_is_standard_normal():
     n_slices = 20_000
     mean = noise_run_mean(n_slices)
-    baseline, excess = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    shown = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    baseline, excess = shown.baseline, shown.excess
+    assert shown.noise_scale == 1.0
     assert baseline.shape == excess.shape == (N_BINS,)
     searched = np.isfinite(excess)
     # The band edges (anti-alias roll-off) and the DC bins are not searched, as in the analysis.
@@ -118,11 +120,11 @@ def test_an_injected_line_stands_out_in_the_excess_at_its_bin():
     n_slices = 20_000
     tone_bin = 1920  # +250 kHz
     clean = noise_run_mean(n_slices, seed=2)
-    excess_clean = shaping.baseline_and_excess(clean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)[1]
+    excess_clean = shaping.baseline_and_excess(clean, n_slices, SETTINGS.sample_rate_hz, SETTINGS).excess
     # A line of 20 sigma of one bin's noise.
     psd = 20 * clean[tone_bin] / math.sqrt(n_slices)
     line = noise_run_mean(n_slices, seed=2, tone_bin=tone_bin, tone_psd=psd)
-    _, excess = shaping.baseline_and_excess(line, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    excess = shaping.baseline_and_excess(line, n_slices, SETTINGS.sample_rate_hz, SETTINGS).excess
     above = shaping.bins_above(excess, SETTINGS.excess_threshold_sigma)
     assert list(above) == [tone_bin]
     # The fit takes a little of the line into the baseline (its centre weight), not more.
@@ -134,17 +136,29 @@ def test_a_strong_line_does_not_dig_holes_in_the_excess_around_it():
     n_slices = 105
     tone_bin = 1920
     mean = noise_run_mean(n_slices, seed=6, tone_bin=tone_bin, tone_psd=6e-5)
-    _, excess = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    excess = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS).excess
     assert excess[tone_bin] > 500
     around = np.r_[excess[tone_bin - 60:tone_bin - 1], excess[tone_bin + 2:tone_bin + 61]]
     assert np.all(np.abs(around) < 5), "the line's neighbours stay noise-like"
+
+
+def test_repeated_files_widen_the_excess_and_the_threshold_follows():
+    # A looped demo: 9 passes over the same files count 9x the slices they hold, so the excess
+    # scatters 3 sigma wide; the search measures that and the panel scales its threshold by it.
+    independent, counted = 2_000, 18_000
+    mean = noise_run_mean(independent, seed=7)
+    shown = shaping.baseline_and_excess(mean, counted, SETTINGS.sample_rate_hz, SETTINGS)
+    assert shown.noise_scale == pytest.approx(3.0, rel=0.1)
+    assert shaping.robust_scatter(shown.excess) == pytest.approx(3.0, rel=0.1)
+    assert shaping.bins_above(shown.excess, SETTINGS.excess_threshold_sigma * shown.noise_scale).size == 0
 
 
 def test_unreadable_bins_do_not_spread_through_the_baseline():
     n_slices = 5_000
     mean = noise_run_mean(n_slices, seed=4)
     mean[1000] = np.nan
-    baseline, excess = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    shown = shaping.baseline_and_excess(mean, n_slices, SETTINGS.sample_rate_hz, SETTINGS)
+    baseline, excess = shown.baseline, shown.excess
     assert np.isnan(excess[1000])
     assert np.isfinite(baseline).all()
     assert np.isfinite(excess[990:1000]).all() and np.isfinite(excess[1001:1010]).all()
@@ -254,10 +268,3 @@ def test_health_turns_bad_when_behind_real_time_or_a_worker_is_missing():
     alone = shaping.assess_health(last_file_latency_s=0.3, counters=[W()], **common)
     assert not alone.ok and alone.workers_alive == 1 and "not answering" in alone.problems[0]
 
-
-def test_noise_scale_comes_from_the_analysis_view_and_defaults_to_one():
-    assert shaping.noise_scale(None) == 1.0
-    assert shaping.noise_scale({"candidates": []}) == 1.0
-    assert shaping.noise_scale({"noise_scale_applied": 6.8}) == 6.8
-    assert shaping.noise_scale({"noise_scale_applied": None}) == 1.0
-    assert shaping.noise_scale({"noise_scale_applied": 0.97}) == 1.0
