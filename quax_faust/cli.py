@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import candidates
     candidates.register(sub, common)  # quax analyse
+    from . import bench
+    bench.register(sub, common)  # quax bench
     import spark_batch.cli
     spark_batch.cli.register(sub, common)  # quax reprocess, quax verify (Spark imported only there)
     return parser

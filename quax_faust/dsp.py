@@ -48,6 +48,19 @@ class _Plan:
         self.fft = pyfftw.FFTW(self.inp, self.out, axes=(1,), direction="FFTW_FORWARD",
                                flags=("FFTW_MEASURE",), threads=threads)
         self.inp[:] = 0
+        self.power = np.empty((block_rows, slice_len), dtype=np.float32)
+        self.scratch = np.empty((block_rows, slice_len), dtype=np.float32)
+
+    def block_power(self, rows: int) -> np.ndarray:
+        """|FFT|**2 of the first ``rows`` output rows, (rows, slice_len) float32 in self.power.
+
+        Squares of the real and imaginary parts by ufuncs into preallocated buffers: 10x faster
+        than einsum over the (re, im) axis of length 2 (docs/performance.md).
+        """
+        power, scratch = self.power[:rows], self.scratch[:rows]
+        np.square(self.out[:rows].real, out=power)
+        np.square(self.out[:rows].imag, out=scratch)
+        return np.add(power, scratch, out=power)
 
 
 @lru_cache(maxsize=8)
@@ -69,8 +82,7 @@ def slice_power(slices: np.ndarray, *, block_rows: int = 64, threads: int = 1) -
         rows = min(block_rows, n - start)
         plan.inp[:rows] = slices[start:start + rows]
         plan.fft()
-        spec = plan.out[:rows].view(np.float32).reshape(rows, slice_len, 2)
-        np.einsum("ijk,ijk->ij", spec, spec, out=power[start:start + rows])
+        power[start:start + rows] = plan.block_power(rows)
     return power
 
 
@@ -80,6 +92,8 @@ def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray
 
     slices: (n_slices, slice_len) complex samples. counted: optional (n_slices,) bool mask of the
     slices to include (the others, e.g. already-counted duplicates, are transformed but ignored).
+    Sums are float64; the squares of each block of ``block_rows`` slices are summed in float32 first
+    (relative error ~1e-7 per bin, far below the 1/sqrt(N) scatter they describe).
     """
     slices = _as_slices(slices)
     n, slice_len = slices.shape
@@ -94,10 +108,12 @@ def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray
             continue
         plan.inp[:rows] = slices[start:start + rows]
         plan.fft()
-        spec = plan.out[:rows].view(np.float32).reshape(rows, slice_len, 2)[keep]
-        power = np.einsum("ijk,ijk->ij", spec, spec)
+        power = plan.block_power(rows)
+        if counted is not None:
+            power = power[keep]  # a copy; duplicates are rare
         acc += power.sum(axis=0, dtype=np.float64)
-        acc_sq += np.einsum("ij,ij->j", power, power, dtype=np.float64)
+        squares = np.square(power, out=plan.scratch[:power.shape[0]])
+        acc_sq += squares.sum(axis=0)
         n_counted += power.shape[0]
     scale = psd_scale(slice_len, sample_rate_hz)
     return PowerSums(np.fft.fftshift(acc * scale), np.fft.fftshift(acc_sq * scale * scale), n_counted)

@@ -83,7 +83,10 @@ class DaqProducer:
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.broker, max_request_size=settings.max_message_bytes,
             acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=60000,
-            max_batch_size=1 << 20)
+            # aiokafka keeps one request in flight per broker and one batch per partition: batches
+            # as large as the broker takes let the messages queued meanwhile go in the next request
+            # (with 1 MiB, each 3 MiB message was a request of its own: docs/performance.md).
+            max_batch_size=settings.max_message_bytes)
 
     async def __aenter__(self) -> "DaqProducer":
         await ensure_topics(self.settings)
