@@ -56,7 +56,7 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
           .option("startingOffsets", json.dumps(start))
           .option("endingOffsets", json.dumps(end))
           .option("kafka.max.partition.fetch.bytes", str(settings.max_message_bytes))
-          .option("kafka.fetch.max.bytes", str(4 * settings.max_message_bytes))
+          .option("kafka.fetch.max.bytes", str(2 * settings.max_message_bytes))
           .option("kafka.receive.buffer.bytes", str(RECEIVE_BUFFER_BYTES))
           .load())
     key = F.col("key").cast("string")

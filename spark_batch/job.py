@@ -13,6 +13,7 @@ Output directory:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -20,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from quax_faust import dsp, wire
+from quax_faust import wire
 from quax_faust.settings import Settings
 
-from . import archive, fold
+from . import archive, export, fold
 from .session import get_session
 
 SOURCES = ("slices", "spectra")
@@ -94,7 +96,11 @@ class ReprocessResult:
 
 def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | None = None, *,
               spark: SparkSession | None = None, conf: dict[str, str] | None = None) -> ReprocessResult:
-    """Recompute run from the archived ``source`` topic ('slices' or 'spectra'); write to out."""
+    """Recompute run from the archived ``source`` topic ('slices' or 'spectra').
+
+    With ``out``, writes files.parquet, run.parquet, run.npz and report.json there; without, the
+    per-file Parquet goes to a temporary directory that is removed (the result is returned only).
+    """
     wire.check_run_id(run)
     if source not in SOURCES:
         raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
@@ -108,89 +114,70 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     else:
         records = archive.read_topic(spark, settings, topic, bounds, lambda key: key == run)
         folder = fold.fold_spectra(run)
-
-    parts = records.mapInArrow(folder, from_arrow_schema(fold.PART_SCHEMA))
-    parts = parts.persist(StorageLevel.MEMORY_AND_DISK)  # the Kafka read and the FFTs happen once
+    work = Path(out) if out is not None else export.scratch_dir(None)
+    scratch = export.scratch_dir(work)  # memory maps of the per-file spectra
     try:
-        malformed_rows = [r.asDict() for r in parts.where(F.col("kind") == "malformed")
-                          .select("partition", "offset", "reason", "error")
-                          .orderBy("partition", "offset").collect()]
-        files = (parts.where(F.col("kind") == "file").drop("kind", "reason", "error")
-                 .groupBy("file_index").applyInArrow(fold.merge_file_parts, from_arrow_schema(fold.FILE_SCHEMA))
-                 .persist(StorageLevel.MEMORY_AND_DISK))
+        parts = records.mapInArrow(folder, from_arrow_schema(fold.PART_SCHEMA))
+        parts = parts.persist(StorageLevel.MEMORY_AND_DISK)  # the Kafka read and the FFTs happen once
         try:
-            result = _collect(settings, run, source, topic, bounds, files, malformed_rows, out, started)
+            malformed_rows = [r.asDict() for r in parts.where(F.col("kind") == "malformed")
+                              .select("partition", "offset", "reason", "error")
+                              .orderBy("partition", "offset").collect()]
+            files = (parts.where(F.col("kind") == "file").drop("kind", "reason", "error")
+                     .groupBy("file_index")
+                     .applyInArrow(fold.merge_file_parts, from_arrow_schema(fold.FILE_SCHEMA))
+                     .persist(StorageLevel.MEMORY_AND_DISK))
+            try:
+                files.withColumn("run", F.lit(run)).write.mode("overwrite").parquet(str(work / "files.parquet"))
+                run_parts = [r.asDict() for r in files.where("complete").mapInArrow(
+                    fold.run_moments, from_arrow_schema(fold.RUN_PART_SCHEMA)).collect()]
+            finally:
+                files.unpersist()
         finally:
-            files.unpersist()
+            parts.unpersist()
+        result = _result(settings, run, source, topic, bounds, work, scratch, run_parts, malformed_rows, started)
+        if out is not None:
+            export.write_npz(result.data, work / "run.npz")
+            _write_run_parquet(result, work / "run.parquet")
     finally:
-        parts.unpersist()
-    if out is not None:
-        _write_local(result, Path(out))
+        shutil.rmtree(work if out is None else scratch, ignore_errors=True)  # open maps stay valid
     result.wall_seconds = time.monotonic() - started
     if out is not None:
-        (Path(out) / "report.json").write_text(json.dumps(result.report(), indent=1, default=float))
+        (work / "report.json").write_text(json.dumps(result.report(), indent=1, default=float))
     return result
 
 
-def _collect(settings: Settings, run: str, source: str, topic: str, bounds, files: DataFrame,
-             malformed_rows: list[dict], out: Path | None, started: float) -> ReprocessResult:
-    if out is not None:
-        files.withColumn("run", F.lit(run)).write.mode("overwrite").parquet(str(Path(out) / "files.parquet"))
-    table = files.orderBy("file_index").toArrow()
-    complete_mask = table.column("complete").to_numpy(zero_copy_only=False)
-    incomplete = [{k: r[k] for k in ("file_index", "n_slices", "slices_in_file", "problem")}
-                  for r in table.filter(pa.array(~complete_mask)).select(
-                      ["file_index", "n_slices", "slices_in_file", "problem"]).to_pylist()]
-    done = table.filter(pa.array(complete_mask))
-    run_parts = [r.asDict() for r in files.where("complete").mapInArrow(
-        fold.run_moments, from_arrow_schema(fold.RUN_PART_SCHEMA)).collect()]
-    n_total, run_mean, run_m2 = fold.merge_run_parts(run_parts)
-    slice_len = int(done.column("slice_len")[0].as_py())
-    sample_rate_hz = float(done.column("sample_rate_hz")[0].as_py())
-    n_files = done.num_rows
-    file_mean = _matrix(done.column("mean"), n_files, slice_len)
-    file_std = _matrix(done.column("std"), n_files, slice_len)
-    data = {
-        "frequency_hz": dsp.frequency_axis_hz(slice_len, sample_rate_hz, settings.lo_frequency_hz),
-        "run_mean": run_mean,
-        "run_sem": dsp.standard_error(run_m2, n_total),
-        "run_std": np.sqrt(run_m2 / (n_total - 1)) if n_total > 1 else np.full(slice_len, np.nan),
-        "n_slices_total": np.int64(n_total),
-        "file_index": done.column("file_index").to_numpy().astype(np.int64),
-        "file_mean": file_mean,
-        "file_std": file_std,
-        "file_n_slices": done.column("n_slices").to_numpy().astype(np.int64),
-        "file_latency_s": done.column("latency_s").to_numpy(zero_copy_only=False).astype(np.float64),
-        "run": np.array(run),
-    }
-    tails = int(sum(done.column("tail_samples").to_pylist()))
+def _result(settings: Settings, run: str, source: str, topic: str, bounds, work: Path, scratch: Path,
+            run_parts: list[dict], malformed_rows: list[dict], started: float) -> ReprocessResult:
+    small = export.read_file_table(work / "files.parquet")
+    try:
+        n_total, run_mean, run_m2 = fold.merge_run_parts(run_parts)
+    except ValueError as exc:
+        raise RuntimeError(f"run {run!r} in topic {topic!r} at offsets {bounds}: {exc}") from None
+    data = export.arrays(work / "files.parquet", small, scratch, run=run,
+                         n_slices=n_total, run_mean=run_mean, run_m2=run_m2,
+                         lo_frequency_hz=settings.lo_frequency_hz)
+    complete = small.column("complete").to_numpy(zero_copy_only=False)
+    incomplete = small.filter(pa.array(~complete)).select(
+        ["file_index", "n_slices", "slices_in_file", "problem"]).to_pylist()
+    slice_len = data["file_mean"].shape[1]
+    rate = float(small.column("sample_rate_hz")[0].as_py())
+    tails = int(sum(small.filter(pa.array(complete)).column("tail_samples").to_pylist()))
     return ReprocessResult(
         run=run, source=source, topic=topic, offsets=dict(bounds), data=data,
         malformed=dict(Counter(r["reason"] for r in malformed_rows)),
         malformed_examples=malformed_rows[:MALFORMED_EXAMPLES], incomplete_files=incomplete,
-        n_messages=int(sum(table.column("n_messages").to_pylist())),
-        duplicate_slices=int(sum(table.column("duplicate_slices").to_pylist())),
-        data_seconds=(n_total * slice_len + tails) / sample_rate_hz,
+        n_messages=int(sum(small.column("n_messages").to_pylist())),
+        duplicate_slices=int(sum(small.column("duplicate_slices").to_pylist())),
+        data_seconds=(n_total * slice_len + tails) / rate,
         wall_seconds=time.monotonic() - started)
 
 
-def _matrix(column: pa.ChunkedArray, n_rows: int, n_cols: int) -> np.ndarray:
-    """A list<double> column of equal-length rows as an (n_rows, n_cols) float64 array."""
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float64).reshape(n_rows, n_cols)
-
-
-def _write_local(result: ReprocessResult, out: Path) -> None:
-    """run.npz (the export layout) and run.parquet (one row) beside files.parquet."""
-    from quax_faust.export import write_export
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_export(result.data, out / "run.npz")
+def _write_run_parquet(result: ReprocessResult, path: Path) -> None:
+    """One row: the run average per bin and its counts."""
     d = result.data
     row = {"run": result.run, "source": result.source, "n_files": result.n_files,
            "n_slices": result.n_slices, "data_seconds": result.data_seconds,
            "frequency_hz": d["frequency_hz"], "mean": d["run_mean"], "std": d["run_std"],
            "sem": d["run_sem"], "file_index": d["file_index"]}
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pylist([row]), out / "run.parquet")
+    pq.write_table(pa.Table.from_pylist([row]), path)

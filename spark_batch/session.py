@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from quax_faust.settings import REPO_DIR, Settings
 
-ARROW_BATCH_BYTES = 64 << 20
+ARROW_BATCH_BYTES = 32 << 20
 """Target size of one Arrow batch between the JVM and Python (a few slice messages, not 10000)."""
 SHUFFLE_PARTITIONS = 8
 """Partitions of the small per-file shuffle (adaptive execution merges them further)."""

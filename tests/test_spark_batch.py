@@ -80,8 +80,10 @@ def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
     assert merged[1]["duplicate_slices"] == 4 + 8 + 4 + 20 and merged[1]["n_messages"] == 5
     expected = dsp.power_sums(x, 1e3)
     mean, std = dsp.mean_and_std(expected.power_sum, expected.power_sumsq, 20)
-    np.testing.assert_allclose(merged[1]["mean"], mean, rtol=1e-12)
-    np.testing.assert_allclose(merged[1]["std"], std, rtol=1e-9)
+    # Each slice once: a slice counted twice would move the mean by ~1/20; the tolerances only
+    # absorb the order of the float32 block sums inside dsp.power_sums.
+    np.testing.assert_allclose(merged[1]["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(merged[1]["std"], std, rtol=1e-5)
     assert merged[2]["complete"] and merged[2]["n_slices"] == 6 and merged[2]["duplicate_slices"] == 0
 
 
