@@ -42,7 +42,7 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-feed
 
 LEFT_WIDTH, RIGHT_WIDTH = 1060, 470
 RUN_COLOUR, FILE_COLOUR, BASELINE_COLOUR = "#b2182b", "#4d4d4d", "#2166ac"
-OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#1a7f37", "#c62828", "#6e7781"
+OK_COLOUR, BAD_COLOUR, WARN_COLOUR, IDLE_COLOUR = "#1a7f37", "#c62828", "#b35900", "#6e7781"
 SPECTRUM_TOOLS = "xpan,xwheel_zoom,xbox_zoom,box_zoom,reset,save"
 EXCESS_TITLE = "Normalised excess δ·√N over the smooth baseline"
 
@@ -511,6 +511,9 @@ class LiveDashboard:
             state, colour = "WAITING for a run in the tables", IDLE_COLOUR
         elif h is not None and not h.ok:
             state, colour = "ALERT — " + "; ".join(h.problems), BAD_COLOUR
+        elif self._quiet_since(now) is not None:
+            state, colour = (f"NO NEW FILES since {_clock(self._quiet_since(now))} — DAQ stopped, "
+                             "or the broker unreachable?"), WARN_COLOUR
         else:
             state, colour = "LIVE — keeping up with the DAQ", OK_COLOUR
         cells = [("status", state)]
@@ -525,8 +528,18 @@ class LiveDashboard:
                 ("rejected msgs", f"{h.rejected_messages:,.0f}"),
                 ("workers alive", f"{h.workers_alive}/{h.workers_expected}"),
             ]
+        last_file_s = (self.run_summary or {}).get("last_completed_at_s") if self.run else None
+        if last_file_s:
+            cells.append(("newest file", f"{_clock(last_file_s)} ({_age(now - last_file_s)} ago)"))
         self.health_div.text = _health_html(cells, colour)
         self.status_div.text = self._status_html(now)
+
+    def _quiet_since(self, now: float) -> float | None:
+        """When the newest file of the shown run arrived, if no file came for two file periods."""
+        last = (self.run_summary or {}).get("last_completed_at_s") if self.run else None
+        if last and now - last > 2 * self.settings.dashboard_behind_s:
+            return last
+        return None
 
     def _status_html(self, now: float) -> str:
         r = self.run_summary
@@ -568,6 +581,12 @@ def _excess_title(scatter: float | None, noise_scale: float) -> str:
     if noise_scale > 1.0:
         return title + f"; threshold ×{noise_scale:.2f}: fewer independent slices than N"
     return title + " (1.00 for independent slices)"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
 
 
 def _clock(t: float) -> str:
