@@ -157,7 +157,8 @@ def analyse_export(data: dict[str, np.ndarray], settings: Settings, replay: bool
     """Candidates of an exported run: the replay over its files, or one search of the final average."""
     freq = np.asarray(data["frequency_hz"], dtype=np.float64)
     n_bins = freq.size
-    sample_rate_hz = float(np.round((freq[1] - freq[0]) * n_bins, 6))
+    # fs from the whole span (the axis may carry a GHz LO: single steps lose digits); to 1 mHz
+    sample_rate_hz = float(np.round((freq[-1] - freq[0]) * n_bins / (n_bins - 1), 3))
     lo = float(freq[n_bins // 2])  # the DC bin carries the LO frequency the workers added
     settings = settings.replace(lo_frequency_hz=lo)
     run = str(data.get("run", "run"))
