@@ -21,12 +21,13 @@ from faust.web import Request, Response, View
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import candidates, dsp, metrics, views, wire
+from . import candidates, dsp, faust_fixes, metrics, views, wire
 from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
+faust_fixes.install()  # flush really flushes: see faust_fixes.py
 
 # RocksDB per partition: small buffers and cache for a 2-core / 24 GiB box (the defaults are ~200 MB).
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
@@ -293,6 +294,22 @@ def _latest_or_int(run: str, file_index: str) -> int | None:
         return int(file_index)
     except ValueError:
         return None
+
+
+@app.page("/quax/files/")
+class FileStateView(View):
+    """A file's live accumulation state: ``?key=RUN/0000000012`` (routed to the worker owning it)."""
+
+    @app.table_route(table=files_table, query_param="key")
+    async def get(self, request: Request) -> Response:
+        stored = files_table.get(request.query["key"].encode())
+        if stored is None:
+            return self.json({"error": f"no file {request.query['key']!r} in the files table"}, status=404)
+        acc = FileAccumulator.from_bytes(stored)
+        return self.json({"run": acc.run, "file_index": acc.file_index, "status": acc.status,
+                          "n_counted": acc.n_counted, "slices_in_file": acc.slices_in_file,
+                          "duplicate_slices": acc.duplicate_slices,
+                          "uncounted": [int(i) for i in (~acc.counted).nonzero()[0][:100]]})
 
 
 @app.page("/quax/health/")
