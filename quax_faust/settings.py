@@ -72,7 +72,8 @@ class Settings:
     spark_jars_dir: Path = REPO_DIR / "var" / "spark-jars"
     """Spark's Kafka source jars, fetched by ops/spark/install.sh (ops/spark/pom.xml)."""
     verify_tolerance: float = 1e-6
-    """`quax verify`: largest power difference allowed, relative to the run's mean level."""
+    """`quax verify`: largest power difference allowed, relative to the run's mean level (or to the
+    bin's own power where that is larger: docs/spark.md)."""
 
     # --- the candidate search (quax_faust/analysis.py, docs/analysis.md) --------------------------
     candidates_topic: str = "candidates"
