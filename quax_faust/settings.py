@@ -50,6 +50,9 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port_base: int = 6066
     """Worker k serves its web views on web_port_base + k."""
+    session_timeout_s: float = 30.0
+    """A worker silent this long is declared dead and its partitions move (kill -9 failover time).
+    Shorter fails over faster but, on a loaded box, declares busy workers dead."""
     stream_buffer_maxsize: int = 32
     """Messages buffered per partition inside a worker (each up to a few MiB)."""
     var_dir: Path = REPO_DIR / "var"
@@ -64,16 +67,6 @@ class Settings:
     """Prometheus (ops/prometheus/run.sh) listens on web_host:this."""
     prometheus_scrape_interval_s: float = 5.0
     """How often Prometheus scrapes the workers and the producer (s); rules use 1 m windows."""
-
-    # --- Spark batch reprocessing (spark_batch/: `quax reprocess`, `quax verify`) ---------------
-    spark_master: str = "local[2]"
-    """Where the batch job runs: local[N] on this machine, or spark://host:7077 for a cluster."""
-    spark_driver_memory: str = "1g"
-    spark_jars_dir: Path = REPO_DIR / "var" / "spark-jars"
-    """Spark's Kafka source jars, fetched by ops/spark/install.sh (ops/spark/pom.xml)."""
-    verify_tolerance: float = 1e-6
-    """`quax verify`: largest power difference allowed, relative to the run's mean level (or to the
-    bin's own power where that is larger: docs/spark.md)."""
 
     # --- the candidate search (quax_faust/analysis.py, docs/analysis.md) --------------------------
     candidates_topic: str = "candidates"
@@ -95,6 +88,16 @@ class Settings:
     persist_searches: int = 3
     """A candidate is persistent once above threshold in this many consecutive searches (files)."""
 
+    # --- Spark batch reprocessing (spark_batch/: `quax reprocess`, `quax verify`) ---------------
+    spark_master: str = "local[2]"
+    """Where the batch job runs: local[N] on this machine, or spark://host:7077 for a cluster."""
+    spark_driver_memory: str = "1g"
+    spark_jars_dir: Path = REPO_DIR / "var" / "spark-jars"
+    """Spark's Kafka source jars, fetched by ops/spark/install.sh (ops/spark/pom.xml)."""
+    verify_tolerance: float = 1e-6
+    """`quax verify`: largest power difference allowed, relative to the run's mean level (or to the
+    bin's own power where that is larger: docs/spark.md)."""
+
     # --- readers of the tables (export, dashboard) -----------------------------------------------
     http_timeout_s: float = 30.0
 
@@ -104,7 +107,7 @@ class Settings:
     """How often the page asks the workers for news (s); a new file arrives every 4.19 s."""
     dashboard_http_timeout_s: float = 2.0
     """Timeout of each dashboard request to a worker (s): a dead worker must not freeze the page."""
-    dashboard_rate_window_s: float = 20.0
+    dashboard_rate_window_s: float = 60.0
     """Window over which files/s, slices/s and the real-time factor are averaged (s)."""
     dashboard_behind_s: float = 4.194
     """The health strip turns red when the last file's latency or the consumer lag (as seconds of
