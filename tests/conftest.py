@@ -25,7 +25,8 @@ def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
     """Settings for an isolated pipeline on the shared broker: own topics, app id and ports."""
     uid = uuid.uuid4().hex[:8]
     base = dict(broker=broker.bootstrap, app_id=f"quax-{uid}", slices_topic=f"slices-{uid}",
-                spectra_topic=f"spectra-{uid}", var_dir=var_dir, workers=2,
+                spectra_topic=f"spectra-{uid}", candidates_topic=f"candidates-{uid}",
+                var_dir=var_dir, workers=2,
                 web_port_base=free_port(4))
     return Settings().replace(**{**base, **changes})
 
