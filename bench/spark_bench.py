@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from quax_faust import daq, synth, wire
@@ -32,6 +33,34 @@ from quax_faust.settings import Settings
 from quax_faust.topics import ensure_topics
 
 SAMPLES_PER_FILE = 1 << 23
+
+
+class SparkMemory:
+    """Peak summed RSS of Spark's processes (the JVM and the Python workers), sampled every 0.2 s."""
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            total = 0
+            for proc in me.children(recursive=True):
+                try:
+                    cmd = " ".join(proc.cmdline())
+                    if "org.apache.spark" in cmd or "pyspark" in cmd:
+                        total += proc.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes
 
 
 async def _send_spectra(settings: Settings, run: str, n_files: int) -> None:
@@ -80,6 +109,7 @@ def main() -> None:
         from spark_batch.job import reprocess
         from spark_batch.session import get_session
 
+        memory = SparkMemory()
         t = time.monotonic()
         spark = get_session(settings, {"spark.ui.enabled": "false"})
         print(f"Spark session ({args.master}) started in {time.monotonic() - t:.1f} s", flush=True)
@@ -97,8 +127,7 @@ def main() -> None:
               f"(144,000 files) would take ~{144_000 / result.n_files * result.wall_seconds / 60:.0f} min "
               f"at this rate", flush=True)
         spark.stop()
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"largest child process RSS (JVM or Python worker): {peak:.0f} MiB; "
+        print(f"peak RSS of Spark (JVM + Python workers): {memory.stop() / 2**30:.2f} GiB; "
               f"cores: {os.cpu_count()}; load average now: {os.getloadavg()[0]:.1f}")
     finally:
         broker.stop()

@@ -210,32 +210,37 @@ def fold_slices(run: str, *, block_rows: int = 64, threads: int = 1
 
 
 def fold_spectra(run: str) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A mapInArrow function: records of the spectra topic -> PART_SCHEMA rows, one per file
-    (the first copy in offset order; later copies are counted in n_messages/duplicate_slices),
-    one per malformed record."""
+    """A mapInArrow function: records of the spectra topic -> PART_SCHEMA rows: a file's first
+    spectrum in offset order as it comes, one per malformed record, and at the end one row per
+    repeated file counting its later copies (as the live run table, which folds a file once)."""
 
     def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        first: dict[int, dict] = {}
+        first: dict[int, dict] = {}  # file -> the first copy's row without its spectra
         for batch in batches:
-            bad = []
+            rows = []
             for key, value, partition, offset in _records(batch):
                 try:
                     spec = wire.decode_file_spectrum(_require_value(value))
                     if key != spec.run.encode() or spec.run != run:
                         raise wire.WireError("key_mismatch", f"key {key!r} but the spectrum is of run {spec.run!r}")
                 except wire.WireError as exc:
-                    bad.append(_malformed(partition, offset, exc))
+                    rows.append(_malformed(partition, offset, exc))
                     continue
-                row = first.get(spec.file_index)
-                if row is None:
-                    first[spec.file_index] = _spectrum_row(spec, partition, offset)
+                seen = first.get(spec.file_index)
+                if seen is None:
+                    row = _spectrum_row(spec, partition, offset)
+                    rows.append(row)
+                    first[spec.file_index] = {**row, "power_sum": None, "power_sumsq": None,
+                                              "n_messages": 0, "n_slices": 0,
+                                              "counted": bytes(len(row["counted"]))}
                 else:
-                    row["n_messages"] += 1
-                    row["duplicate_slices"] += spec.n_slices
-            if bad:
-                yield _to_batch(bad, PART_SCHEMA)
-        if first:
-            yield _to_batch([first[k] for k in sorted(first)], PART_SCHEMA)
+                    seen["n_messages"] += 1
+                    seen["duplicate_slices"] += spec.n_slices
+            if rows:
+                yield _to_batch(rows, PART_SCHEMA)
+        repeats = [row for _, row in sorted(first.items()) if row["n_messages"]]
+        if repeats:
+            yield _to_batch(repeats, PART_SCHEMA)
 
     return fold
 

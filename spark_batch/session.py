@@ -54,6 +54,7 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.jars": ",".join(str(j) for j in connector_jars(settings)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(records_per_arrow_batch(settings)),
+        "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_BYTES),  # for larger messages
         "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
         "spark.driver.extraJavaOptions": JVM_OPTIONS,
         "spark.executor.extraJavaOptions": JVM_OPTIONS,

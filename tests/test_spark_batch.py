@@ -87,6 +87,27 @@ def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
     assert merged[2]["complete"] and merged[2]["n_slices"] == 6 and merged[2]["duplicate_slices"] == 0
 
 
+def test_spectra_fold_keeps_the_first_copy_of_each_file():
+    def spectrum(index: int, level: float) -> bytes:
+        mean = np.full(16, level)
+        return wire.encode_file_spectrum(wire.FileSpectrum("r1", index, 30, 5, 1e3, 1.0, 2.0, 3.5, mean, mean / 2))
+
+    records = [(b"r1", spectrum(0, 1.0)), (b"r1", spectrum(1, 2.0)), (b"r1", spectrum(0, 9.0)),
+               (b"r1", b"short"), (b"r2", spectrum(2, 1.0))]
+    rows = [r for b in fold.fold_spectra("r1")([_records(records)]) for r in b.to_pylist()]
+    assert sorted(r["reason"] for r in rows if r["kind"] == "malformed") == ["key_mismatch", "truncated"]
+    parts = pa.Table.from_pylist([r for r in rows if r["kind"] == "file"], schema=fold.PART_SCHEMA)
+    by_file = {}
+    for index in (0, 1):
+        part = parts.filter(pc.equal(parts["file_index"], index)).drop(["kind", "reason", "error"])
+        by_file[index] = fold.merge_file_parts(part).to_pylist()[0]
+    assert by_file[0]["complete"] and by_file[0]["n_slices"] == 30 and by_file[0]["n_messages"] == 2
+    assert by_file[0]["duplicate_slices"] == 30 and by_file[0]["latency_s"] == 1.5
+    np.testing.assert_allclose(by_file[0]["mean"], 1.0)  # the first copy, not the later 9.0
+    np.testing.assert_allclose(by_file[0]["std"], 0.5)
+    np.testing.assert_allclose(by_file[1]["mean"], 2.0)
+
+
 def test_file_parts_that_overlap_across_tasks_are_refused_not_double_counted():
     x = _slices(1, 10)
     key = wire.file_key("r1", 1)
