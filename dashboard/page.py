@@ -23,7 +23,7 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (Button, ColorBar, ColumnDataSource, CustomJS, DataTable, Div,
                           HoverTool, LinearColorMapper, NumberFormatter, RadioButtonGroup,
-                          Range1d, RangeSlider, Select, Span, TableColumn, Toggle)
+                          Range1d, RangeSlider, ScientificFormatter, Select, Span, TableColumn, Toggle)
 from bokeh.palettes import RdBu11, interp_palette
 from bokeh.plotting import figure
 
@@ -64,6 +64,8 @@ class PageUpdate:
     latest_index: int | None = None
     latest_latency_s: float | None = None
     waterfall_rows: dict = field(default_factory=dict)
+    waterfall_spectra: dict = field(default_factory=dict)
+    """file_index -> mean spectrum of the files given rows in this update."""
     file_rows: dict = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)
     candidates_columns: dict | None = None
@@ -88,6 +90,8 @@ class LiveDashboard:
         self.latest_index: int | None = None
         self.latest_latency_s: float | None = None
         self.noise_scale = 1.0
+        self.waterfall_spectra: dict[int, np.ndarray] = {}
+        self.waterfall_normalised_at = 1
         self.run_spectrum: shaping.RunSpectrum | None = None
         self.run_summary: dict | None = None
         self.last_ok_s: float | None = None
@@ -202,8 +206,8 @@ class LiveDashboard:
                                                     formatter=NumberFormatter(format="0,0.0")),
                                         TableColumn(field="significance", title="global σ",
                                                     formatter=NumberFormatter(format="0.0")),
-                                        TableColumn(field="power", title="power (V²/Hz)",
-                                                    formatter=NumberFormatter(format="0.000e+0")),
+                                        TableColumn(field="power", title="excess power (V²)",
+                                                    formatter=ScientificFormatter(precision=2)),
                                         TableColumn(field="first_seen_file", title="first file"),
                                         TableColumn(field="persistent", title="persists")])
 
@@ -360,6 +364,7 @@ class LiveDashboard:
                 update.colour_limit_percent = shaping.waterfall_colour_limit_percent(f["n_slices"])
             rows.append(shaping.waterfall_row(f["file_index"], shaping.relative_deviation_percent(f_mean, mean),
                                               freq_khz))
+            update.waterfall_spectra[f["file_index"]] = f_mean
             if latest_index is None or f["file_index"] > latest_index:
                 latest_index, newest_doc = f["file_index"], (f, f_mean, f_std)
         update.waterfall_rows = shaping.merge_rows(rows)
@@ -420,6 +425,8 @@ class LiveDashboard:
         self.marks_src.data = update.marks_columns
         self.latest_src.data = update.latest_columns or {k: [] for k in self.latest_src.data}
         self.waterfall_src.data = update.waterfall_rows or {k: [] for k in self.waterfall_src.data}
+        self.waterfall_spectra = dict(update.waterfall_spectra)
+        self.waterfall_normalised_at = update.run_spectrum.n_files
         self.files_src.data = update.file_rows
         if update.candidates_columns is not None:
             self.cand_src.data = update.candidates_columns
@@ -447,12 +454,25 @@ class LiveDashboard:
             else:
                 self.latest_src.data = update.latest_columns
         if update.waterfall_rows:
-            self.waterfall_src.stream(update.waterfall_rows, rollover=self.settings.waterfall_files)
+            self._update_waterfall(update)
         if update.file_rows["file_index"]:
             self.files_src.stream(update.file_rows, rollover=FILES_KEPT)
         if update.candidates_columns is not None:
             self.cand_src.data = update.candidates_columns
         self.seen.update(update.seen)
+
+    def _update_waterfall(self, update: PageUpdate) -> None:
+        """Stream the new rows; redo the whole window against the current average when the run doubled."""
+        self.waterfall_spectra.update(update.waterfall_spectra)
+        for old in sorted(self.waterfall_spectra)[:-self.settings.waterfall_files]:
+            del self.waterfall_spectra[old]
+        n_files = update.run_spectrum.n_files
+        if shaping.waterfall_needs_renormalising(n_files, self.waterfall_normalised_at):
+            self.waterfall_src.data = shaping.waterfall_rows(
+                self.waterfall_spectra, update.run_columns["mean"], update.run_columns["frequency_khz"])
+            self.waterfall_normalised_at = n_files
+        else:
+            self.waterfall_src.stream(update.waterfall_rows, rollover=self.settings.waterfall_files)
 
     def _reset(self) -> None:
         """Forget the shown run (the next poll loads the wanted one from scratch)."""
@@ -460,6 +480,7 @@ class LiveDashboard:
         self.run, self.version, self.seen = None, None, set()
         self.latest_index = self.latest_latency_s = None
         self.run_spectrum, self.noise_scale = None, 1.0
+        self.waterfall_spectra, self.waterfall_normalised_at = {}, 1
 
     def _mark_failure(self, time_s: float, error: str | None) -> None:
         self.last_error = error
@@ -535,9 +556,9 @@ class LiveDashboard:
         self.status_div.text = self._status_html(now)
 
     def _quiet_since(self, now: float) -> float | None:
-        """When the newest file of the shown run arrived, if no file came for two file periods."""
+        """When the shown run last grew, if no file came for three file periods (dashboard_behind_s)."""
         last = (self.run_summary or {}).get("last_completed_at_s") if self.run else None
-        if last and now - last > 2 * self.settings.dashboard_behind_s:
+        if last and now - last > 3 * self.settings.dashboard_behind_s:
             return last
         return None
 

@@ -113,6 +113,22 @@ def waterfall_row(file_index: int, deviation_percent: np.ndarray, freq_khz: np.n
             "y": [file_index - 0.5], "dh": [1.0], "file_index": [file_index]}
 
 
+def waterfall_rows(spectra: Mapping[int, np.ndarray], run_mean: np.ndarray, freq_khz: np.ndarray) -> dict[str, list]:
+    """The whole waterfall: each file's mean spectrum (by file index) relative to run_mean."""
+    return merge_rows([waterfall_row(i, relative_deviation_percent(spectra[i], run_mean), freq_khz)
+                       for i in sorted(spectra)]) or {k: [] for k in ("image", "x", "dw", "y", "dh", "file_index")}
+
+
+def waterfall_needs_renormalising(n_files: int, n_files_when_normalised: int) -> bool:
+    """Whether to recompute every waterfall row against the current run average.
+
+    A streamed row is compared with the average as it stood when its file arrived (the first file
+    with itself: all zero). Redoing the whole window each time the run has doubled keeps every row
+    close to "this file against the run" for O(log n_files) full re-sends over a run.
+    """
+    return n_files >= 2 * max(n_files_when_normalised, 1)
+
+
 def merge_rows(rows: Sequence[Mapping[str, list]]) -> dict[str, list]:
     """Concatenate single-row column dicts (same keys) into one dict for a single stream()."""
     if not rows:

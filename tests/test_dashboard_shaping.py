@@ -79,6 +79,21 @@ def test_waterfall_row_is_the_file_relative_to_the_run_average_in_percent():
     assert merged["file_index"] == [7, 8] and len(merged["image"]) == 2
 
 
+def test_whole_waterfall_is_redone_against_the_run_average_each_time_the_run_doubles():
+    run = np.array([1.0, 2.0])
+    rows = shaping.waterfall_rows({4: np.array([1.1, 2.0]), 3: np.array([0.9, 2.2])}, run, np.array([0.0, 1.0]))
+    assert rows["file_index"] == [3, 4]
+    np.testing.assert_allclose(rows["image"][0], [[-10.0, 10.0]], atol=1e-4)
+    assert shaping.waterfall_rows({}, run, np.array([0.0, 1.0]))["image"] == []
+    # A run growing file by file: the window is redone at 2, 4, 8, ... files, O(log n) times.
+    normalised_at, redone = 1, []
+    for n_files in range(1, 100):
+        if shaping.waterfall_needs_renormalising(n_files, normalised_at):
+            normalised_at = n_files
+            redone.append(n_files)
+    assert redone == [2, 4, 8, 16, 32, 64]
+
+
 def test_waterfall_colour_scale_is_a_few_sigma_of_one_files_noise():
     # 2730 slices per real file: 1.91 % relative noise per bin, the scale is +-4 of those.
     assert shaping.waterfall_colour_limit_percent(2730) == pytest.approx(4 * 100 / math.sqrt(2730))
