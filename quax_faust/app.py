@@ -21,12 +21,13 @@ from faust.web import Request, Response, View
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import candidates, dsp, faust_fixes, metrics, views, wire
+from . import broker_auth, candidates, dsp, faust_fixes, malloc, metrics, views, wire
 from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
+malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory (malloc.py)
 faust_fixes.install()  # flush really flushes: see faust_fixes.py
 
 # RocksDB per partition: small buffers and cache for a 2-core / 24 GiB box (the defaults are ~200 MB).
@@ -36,6 +37,7 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
+    broker_credentials=broker_auth.faust_credentials(settings),
     store="rocksdb://",
     topic_partitions=settings.partitions,
     topic_replication_factor=1,

@@ -107,7 +107,10 @@ def cmd_export(args, settings: Settings) -> int:
 
 def cmd_settings(args, settings: Settings) -> int:
     for f in fields(Settings):
-        print(f"{f.name:24} {ENV_PREFIX + f.name.upper():32} {getattr(settings, f.name)}")
+        value = getattr(settings, f.name)
+        if f.name == "sasl_password" and value:
+            value = "********"
+        print(f"{f.name:24} {ENV_PREFIX + f.name.upper():32} {value}")
     return 0
 
 

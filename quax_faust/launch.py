@@ -57,13 +57,15 @@ class Broker:
     port: int
     data_dir: Path
     heap: str = "-Xmx768m -Xms256m"
+    env: dict = field(default_factory=dict)
+    """Extra environment for broker.sh, e.g. KAFKA_TLS=1, KAFKA_SASL_USERS=user:password."""
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, command: str) -> None:
-        env = {**os.environ, "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_HEAP": self.heap}
+        env = {**os.environ, "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_HEAP": self.heap, **self.env}
         subprocess.run(["bash", str(BROKER_SCRIPT), command, str(self.port)], env=env, check=True)
 
     def start(self) -> "Broker":

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
 
-from . import daq, metrics, wire
+from . import broker_auth, daq, malloc, metrics, wire
 from .accumulators import IndexSet
 from .settings import Settings
 from .topics import ensure_topics
@@ -80,8 +80,9 @@ class DaqProducer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        malloc.keep_freed_memory()  # reuse the big buffers of each file (quax_faust/malloc.py)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.broker, max_request_size=settings.max_message_bytes,
+            **broker_auth.client_options(settings), max_request_size=settings.max_message_bytes,
             acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=60000,
             # aiokafka keeps one request in flight per broker and one batch per partition: batches
             # as large as the broker takes let the messages queued meanwhile go in the next request

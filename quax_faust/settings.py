@@ -35,6 +35,14 @@ class Settings:
     # --- the wire and the broker -----------------------------------------------------------------
     broker: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, host:port[,host:port...]."""
+    security_protocol: str = "PLAINTEXT"
+    """How clients talk to the broker: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (docs/deploy.md)."""
+    sasl_mechanism: str = "SCRAM-SHA-256"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    """Set it through QUAX_SASL_PASSWORD (never on the command line: ps shows arguments)."""
+    ssl_cafile: str = ""
+    """PEM file of the CA that signed the broker's certificate (SSL, SASL_SSL)."""
     slices_topic: str = "slices"
     spectra_topic: str = "spectra"
     partitions: int = 4

@@ -13,6 +13,7 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from . import broker_auth
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,34 +25,55 @@ def topic_plan(settings: Settings) -> dict[str, int]:
             f"{settings.slices_topic}.rejected": 1, settings.candidates_topic: 1}
 
 
-async def _connect(bootstrap: str, wait_s: float) -> AIOKafkaAdminClient:
+class _RefusalCatcher(logging.Handler):
+    """Keeps the reason aiokafka logs when the broker refuses us (bad password, TLS) rather than
+    being down: retrying cannot help then."""
+
+    FATAL = ("Authentication", "SSL", "certificate", "UnsupportedSaslMechanism")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.refusal: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(word in message for word in self.FATAL):
+            self.refusal = message
+
+
+async def _connect(settings: Settings, wait_s: float) -> AIOKafkaAdminClient:
     """An admin client, retrying while the broker is still starting (up to wait_s seconds)."""
     deadline = time.monotonic() + wait_s
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # one line per retry is enough
+    client_log = logging.getLogger("aiokafka")
+    catcher = _RefusalCatcher()
+    client_log.addHandler(catcher)
+    client_log.propagate = False  # one line per retry is enough
     try:
-        return await _retry_connect(bootstrap, deadline, wait_s)
+        while True:
+            admin = AIOKafkaAdminClient(**broker_auth.client_options(settings), request_timeout_ms=30000)
+            try:
+                await admin.start()
+                return admin
+            except KafkaConnectionError:
+                await admin.close()
+                if catcher.refusal:
+                    raise RuntimeError(f"the broker at {settings.broker} refused the connection: "
+                                       f"{catcher.refusal}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f} s "
+                                       f"(is it up? is security_protocol {settings.security_protocol} "
+                                       "what it expects?)") from None
+                log.info("waiting for the broker at %s", settings.broker)
+                await asyncio.sleep(1.0)
     finally:
-        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
-
-
-async def _retry_connect(bootstrap: str, deadline: float, wait_s: float) -> AIOKafkaAdminClient:
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-        try:
-            await admin.start()
-            return admin
-        except KafkaConnectionError:
-            await admin.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no Kafka broker answers at {bootstrap} after {wait_s:.0f} s") from None
-            log.info("waiting for the broker at %s", bootstrap)
-            await asyncio.sleep(1.0)
+        client_log.removeHandler(catcher)
+        client_log.propagate = True
 
 
 async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, int]:
     """Create missing topics; raise RuntimeError if one exists with the wrong partition count."""
     plan = topic_plan(settings)
-    admin = await _connect(settings.broker, wait_s)
+    admin = await _connect(settings, wait_s)
     try:
         existing = await _partition_counts(admin, plan)
         missing = [NewTopic(name, n, 1, topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
@@ -79,9 +101,10 @@ async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, i
     return existing
 
 
-async def partition_counts(bootstrap: str, names) -> dict[str, int]:
-    """Partition count of each named topic that exists."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def partition_counts(broker: str | Settings, names) -> dict[str, int]:
+    """Partition count of each named topic that exists (broker: settings or a plaintext host:port)."""
+    settings = broker if isinstance(broker, Settings) else Settings(broker=broker)
+    admin = AIOKafkaAdminClient(**broker_auth.client_options(settings))
     await admin.start()
     try:
         return await _partition_counts(admin, names)

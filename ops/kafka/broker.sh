@@ -10,6 +10,11 @@
 # Environment: KAFKA_HOST (127.0.0.1), KAFKA_PORT (9092; the controller listens on PORT+1),
 # QUAX_VAR (var/ in the repo), KAFKA_DATA_DIR (QUAX_VAR/kafka/PORT), KAFKA_HEAP (-Xmx1g -Xms256m),
 # KAFKA_RETENTION_HOURS (168), KAFKA_RETENTION_BYTES (536870912000 per partition).
+# Security (docs/deploy.md): KAFKA_TLS=1 serves TLS with a self-signed certificate made at first start
+# (CA for clients: DATA_DIR/tls/ca.pem); KAFKA_SASL_USERS="user:password[,user:password]" requires
+# SASL/SCRAM-SHA-256 logins (users created when the storage is formatted; the first one is also used
+# between broker and itself). Both together give SASL_SSL. The controller listener stays plaintext
+# on the loopback interface.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -51,12 +56,54 @@ configure() {
       -e "s#@RETENTION_HOURS@#${KAFKA_RETENTION_HOURS:-168}#g" \
       -e "s#@RETENTION_BYTES@#${KAFKA_RETENTION_BYTES:-536870912000}#g" \
       "$here/server.properties.in" > "$data/server.properties"
+  security >> "$data/server.properties"
   if [[ -n ${KAFKA_EXTRA_PROPERTIES:-} ]]; then cat "$KAFKA_EXTRA_PROPERTIES" >> "$data/server.properties"; fi
   if [[ ! -f $data/log/meta.properties ]]; then
-    local cluster_id
+    local cluster_id scram=()
     cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
     log "formatting new storage in $data/log (cluster $cluster_id)"
-    (java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" >/dev/null)
+    local IFS=,
+    for entry in ${KAFKA_SASL_USERS:-}; do
+      scram+=(--add-scram "SCRAM-SHA-256=[name=${entry%%:*},password=${entry#*:}]")
+    done
+    unset IFS
+    (java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" "${scram[@]}" >/dev/null)
+  fi
+}
+
+# Listener security from KAFKA_TLS / KAFKA_SASL_USERS (printed as properties overriding the template).
+security() {
+  local tls=${KAFKA_TLS:-0} users=${KAFKA_SASL_USERS:-} protocol=PLAINTEXT
+  [[ -z $users && $tls != 1 ]] && return 0
+  if [[ -n $users && $tls == 1 ]]; then protocol=SASL_SSL; elif [[ -n $users ]]; then protocol=SASL_PLAINTEXT; else protocol=SSL; fi
+  echo "# --- security (broker.sh: KAFKA_TLS=$tls, SASL users: ${users:+yes}) ---"
+  echo "listeners=$protocol://$host:$port,CONTROLLER://$host:$controller_port"
+  echo "advertised.listeners=$protocol://$host:$port"
+  echo "listener.security.protocol.map=CONTROLLER:PLAINTEXT,$protocol:$protocol"
+  echo "inter.broker.listener.name=$protocol"
+  if [[ $tls == 1 ]]; then
+    local dir=$data/tls pass=${KAFKA_TLS_STORE_PASSWORD:-quax-store}
+    if [[ ! -f $dir/broker.p12 ]]; then
+      mkdir -p "$dir"
+      keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 -storetype PKCS12 \
+        -keystore "$dir/broker.p12" -storepass "$pass" -keypass "$pass" -dname "CN=$host" \
+        -ext "SAN=ip:$host,dns:localhost" >/dev/null 2>&1
+      keytool -exportcert -rfc -alias broker -keystore "$dir/broker.p12" -storepass "$pass" \
+        -file "$dir/ca.pem" >/dev/null 2>&1
+      log "made a self-signed TLS certificate; clients trust $dir/ca.pem"
+    fi
+    echo "ssl.keystore.type=PKCS12"
+    echo "ssl.keystore.location=$dir/broker.p12"
+    echo "ssl.keystore.password=$pass"
+    echo "ssl.key.password=$pass"
+    echo "ssl.truststore.type=PEM"
+    echo "ssl.truststore.location=$dir/ca.pem"
+  fi
+  if [[ -n $users ]]; then
+    local first=${users%%,*}
+    echo "sasl.enabled.mechanisms=SCRAM-SHA-256"
+    echo "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256"
+    echo "listener.name.${protocol,,}.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"${first%%:*}\" password=\"${first#*:}\";"
   fi
 }
 
