@@ -39,7 +39,7 @@ class SparkMemory:
     """Peak summed RSS of Spark's processes (the JVM and the Python workers), sampled every 0.2 s."""
 
     def __init__(self):
-        self.peak_bytes = 0
+        self.peak_bytes = self.peak_jvm_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -47,15 +47,18 @@ class SparkMemory:
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.wait(0.2):
-            total = 0
+            total = jvm = 0
             for proc in me.children(recursive=True):
                 try:
                     cmd = " ".join(proc.cmdline())
                     if "org.apache.spark" in cmd or "pyspark" in cmd:
-                        total += proc.memory_info().rss
+                        rss = proc.memory_info().rss
+                        total += rss
+                        jvm += rss if "org.apache.spark" in cmd else 0
                 except psutil.Error:
                     continue
             self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_jvm_bytes = max(self.peak_jvm_bytes, jvm)
 
     def stop(self) -> int:
         self._stop.set()
@@ -127,7 +130,8 @@ def main() -> None:
               f"(144,000 files) would take ~{144_000 / result.n_files * result.wall_seconds / 60:.0f} min "
               f"at this rate", flush=True)
         spark.stop()
-        print(f"peak RSS of Spark (JVM + Python workers): {memory.stop() / 2**30:.2f} GiB; "
+        print(f"peak RSS of Spark (JVM + Python workers): {memory.stop() / 2**30:.2f} GiB, of which "
+              f"the JVM {memory.peak_jvm_bytes / 2**30:.2f} GiB; "
               f"cores: {os.cpu_count()}; load average now: {os.getloadavg()[0]:.1f}")
     finally:
         broker.stop()

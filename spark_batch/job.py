@@ -5,7 +5,7 @@
 
 Output directory:
     files.parquet/  one row per file seen (fold.FILE_SCHEMA), incomplete ones too
-    run.parquet/    one row: the run average (mean, std, sem per bin) and its counts
+    run.parquet     one row: the run average (mean, std, sem per bin) and its counts
     run.npz         the layout of ``quax export`` (quax_faust/export.py fetch_run)
     report.json     offsets read, malformed records, duplicates, incomplete files, timing
 """
@@ -16,7 +16,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ class ReprocessResult:
         return self.data_seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
     def report(self) -> dict:
-        doc = {k: v for k, v in asdict(self).items() if k != "data"}
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "data"}
         doc["offsets"] = {str(p): list(b) for p, b in self.offsets.items()}
         doc.update(n_files=self.n_files, n_slices=self.n_slices, n_malformed=self.n_malformed,
                    realtime_factor=self.realtime_factor)
