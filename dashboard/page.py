@@ -206,7 +206,7 @@ class LiveDashboard:
                                                     formatter=NumberFormatter(format="0,0.0")),
                                         TableColumn(field="significance", title="global σ",
                                                     formatter=NumberFormatter(format="0.0")),
-                                        TableColumn(field="power", title="excess power (V²)",
+                                        TableColumn(field="power", title="power (V²)",
                                                     formatter=ScientificFormatter(precision=2)),
                                         TableColumn(field="first_seen_file", title="first file"),
                                         TableColumn(field="persistent", title="persists")])

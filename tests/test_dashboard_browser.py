@@ -161,6 +161,13 @@ def test_dashboard_shows_the_tables_file_by_file_and_survives_a_worker_restart(m
         table = np.array(rows[2:], dtype=float)
         np.testing.assert_allclose(table[:, 1], run_doc["mean"], rtol=1e-9)
         page.get_by_text("linear power").click()
+        # Pause freezes the page and says so; resume goes back to live.
+        page.get_by_text("pause updates").click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('health').text.includes('PAUSED')",
+                               timeout=WAIT_MS)
+        page.get_by_text("resume updates").click()
+        page.wait_for_function("() => !Bokeh.documents[0].get_model_by_name('health').text.includes('PAUSED')",
+                               timeout=WAIT_MS)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
         # Workers gone: the page says so and keeps its plots; workers back: it recovers by itself.
