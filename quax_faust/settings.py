@@ -47,8 +47,12 @@ class Settings:
     spectra_topic: str = "spectra"
     partitions: int = 4
     """Partitions of the slices topic; a multiple of the worker count."""
+    replication_factor: int = 1
+    """Replicas of every topic, ours and Faust's changelogs: 1 on one broker, 3 on a cluster."""
     slices_per_message: int = 128
     """Consecutive slices of one file carried by one Kafka message (3 MiB at 3072 samples)."""
+    producer_files_in_flight: int = 2
+    """Files the producer queues before awaiting the oldest one's acks (1: one file at a time)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest record the producer, the broker and the consumers accept (bytes)."""
 

@@ -76,7 +76,8 @@ async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, i
     admin = await _connect(settings, wait_s)
     try:
         existing = await _partition_counts(admin, plan)
-        missing = [NewTopic(name, n, 1, topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
+        missing = [NewTopic(name, n, settings.replication_factor,
+                            topic_configs={"max.message.bytes": str(settings.max_message_bytes)})
                    for name, n in plan.items() if name not in existing]
         if missing:
             try:

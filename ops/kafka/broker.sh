@@ -4,6 +4,7 @@
 #   ops/kafka/broker.sh install              fetch the pinned jars from Maven Central (pom.xml)
 #   ops/kafka/broker.sh start [PORT]         format storage if new, start in the background, wait
 #   ops/kafka/broker.sh run   [PORT]         the same in the foreground (for honcho / Procfile)
+#   ops/kafka/broker.sh spawn [PORT]         start in the background without waiting (cluster.sh)
 #   ops/kafka/broker.sh stop  [PORT]         SIGTERM, wait for a clean shutdown
 #   ops/kafka/broker.sh status [PORT]
 #
@@ -52,7 +53,9 @@ configure() {
   install
   mkdir -p "$data/log"
   sed -e "s#@HOST@#$host#g" -e "s#@PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
-      -e "s#@DATA_DIR@#$data/log#g" \
+      -e "s#@DATA_DIR@#$data/log#g" -e "s#@NODE_ID@#${KAFKA_NODE_ID:-1}#g" \
+      -e "s#@VOTERS@#${KAFKA_VOTERS:-${KAFKA_NODE_ID:-1}@$host:$controller_port}#g" \
+      -e "s#@REPLICATION@#${KAFKA_REPLICATION:-1}#g" -e "s#@MIN_ISR@#${KAFKA_MIN_ISR:-1}#g" \
       -e "s#@RETENTION_HOURS@#${KAFKA_RETENTION_HOURS:-168}#g" \
       -e "s#@RETENTION_BYTES@#${KAFKA_RETENTION_BYTES:-536870912000}#g" \
       "$here/server.properties.in" > "$data/server.properties"
@@ -60,7 +63,7 @@ configure() {
   if [[ -n ${KAFKA_EXTRA_PROPERTIES:-} ]]; then cat "$KAFKA_EXTRA_PROPERTIES" >> "$data/server.properties"; fi
   if [[ ! -f $data/log/meta.properties ]]; then
     local cluster_id scram=()
-    cluster_id=$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
+    cluster_id=${KAFKA_CLUSTER_ID:-$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)}
     log "formatting new storage in $data/log (cluster $cluster_id)"
     local IFS=,
     for entry in ${KAFKA_SASL_USERS:-}; do
@@ -125,12 +128,13 @@ case $cmd in
     trap 'kill -TERM $pid 2>/dev/null; wait $pid; rm -f "$pidfile"' INT TERM
     wait $pid
     ;;
-  start)
+  start|spawn)
     if pid=$(running_pid); then log "already running (pid $pid)"; exit 0; fi
     configure
     nohup bash -c "$(declare -f java_run); heap='$heap' here='$here' data='$data' lib='$lib' java_run kafka.Kafka '$data/server.properties'" \
       >"$data/stdout.log" 2>&1 &
     echo $! > "$pidfile"
+    [[ $cmd == spawn ]] && { log "spawned (pid $!), not waiting"; exit 0; }
     for _ in $(seq 1 600); do
       if is_up; then log "up on $host:$port (pid $(cat "$pidfile")), data in $data"; exit 0; fi
       if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -149,5 +153,9 @@ case $cmd in
   status)
     if pid=$(running_pid) && is_up; then log "running (pid $pid)"; else log "not running"; exit 1; fi
     ;;
-  *) echo "usage: $0 install|start|run|stop|status [PORT]" >&2; exit 2 ;;
+  wait)
+    for _ in $(seq 1 900); do is_up && { log "up"; exit 0; }; sleep 0.1; done
+    log "not listening after 90 s"; exit 1
+    ;;
+  *) echo "usage: $0 install|start|spawn|wait|run|stop|status [PORT]" >&2; exit 2 ;;
 esac
