@@ -401,7 +401,9 @@ class LiveDashboard:
             return
         self.last_ok_s, self.stale_since_s, self.last_error = poll.time_s, None, None
         self._update_run_options(poll.runs or [])
-        self.run_summary = next((r for r in poll.runs or [] if r["run"] == poll.run), None)
+        # Workers recovering their tables may briefly list no runs: keep showing the last summary.
+        self.run_summary = next((r for r in poll.runs or [] if r["run"] == poll.run), None) \
+            if poll.runs else self.run_summary
         if update.run_columns is not None:
             if update.new_run or len(self.run_src.data["mean"]) != len(update.run_columns["mean"]):
                 self._load_run(poll.run, update)
