@@ -7,11 +7,12 @@ Faust workers and the test readers. Defaults: PLAINTEXT to 127.0.0.1 (a single-m
 from __future__ import annotations
 
 import ssl
-from typing import Any
-
-import faust
+from typing import TYPE_CHECKING, Any
 
 from .settings import Settings
+
+if TYPE_CHECKING:  # faust is imported only by the workers: importing it reads sys.argv (--loop!)
+    import faust
 
 PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 
@@ -40,8 +41,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def faust_credentials(settings: Settings) -> faust.auth.Credentials | None:
+def faust_credentials(settings: Settings) -> "faust.auth.Credentials | None":
     """The same connection for a Faust app (broker_credentials=...)."""
+    import faust
+
     protocol = _protocol(settings)
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
