@@ -216,13 +216,17 @@ def bins_above(excess: np.ndarray, threshold_sigma: float) -> np.ndarray:
 
 
 def candidate_columns(doc: Mapping[str, Any] | None, lo_frequency_hz: float) -> dict[str, list]:
-    """The candidates view's list as plot/table columns (empty columns when there are none)."""
-    items = list((doc or {}).get("candidates") or [])
+    """The candidates view's current candidates as plot/table columns (empty when there are none).
+
+    Records of candidates that faded below threshold (``above_threshold`` false) are left out.
+    """
+    items = [c for c in (doc or {}).get("candidates") or [] if c.get("above_threshold", True)]
     freq = [float(c["frequency_hz"]) for c in items]
     return {
         "frequency_hz": freq,
         "frequency_khz": list(frequency_khz(np.array(freq, dtype=np.float64), lo_frequency_hz)),
-        "significance": [float(c["significance"]) for c in items],
+        "significance": [math.nan if c.get("significance") is None else float(c["significance"])
+                         for c in items],
         "power": [float(c["power"]) if c.get("power") is not None else math.nan for c in items],
         "first_seen_file": [c.get("first_seen_file") for c in items],
         "persistent": ["yes" if c.get("persistent") else "no" for c in items],

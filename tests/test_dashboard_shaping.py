@@ -198,6 +198,10 @@ def test_candidate_columns_from_the_analysis_view():
     assert cols["frequency_hz"] == [250_000.0, -1000.0]
     assert cols["frequency_khz"] == pytest.approx([251.0, 0.0])
     assert cols["persistent"] == ["yes", "no"] and math.isnan(cols["power"][1])
+    # a candidate that faded below threshold keeps a record with no current significance: not drawn
+    doc["candidates"].append({"frequency_hz": 5e5, "significance": None, "power": None,
+                              "first_seen_file": 1, "persistent": False, "above_threshold": False})
+    assert shaping.candidate_columns(doc, 0.0)["frequency_hz"] == [250_000.0, -1000.0]
 
 
 # --- downloads -----------------------------------------------------------------------------------
