@@ -238,7 +238,8 @@ def _peak_rss_bytes(proc: psutil.Process) -> int | None:
 
 
 def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Disk space used (allocated blocks: Kafka's preallocated, sparse index files count as used)."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
 def _system_busy_s() -> float:

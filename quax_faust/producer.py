@@ -17,10 +17,12 @@ import json
 import logging
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from . import broker_auth, daq, malloc, metrics, wire
@@ -99,6 +101,11 @@ class DaqProducer:
 
     async def send_file(self, run: str, file_index: int, samples) -> tuple[int, int, int]:
         """Send one file's whole slices; returns (slices, messages, bytes) once the broker acked all."""
+        return await (await self.queue_file(run, file_index, samples))
+
+    async def queue_file(self, run: str, file_index: int, samples) -> asyncio.Future:
+        """Hand one file's messages to the Kafka client; the returned future gives (slices,
+        messages, bytes) once the broker acked them all."""
         key = wire.file_key(run, file_index)
         pending, n_slices, n_bytes = [], 0, 0
         started = time.perf_counter()
@@ -107,9 +114,13 @@ class DaqProducer:
             pending.append(await self.producer.send(self.settings.slices_topic, value, key=key))
             n_slices += batch.slice_count
             n_bytes += len(value)
-        await asyncio.gather(*pending)
-        metrics.PRODUCER_SEND_SECONDS.observe(time.perf_counter() - started)
-        return n_slices, len(pending), n_bytes
+
+        async def acked() -> tuple[int, int, int]:
+            await asyncio.gather(*pending)
+            metrics.PRODUCER_SEND_SECONDS.observe(time.perf_counter() - started)
+            return n_slices, len(pending), n_bytes
+
+        return asyncio.ensure_future(acked())
 
 
 def _stamped(batch: wire.SliceBatch) -> wire.SliceBatch:
@@ -227,6 +238,8 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
     report = ProduceReport()
     started = last_new = time.monotonic()
     async with DaqProducer(settings) as producer:
+        sending = _Sending(producer, settings, run, speed, started, report, feed.quarantine_dir,
+                           progress, done, settings.producer_files_in_flight)
         next_index = None
         for lap in range(loop):
             while True:
@@ -239,14 +252,16 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
                         raise FileNotFoundError(f"no valid duck_i/duck_q pairs in {source}")
                 if next_index is None and pairs:
                     next_index = max(p.file_index for p in pairs) + 1
-                for pair in pairs:
+                # Read the next pair in a thread while this one is sent (numpy releases the GIL).
+                reading = _read_in_thread(pairs[0], settings) if pairs else None
+                for k, pair in enumerate(pairs):
                     file_index = pair.file_index
                     if lap:
                         file_index, next_index = next_index, next_index + 1
-                    if await _send_pair(producer, settings, run, pair, file_index, speed, started,
-                                        report, feed.quarantine_dir, progress):
-                        done.add(file_index)
+                    current, reading = reading, _read_in_thread(pairs[k + 1], settings) if k + 1 < len(pairs) else None
+                    if await sending.send_pair(pair, file_index, current):
                         last_new = time.monotonic()
+                await sending.drain()
                 if not follow:
                     break
                 if idle_exit_s is not None and time.monotonic() - last_new > idle_exit_s:
@@ -258,40 +273,84 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
     return report
 
 
-async def _send_pair(producer: DaqProducer, settings: Settings, run: str, pair: daq.FilePair,
-                     file_index: int, speed: float, started: float, report: ProduceReport,
-                     quarantine_dir: Path, progress: bool) -> bool:
-    """Read, check and send one pair (paced); quarantine it if bad. True if sent."""
-    try:
-        samples = daq.read_pair(pair)
-        layout = daq.SliceLayout(samples.shape[0], settings.slice_len)
-        if layout.n_slices == 0:
-            raise daq.DaqError("too_short", pair.i_path, f"{samples.shape[0]} samples, fewer than one "
-                               f"slice of {settings.slice_len}")
-    except daq.DaqError as exc:
-        quarantine([pair.i_path, pair.q_path], str(exc), quarantine_dir)
-        report.skipped.append(str(exc))
-        metrics.PRODUCER_SKIPPED.labels(reason=exc.reason).inc()
-        return False
-    # Real time: the DAQ finishes writing a file one file-duration after the previous one.
-    delay = started + report.data_seconds / speed - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
-    n_slices, n_messages, n_bytes = await producer.send_file(run, file_index, samples)
-    report.files_sent += 1
-    report.slices_sent += n_slices
-    report.messages_sent += n_messages
-    report.bytes_sent += n_bytes
-    report.tail_samples_dropped += layout.tail_samples
-    report.data_seconds += samples.shape[0] / settings.sample_rate_hz
-    report.wall_seconds = time.monotonic() - started
-    _count_sent(settings, samples.shape[0], n_slices, n_messages, n_bytes, report.realtime_factor)
-    if progress:
-        log.info("run %s file %05d: %d slices in %d messages (tail %d dropped); %d files, %.1f s of "
-                 "data in %.1f s = %.2fx real time", run, file_index, n_slices, n_messages,
-                 layout.tail_samples, report.files_sent, report.data_seconds, report.wall_seconds,
-                 report.realtime_factor)
-    return True
+def _read_checked(pair: daq.FilePair, settings: Settings) -> np.ndarray:
+    """The pair's samples; DaqError if it is bad or shorter than one slice."""
+    samples = daq.read_pair(pair)
+    if daq.SliceLayout(samples.shape[0], settings.slice_len).n_slices == 0:
+        raise daq.DaqError("too_short", pair.i_path, f"{samples.shape[0]} samples, fewer than one "
+                           f"slice of {settings.slice_len}")
+    return samples
+
+
+def _read_in_thread(pair: daq.FilePair, settings: Settings) -> asyncio.Future:
+    return asyncio.ensure_future(asyncio.to_thread(_read_checked, pair, settings))
+
+
+@dataclass
+class _Sending:
+    """One run being sent: pacing, files in flight, and what happens when the broker acks a file.
+
+    Up to ``files_in_flight`` files are queued in the Kafka client before the oldest one's acks are
+    awaited, so the next file is read and queued while the broker stores the previous one; a file
+    counts as sent (report, metrics, checkpoint) only once all its messages are acked.
+    """
+
+    producer: DaqProducer
+    settings: Settings
+    run: str
+    speed: float
+    started: float
+    report: ProduceReport
+    quarantine_dir: Path
+    progress: bool
+    checkpoint: Checkpoint
+    files_in_flight: int
+    queued_data_s: float = 0.0
+    in_flight: deque = field(default_factory=deque)
+
+    async def send_pair(self, pair: daq.FilePair, file_index: int, reading: asyncio.Future) -> bool:
+        """Send one pair (paced) once read; quarantine it if bad. True if it was queued."""
+        try:
+            samples = await reading
+        except daq.DaqError as exc:
+            quarantine([pair.i_path, pair.q_path], str(exc), self.quarantine_dir)
+            self.report.skipped.append(str(exc))
+            metrics.PRODUCER_SKIPPED.labels(reason=exc.reason).inc()
+            return False
+        # Real time: the DAQ finishes writing a file one file-duration after the previous one.
+        delay = self.started + self.queued_data_s / self.speed - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.queued_data_s += samples.shape[0] / self.settings.sample_rate_hz
+        acked = await self.producer.queue_file(self.run, file_index, samples)
+        self.in_flight.append((acked, file_index, samples.shape[0]))
+        while len(self.in_flight) >= max(1, self.files_in_flight):
+            await self._finish_oldest()
+        return True
+
+    async def drain(self) -> None:
+        while self.in_flight:
+            await self._finish_oldest()
+
+    async def _finish_oldest(self) -> None:
+        acked, file_index, n_samples = self.in_flight.popleft()
+        n_slices, n_messages, n_bytes = await acked
+        report, settings = self.report, self.settings
+        tail = daq.SliceLayout(n_samples, settings.slice_len).tail_samples
+        report.files_sent += 1
+        report.slices_sent += n_slices
+        report.messages_sent += n_messages
+        report.bytes_sent += n_bytes
+        report.tail_samples_dropped += tail
+        report.data_seconds += n_samples / settings.sample_rate_hz
+        report.wall_seconds = time.monotonic() - self.started
+        self.checkpoint.add(file_index)
+        _count_sent(settings, n_samples, n_slices, n_messages, n_bytes, report.realtime_factor)
+        if self.progress:
+            log.info("run %s file %05d: %d slices in %d messages (tail %d dropped); %d files, %.1f s of "
+                     "data in %.1f s = %.2fx real time", self.run, file_index, n_slices, n_messages,
+                     tail, report.files_sent, report.data_seconds, report.wall_seconds,
+                     report.realtime_factor)
 
 
 def _count_sent(settings: Settings, n_samples: int, n_slices: int, n_messages: int, n_bytes: int,
