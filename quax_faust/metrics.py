@@ -13,6 +13,8 @@ Names follow Prometheus conventions: a ``quax_`` prefix, base units in the name 
 
 from __future__ import annotations
 
+import logging
+
 from typing import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
@@ -115,5 +117,10 @@ def serve_producer_metrics(port: int, host: str = "127.0.0.1"):
     """
     if not port:
         return None
-    server, _thread = start_http_server(port, addr=host, registry=PRODUCER_REGISTRY)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=PRODUCER_REGISTRY)
+    except OSError as exc:  # e.g. another producer on this machine: send anyway, say so
+        logging.getLogger(__name__).warning(
+            "producer metrics not served: %s:%d: %s (set QUAX_PRODUCER_METRICS_PORT)", host, port, exc.strerror)
+        return None
     return server

@@ -11,6 +11,19 @@ def quax(*args, env=None):
                           env=env, timeout=120)
 
 
+def test_a_busy_metrics_port_does_not_stop_the_producer(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = quax("produce", "--source", str(tmp_path / "missing"), "--run", "r1",
+                   "--producer-metrics-port", str(port))
+    assert "producer metrics not served" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
 def test_produce_with_loop_flag_reaches_our_own_checks(tmp_path):
     # faust reads --loop from sys.argv when imported; the producer must not import it.
     out = quax("produce", "--source", str(tmp_path / "missing"), "--run", "r1", "--loop", "3")
