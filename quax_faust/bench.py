@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -211,12 +212,22 @@ class Stack:
         except (OSError, ValueError, KeyError):
             return 0
 
+    def check_alive(self) -> None:
+        """Raise if the broker or a worker has died (the run would only time out)."""
+        broker = self.processes["broker"]
+        if not broker.is_running() or broker.status() == psutil.STATUS_ZOMBIE:
+            raise RuntimeError(f"the broker died; see {self.work_dir}/kafka/stdout.log")
+        for k, proc in self.workers.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker {k} exited with {proc.returncode}; see {self.work_dir}/logs/worker-{k}.log")
+
     def wait_files(self, run: str, n_files: int, producer: subprocess.Popen, desc: str,
                    timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with tqdm(total=n_files, desc=desc, unit="file") as bar:
             while (done := self.n_files(run)) < n_files:
                 bar.update(done - bar.n)
+                self.check_alive()
                 if producer.poll() not in (None, 0):
                     raise RuntimeError(f"the producer exited with {producer.returncode}; "
                                        f"see {self.work_dir}/producer-{run}.log")
@@ -280,7 +291,7 @@ def throughput_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
     n_files = loops * plan.daq_files
     cpu = CpuWindow(stack)
     producer = stack.produce(source, "bench-max", "max", loops)
-    stack.wait_files("bench-max", n_files, producer, "throughput (max pace)", timeout_s=60 + 30 * n_files)
+    stack.wait_files("bench-max", n_files, producer, "throughput (max pace)", timeout_s=120 + 10 * n_files)
     cores = cpu.cores()
     producer.wait(120)
     files = sorted(stack.files_of("bench-max"), key=lambda d: d["completed_at_s"])
@@ -460,6 +471,14 @@ def run_bench(settings: Settings, plan: BenchPlan, work_dir: Path, daq_dir: Path
                      "settings": {k: str(v) for k, v in settings.__dict__.items()},
                      "original": ORIGINAL, "targets": TARGETS}
     prepare_daq(daq_dir, plan.daq_files, settings)
+    file_s = SAMPLES_PER_FILE / settings.sample_rate_hz
+    files = math.ceil(plan.throughput_files / plan.daq_files) * plan.daq_files + math.ceil(plan.latency_s / file_s) + plan.daq_files
+    need = files * SAMPLES_PER_FILE * 8 * 1.1 + (2 << 30)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work_dir).free
+    if free < need:
+        raise RuntimeError(f"{work_dir}: {free / 1e9:.1f} GB free, the broker log of this run needs "
+                           f"~{need / 1e9:.1f} GB; use --work-dir elsewhere or fewer --throughput-files")
     print("[bench] FFT stage vs pure pyfftw (before the stack starts)", flush=True)
     results["fft"] = fft_stage(daq.read_pair(daq.pair_paths(daq_dir, 0)), settings, plan.fft_repeats)
     stack = Stack.make(settings, work_dir, plan.scrape_interval_s)
@@ -494,6 +513,8 @@ def cmd_bench(args, settings: Settings) -> int:
     work_dir = Path(args.work_dir or Path(settings.var_dir) / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     if work_dir.exists() and any(work_dir.iterdir()):
         raise ValueError(f"work dir {work_dir} is not empty")
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop the stack on kill too, not only on Ctrl-C
+        signal.signal(signum, _exit_on_signal)
     try:
         results = run_bench(settings, plan, work_dir, Path(args.daq_dir or Path(settings.var_dir) / "bench-daq"),
                             Path(args.out), label="-quick" if args.quick else "")
@@ -506,6 +527,10 @@ def cmd_bench(args, settings: Settings) -> int:
     print(results["table"])
     print("\nresults: " + "  ".join(results["files"]))
     return 0
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def register(sub, common) -> None:

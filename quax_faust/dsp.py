@@ -51,13 +51,15 @@ class _Plan:
         self.power = np.empty((block_rows, slice_len), dtype=np.float32)
         self.scratch = np.empty((block_rows, slice_len), dtype=np.float32)
 
-    def block_power(self, rows: int) -> np.ndarray:
-        """|FFT|**2 of the first ``rows`` output rows, (rows, slice_len) float32 in self.power.
+    def block_power(self, rows: int, out: np.ndarray | None = None) -> np.ndarray:
+        """|FFT|**2 of the first ``rows`` output rows, (rows, slice_len) float32, into ``out``
+        (default: self.power).
 
         Squares of the real and imaginary parts by ufuncs into preallocated buffers: 10x faster
         than einsum over the (re, im) axis of length 2 (docs/performance.md).
         """
-        power, scratch = self.power[:rows], self.scratch[:rows]
+        power = self.power[:rows] if out is None else out
+        scratch = self.scratch[:rows]
         np.square(self.out[:rows].real, out=power)
         np.square(self.out[:rows].imag, out=scratch)
         return np.add(power, scratch, out=power)
@@ -92,31 +94,48 @@ def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray
 
     slices: (n_slices, slice_len) complex samples. counted: optional (n_slices,) bool mask of the
     slices to include (the others, e.g. already-counted duplicates, are transformed but ignored).
-    Sums are float64; the squares of each block of ``block_rows`` slices are summed in float32 first
-    (relative error ~1e-7 per bin, far below the 1/sqrt(N) scatter they describe).
+    The periodograms of the counted slices are added pairwise in float32 (relative error ~1e-7
+    per bin, like the float32 FFT itself; 3x faster than float64 sums), then returned as float64.
+    The result does not depend on block_rows (the FFT block size).
     """
     slices = _as_slices(slices)
     n, slice_len = slices.shape
     plan = _plan(block_rows, slice_len, threads)
-    acc = np.zeros(slice_len, dtype=np.float64)
-    acc_sq = np.zeros(slice_len, dtype=np.float64)
+    power = np.empty((n if counted is None else int(np.count_nonzero(counted)), slice_len), np.float32)
     n_counted = 0
     for start in range(0, n, block_rows):
         rows = min(block_rows, n - start)
-        keep = slice(None) if counted is None else counted[start:start + rows]
-        if counted is not None and not keep.any():
+        keep = None if counted is None else counted[start:start + rows]
+        if keep is not None and not keep.any():
             continue
         plan.inp[:rows] = slices[start:start + rows]
         plan.fft()
-        power = plan.block_power(rows)
-        if counted is not None:
-            power = power[keep]  # a copy; duplicates are rare
-        acc += power.sum(axis=0, dtype=np.float64)
-        squares = np.square(power, out=plan.scratch[:power.shape[0]])
-        acc_sq += squares.sum(axis=0)
-        n_counted += power.shape[0]
+        if keep is None:
+            plan.block_power(rows, out=power[n_counted:n_counted + rows])
+            n_counted += rows
+        else:  # duplicates are rare: a copy of the kept rows
+            kept = plan.block_power(rows)[keep]
+            power[n_counted:n_counted + kept.shape[0]] = kept
+            n_counted += kept.shape[0]
+    if n_counted == 0:
+        return PowerSums(np.zeros(slice_len), np.zeros(slice_len), 0)
+    squares = np.square(power)
     scale = psd_scale(slice_len, sample_rate_hz)
+    acc = _sum_rows_pairwise(power).astype(np.float64)
+    acc_sq = _sum_rows_pairwise(squares).astype(np.float64)
     return PowerSums(np.fft.fftshift(acc * scale), np.fft.fftshift(acc_sq * scale * scale), n_counted)
+
+
+def _sum_rows_pairwise(block: np.ndarray) -> np.ndarray:
+    """Column sums of a (rows, n) float array, added pairwise in place: error ~log2(rows) ulp
+    instead of ~rows ulp row after row, and 3x faster than a float64 sum(axis=0) of float32.
+    Overwrites block; returns a view of its first row."""
+    n = block.shape[0]
+    while n > 1:
+        half = n // 2
+        block[:half] += block[n - half:n]
+        n -= half
+    return block[0]
 
 
 def mean_and_std(power_sum: np.ndarray, power_sumsq: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
