@@ -341,11 +341,15 @@ def latency_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
         f"histogram_quantile({q}, sum by (le) (increase(quax_file_latency_seconds_bucket[{window}])))", ended)
     files = stack.files_of("bench-realtime")
     transform_latency = np.array([d["latency_s"] for d in files])
+    # The whole file: from its first message handed to the Kafka client (right after the producer
+    # read it) to its spectrum; independent of how the client batches the file's messages.
+    whole_file = np.array([d["completed_at_s"] - d["first_produced_at_s"] for d in files])
     series = {}
     for name, expr in (("p50", "quax:file_latency_seconds:p50_rate1m"),
                        ("p99", "quax:file_latency_seconds:p99_rate1m"),
                        ("realtime_factor", "quax:pipeline_realtime_factor:rate1m")):
-        result = prom.query_range(expr, started, ended, plan.scrape_interval_s)
+        # The 1-minute windows of the recording rules reach into the max-pace phase for a minute.
+        result = prom.query_range(expr, min(started + 60, ended), ended, plan.scrape_interval_s)
         series[name] = [[float(t), float(v)] for t, v in result[0]["values"]] if result else []
     return {
         "files": n_files, "duration_s": ended - started, "window": window,
@@ -356,7 +360,10 @@ def latency_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
         "to_spectrum_p50_s": float(np.percentile(transform_latency, 50)),
         "to_spectrum_p99_s": float(np.percentile(transform_latency, 99)),
         "to_spectrum_max_s": float(transform_latency.max()),
-        "per_file": [[d["file_index"], d["last_produced_at_s"] - started, d["latency_s"]] for d in files],
+        "whole_file_p50_s": float(np.percentile(whole_file, 50)),
+        "whole_file_p99_s": float(np.percentile(whole_file, 99)),
+        "per_file": [[d["file_index"], d["last_produced_at_s"] - started, d["latency_s"],
+                      d["completed_at_s"] - d["first_produced_at_s"]] for d in files],
         "prometheus_series": series, "cpu_cores": cores,
     }
 
@@ -402,8 +409,10 @@ def summary_rows(r: dict) -> list[tuple[str, str, str, str]]:
         ("file latency p50, real-time pace (Prometheus)", f"{fmt(lat['prometheus_p50_s'], '.3f')} s", "", ""),
         ("file latency p99, real-time pace (Prometheus)", f"{fmt(lat['prometheus_p99_s'], '.3f')} s",
          f"<= {TARGETS['latency_p99_s']:.0f} s", ""),
-        ("  to spectrum, p50 / p99 / max (per file)",
+        ("  last slice sent -> spectrum, p50 / p99 / max (per file)",
          f"{lat['to_spectrum_p50_s']:.3f} / {lat['to_spectrum_p99_s']:.3f} / {lat['to_spectrum_max_s']:.3f} s", "", ""),
+        ("  first slice sent -> spectrum, p50 / p99 (per file)",
+         f"{lat['whole_file_p50_s']:.3f} / {lat['whole_file_p99_s']:.3f} s", "", ""),
         ("FFT stage / pure pyfftw", f"{fft['ratio_stage_to_pyfftw']:.2f}x", f"<= {TARGETS['fft_ratio']}x", ""),
         ("FFT stage / bare FFTW execute", f"{fft['ratio_stage_to_fftw_execute']:.2f}x", "", ""),
         ("FFT stage per 4.19 s file", f"{fft['stage_ms_per_file']:.1f} ms", "", ""),
@@ -430,9 +439,10 @@ def plot_latency(r: dict, path: Path) -> None:
 
     lat = r["latency"]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    per_file = np.array(lat["per_file"]) if lat["per_file"] else np.zeros((0, 3))
+    per_file = np.array(lat["per_file"]) if lat["per_file"] else np.zeros((0, 4))
     if per_file.size:
-        ax.plot(per_file[:, 1], per_file[:, 2], ".", color="0.4", label="each file, to its spectrum (tables)")
+        ax.plot(per_file[:, 1], per_file[:, 2], ".", color="0.3", label="each file: last slice sent -> spectrum")
+        ax.plot(per_file[:, 1], per_file[:, 3], "x", color="0.6", ms=4, label="each file: first slice sent -> spectrum")
     t0 = r["latency_started_at_s"]
     for name, style in (("p50", "-"), ("p99", "--")):
         values = np.array(lat["prometheus_series"].get(name) or np.zeros((0, 2)))
