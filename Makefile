@@ -20,5 +20,9 @@ test: setup
 test-fast: setup
 	$(VENV)/python -m pytest -ra -m "not broker" $(PYTEST_ARGS)
 
+## The speed of the whole chain on this machine (not part of `make test`; docs/performance.md).
+bench: setup
+	$(VENV)/quax bench $(BENCH_ARGS)
+
 clean-var:
-	rm -rf var/kafka var/workers var/demo-daq
+	rm -rf var/kafka var/workers var/demo-daq var/prometheus var/bench var/bench-daq
