@@ -371,7 +371,9 @@ def latency_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
 def resources(stack: Stack, data_s_sent: float) -> dict:
     s = stack.settings
     log_dir = stack.work_dir / "kafka" / "log"
-    slices_bytes = sum(_dir_bytes(p) for p in log_dir.glob(f"{s.slices_topic}-*"))
+    # The record batches themselves (segment .log files); the index files are small but
+    # preallocated, which would dominate a --quick run.
+    slices_bytes = sum(p.stat().st_size for p in log_dir.glob(f"{s.slices_topic}-*/*.log"))
     total_bytes = _dir_bytes(log_dir)
     hours = data_s_sent / 3600
     peaks = {name: _peak_rss_bytes(p) for name, p in stack.processes.items() if name != "producer"}
