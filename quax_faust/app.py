@@ -67,6 +67,12 @@ runs_table = app.Table("runs", partitions=1, **raw_table)
 file_spectra_table = app.Table("file_spectra", partitions=1, **raw_table)
 
 
+@app.task
+async def plan_fft() -> None:
+    """FFTW's plan is made when the worker starts, not inside the first file's latency."""
+    dsp.plan_fft(settings.slice_len, settings.fft_block_rows, settings.fft_threads)
+
+
 @app.agent(slices_topic)
 async def transform_slices(stream):
     """Decode slice batches, FFT them, fold them into their file; publish each finished file."""
