@@ -163,6 +163,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_run_goes_on(make_stack
     assert_run_matches_oracle(settings, daq_dir, "bad", range(16))
 
 
+@pytest.mark.drill  # open problem: lost one file in 1 of ~5 runs under load (docs/reliability.md)
 def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
     settings, workers = make_stack(workers=3, slices_per_message=4, start=False)
     workers.start([0])
