@@ -137,7 +137,8 @@ class TableFeed:
             try:
                 text = self._get_text(url + "/metrics")
                 health = json.loads(self._get_text(url + "/quax/health/"))
-                readings.append(WorkerReading(url, shaping.parse_metrics(text), health))
+                readings.append(WorkerReading(url, shaping.parse_metrics(text, self.settings.slices_topic),
+                                              health))
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 readings.append(WorkerReading(url, None, None, error=str(exc)))
         return readings

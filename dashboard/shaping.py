@@ -284,8 +284,12 @@ class WorkerCounters:
     """Sum over the partitions this worker reports; None when the gauge is not exported."""
 
 
-def parse_metrics(text: str) -> WorkerCounters:
-    """WorkerCounters from a Prometheus text exposition (prometheus_client's parser)."""
+def parse_metrics(text: str, slices_topic: str | None = None) -> WorkerCounters:
+    """WorkerCounters from a Prometheus text exposition (prometheus_client's parser).
+
+    The lag counts only ``slices_topic`` messages when given (the gauge covers every topic the
+    worker consumes; the health strip converts slice messages into seconds of data).
+    """
     values = {"slices": 0.0, "files_completed": 0.0, "rejected": 0.0, "latency_sum_s": 0.0,
               "latency_count": 0.0}
     lag: float | None = None
@@ -302,7 +306,8 @@ def parse_metrics(text: str) -> WorkerCounters:
             elif sample.name == "quax_file_latency_seconds_count":
                 values["latency_count"] += sample.value
             elif sample.name == "quax_consumer_lag_messages":
-                lag = (lag or 0.0) + sample.value
+                if slices_topic is None or sample.labels.get("topic") == slices_topic:
+                    lag = (lag or 0.0) + sample.value
     return WorkerCounters(**values, consumer_lag_messages=lag)
 
 

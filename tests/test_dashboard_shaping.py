@@ -247,6 +247,13 @@ def test_parse_metrics_reads_the_throughput_counters_and_the_lag_gauge():
     assert (c.latency_sum_s, c.latency_count) == (2.0, 2)
     assert c.consumer_lag_messages == 10
     assert shaping.parse_metrics(metrics_text(0, 0, 0)).consumer_lag_messages is None
+    # only the slices topic's lag is converted into seconds of data
+    registry = CollectorRegistry()
+    gauge = Gauge("quax_consumer_lag_messages", "", ["topic", "partition"], registry=registry)
+    gauge.labels(topic="slices", partition="0").set(3)
+    gauge.labels(topic="spectra", partition="0").set(50)
+    text = generate_latest(registry).decode()
+    assert shaping.parse_metrics(text, "slices").consumer_lag_messages == 3
 
 
 def test_rates_over_the_window_survive_a_worker_restart():
