@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from quax_faust import daq, synth
 from quax_faust.launch import Broker, Workers, free_port
 from quax_faust.settings import Settings
 
@@ -19,6 +20,15 @@ def broker(tmp_path_factory):
     b = Broker(port=free_port(2), data_dir=tmp_path_factory.mktemp("kafka") / "data").start()
     yield b
     b.stop()
+
+
+def write_synthetic_run(directory: Path, n_files: int, n_samples: int, *, seed: int,
+                        tones: tuple[tuple[float, float], ...] = ()) -> Path:
+    """n_files synthetic duck_i/duck_q pairs of n_samples each (noise + passband + tones) in directory."""
+    model = synth.SynthModel(tones=tones)
+    for k in range(n_files):
+        daq.write_pair(directory, k, synth.synth_file(k, n_samples, model, seed=seed))
+    return directory
 
 
 def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:

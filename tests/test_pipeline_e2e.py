@@ -9,10 +9,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from quax_faust import daq, synth, wire
+from quax_faust import daq, wire
 from quax_faust.export import fetch_run, write_export
 from quax_faust.launch import wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
+from tests.conftest import write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.test_dsp import welch_oracle
 
@@ -23,10 +24,7 @@ N_FILES, N_SAMPLES = 12, 65536
 
 @pytest.fixture
 def daq_dir(tmp_path):
-    model = synth.SynthModel(tones=((123_456.0, 0.2),))
-    for k in range(N_FILES):
-        daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=5))
-    return tmp_path / "daq"
+    return write_synthetic_run(tmp_path / "daq", N_FILES, N_SAMPLES, seed=5, tones=((123_456.0, 0.2),))
 
 
 def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_dir, tmp_path):

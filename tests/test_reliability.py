@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quax_faust import daq, synth, wire
 from quax_faust.launch import Broker, free_port, wait_for_run
 from quax_faust.producer import produce_directory
-from tests.conftest import stack_settings
+from tests.conftest import stack_settings, write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.oracle import assert_run_matches_oracle
 
@@ -27,10 +27,7 @@ N_SAMPLES = 3072 * 20 + 512
 
 @pytest.fixture
 def daq_dir(tmp_path):
-    model = synth.SynthModel(tones=((300_000.0, 0.1),))
-    for k in range(16):
-        daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=11))
-    return tmp_path / "daq"
+    return write_synthetic_run(tmp_path / "daq", 16, N_SAMPLES, seed=11, tones=((300_000.0, 0.1),))
 
 
 def produce_in_background(settings, daq_dir, run, seconds: float, indices=None) -> threading.Thread:

@@ -28,6 +28,7 @@ from quax_faust.producer import DaqProducer, produce_directory
 from quax_faust.settings import Settings
 from spark_batch import fold
 from spark_batch.verify import compare
+from tests.conftest import write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.test_dsp import welch_oracle
 
@@ -164,10 +165,7 @@ def spark():
 
 @pytest.fixture
 def daq_dir(tmp_path):
-    model = synth.SynthModel(tones=((123_456.0, 0.2),))
-    for k in range(N_FILES):
-        daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=11))
-    return tmp_path / "daq"
+    return write_synthetic_run(tmp_path / "daq", N_FILES, N_SAMPLES, seed=11, tones=((123_456.0, 0.2),))
 
 
 async def _send_duplicates_and_garbage(settings: Settings, daq_dir) -> tuple[int, int]:
