@@ -123,9 +123,12 @@ case $cmd in
   run)
     configure
     log "running in the foreground, data in $data"
-    (java_run kafka.Kafka "$data/server.properties") &
+    # The JVM runs in its own session, so a Ctrl-C for the whole demo reaches only this script:
+    # it gives the workers KAFKA_STOP_DELAY_S (8 s) to commit their offsets and leave the group
+    # before the broker goes away under them.
+    setsid bash -c "$(declare -f java_run); heap='$heap' here='$here' data='$data' lib='$lib' java_run kafka.Kafka '$data/server.properties'" &
     pid=$!; echo $pid > "$pidfile"
-    trap 'kill -TERM $pid 2>/dev/null; wait $pid; rm -f "$pidfile"' INT TERM
+    trap 'sleep ${KAFKA_STOP_DELAY_S:-8}; kill -TERM $pid 2>/dev/null; wait $pid; rm -f "$pidfile"' INT TERM
     wait $pid
     ;;
   start|spawn)
