@@ -87,6 +87,8 @@ class Workers:
 
     settings: Settings
     log_dir: Path
+    loglevel: str = "warn"
+    """Faust log level of the workers (crit, error, warn, info, debug)."""
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, indices=None) -> "Workers":
@@ -95,7 +97,7 @@ class Workers:
         for k in range(self.settings.workers) if indices is None else indices:
             log = open(self.log_dir / f"worker-{k}.log", "ab")
             self.procs[k] = subprocess.Popen(
-                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", os.environ.get("QUAX_TEST_WORKER_LOGLEVEL", "warn")],
+                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", self.loglevel],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
         return self
 
