@@ -9,11 +9,12 @@ import psutil
 import pytest
 
 from quax_faust import daq, synth
-from quax_faust.launch import Broker, Workers, free_port, wait_for_run
+from quax_faust.launch import Workers, wait_for_run
 from quax_faust.producer import produce_directory
 from quax_faust.topics import ensure_topics
 from tests.conftest import stack_settings
 from tests.oracle import assert_run_matches_oracle
+from tests.secure_kafka import running_secure_broker, secure_settings
 
 pytestmark = pytest.mark.broker
 
@@ -25,16 +26,13 @@ def is_loopback(ip: str) -> bool:
 
 @pytest.fixture
 def secure_broker(tmp_path):
-    broker = Broker(port=free_port(2), data_dir=tmp_path / "kafka-tls",
-                    env={"KAFKA_TLS": "1", "KAFKA_SASL_USERS": "quax:correct-horse"}).start()
-    yield broker
-    broker.stop()
+    with running_secure_broker(tmp_path / "kafka-tls") as broker:
+        yield broker
 
 
 def test_pipeline_over_sasl_scram_and_tls(secure_broker, tmp_path):
-    secure = dict(security_protocol="SASL_SSL", sasl_username="quax", sasl_password="correct-horse",
-                  ssl_cafile=str(secure_broker.data_dir / "tls" / "ca.pem"))
-    settings = stack_settings(secure_broker, tmp_path / "var", workers=2, slices_per_message=4, **secure)
+    settings = stack_settings(secure_broker, tmp_path / "var", workers=2, slices_per_message=4,
+                              **secure_settings(secure_broker))
     model = synth.SynthModel()
     for k in range(4):
         daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, 3072 * 12, model))
