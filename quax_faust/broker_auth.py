@@ -61,3 +61,40 @@ def _protocol(settings: Settings) -> str:
     if protocol.startswith("SASL") and not settings.sasl_username:
         raise ValueError(f"security_protocol {protocol} needs sasl_username and sasl_password")
     return protocol
+
+
+LOGIN_MODULES = {"SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+                 "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+                 "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule"}
+"""JAAS login module of Kafka's Java client for each SASL mechanism we support."""
+
+
+def java_client_properties(settings: Settings) -> dict[str, str]:
+    """The same connection for Kafka's Java client (Spark's Kafka source: prefix each key with
+    "kafka."): bootstrap servers, protocol, the SASL login as a JAAS line, and for TLS the CA file as
+    a PEM truststore with hostname verification, as ssl_context does. The password is in
+    sasl.jaas.config: never log the result."""
+    protocol = _protocol(settings)
+    properties = {"bootstrap.servers": settings.broker, "security.protocol": protocol}
+    if "SSL" in protocol:
+        if not settings.ssl_cafile:
+            raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
+        properties.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": settings.ssl_cafile,
+                           "ssl.endpoint.identification.algorithm": "https"})
+    if protocol.startswith("SASL"):
+        mechanism = settings.sasl_mechanism.upper()
+        if mechanism not in LOGIN_MODULES:
+            raise ValueError(f"sasl_mechanism {settings.sasl_mechanism!r}: expected one of "
+                             f"{sorted(LOGIN_MODULES)}")
+        properties["sasl.mechanism"] = mechanism
+        properties["sasl.jaas.config"] = (f"{LOGIN_MODULES[mechanism]} required "
+                                          f"username={_jaas_quote(settings.sasl_username)} "
+                                          f"password={_jaas_quote(settings.sasl_password)};")
+    return properties
+
+
+def _jaas_quote(value: str) -> str:
+    """value as a double-quoted JAAS option (Kafka parses it with java.io.StreamTokenizer, which
+    undoes backslash escapes and would end the string at a raw line break)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'

@@ -21,7 +21,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from quax_faust import cli, daq, dsp, synth, wire
+from quax_faust import broker_auth, cli, daq, dsp, synth, wire
 from quax_faust.export import fetch_run
 from quax_faust.launch import wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
@@ -149,6 +149,33 @@ def test_verdict_names_the_files_that_differ():
     line = _run_dict([0], [5], [[1.0, 1.0, 300.0]], [1.0, 1.0, 300.0])
     assert compare(line, _run_dict([0], [5], [[1.0, 1.0, 300.0 * (1 + 5e-7)]], [1.0, 1.0, 300.0]), 1e-6).equal
     assert not compare(line, _run_dict([0], [5], [[1.0, 1.0 + 3e-4, 300.0]], [1.0, 1.0, 300.0]), 1e-6).equal
+
+
+def test_spark_connects_with_the_live_chains_security_settings():
+    assert broker_auth.java_client_properties(Settings(broker="daq1:9092")) == {
+        "bootstrap.servers": "daq1:9092", "security.protocol": "PLAINTEXT"}
+    secure = Settings(broker="k1:9094,k2:9094", security_protocol="sasl_ssl", sasl_username="quax",
+                      sasl_password='p"w\\d', ssl_cafile="/etc/quax/kafka-ca.pem")
+    assert broker_auth.java_client_properties(secure) == {
+        "bootstrap.servers": "k1:9094,k2:9094", "security.protocol": "SASL_SSL",
+        "ssl.truststore.type": "PEM", "ssl.truststore.location": "/etc/quax/kafka-ca.pem",
+        "ssl.endpoint.identification.algorithm": "https",  # the broker's name is checked, as in ssl_context
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                            'username="quax" password="p\\"w\\\\d";'}
+    plain_login = broker_auth.java_client_properties(secure.replace(security_protocol="SASL_PLAINTEXT",
+                                                                    sasl_mechanism="PLAIN"))
+    assert plain_login["sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.PlainLoginModule ")
+    assert not any(k.startswith("ssl.") for k in plain_login)
+    assert set(broker_auth.java_client_properties(secure.replace(security_protocol="SSL"))) == {
+        "bootstrap.servers", "security.protocol", "ssl.truststore.type", "ssl.truststore.location",
+        "ssl.endpoint.identification.algorithm"}
+    with pytest.raises(ValueError, match="needs ssl_cafile"):
+        broker_auth.java_client_properties(secure.replace(ssl_cafile=""))
+    with pytest.raises(ValueError, match="needs sasl_username"):
+        broker_auth.java_client_properties(secure.replace(sasl_username=""))
+    with pytest.raises(ValueError, match="sasl_mechanism 'GSSAPI'"):
+        broker_auth.java_client_properties(secure.replace(sasl_mechanism="GSSAPI"))
 
 
 # ------------------------------------------------------------------------------------------------
