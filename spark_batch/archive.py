@@ -3,6 +3,9 @@
 The offsets are resolved once, before the job, and passed to Spark's Kafka source as explicit
 startingOffsets/endingOffsets; the result records them, so a reprocessing says exactly which
 records it read (and a rerun over the same offsets reads the same records).
+
+Both the offset lookup (aiokafka) and Spark's Kafka source (the Java client) connect with the live
+chain's security settings (quax_faust/broker_auth.py): TLS, SASL/SCRAM.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from quax_faust import broker_auth
 from quax_faust.settings import Settings
 from quax_faust.topics import partition_counts
 
@@ -25,10 +29,10 @@ Bounds = dict[int, tuple[int, int]]
 
 
 async def _topic_bounds(settings: Settings, topic: str) -> Bounds:
-    n_partitions = (await partition_counts(settings.broker, [topic])).get(topic)
+    n_partitions = (await partition_counts(settings, [topic])).get(topic)
     if not n_partitions:
         raise RuntimeError(f"topic {topic!r} does not exist on {settings.broker}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**broker_auth.client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(n_partitions)]
@@ -50,8 +54,12 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
     as columns key, value (binary), partition, offset; one Spark partition per Kafka partition."""
     start = {topic: {str(p): b[0] for p, b in bounds.items()}}
     end = {topic: {str(p): b[1] for p, b in bounds.items()}}
+    # The JAAS line holds the password. The plan does not show the source's options; where Spark
+    # prints options it redacts those whose key or value matches spark.redaction.regex ("password"
+    # in the default), and Kafka's client logs sasl.jaas.config as [hidden].
+    connection = {f"kafka.{key}": value for key, value in broker_auth.java_client_properties(settings).items()}
     df = (spark.read.format("kafka")
-          .option("kafka.bootstrap.servers", settings.broker)
+          .options(**connection)
           .option("assign", json.dumps({topic: sorted(bounds)}))
           .option("startingOffsets", json.dumps(start))
           .option("endingOffsets", json.dumps(end))

@@ -23,13 +23,14 @@ from aiokafka.structs import TopicPartition
 
 from quax_faust import broker_auth, cli, daq, dsp, synth, wire
 from quax_faust.export import fetch_run
-from quax_faust.launch import wait_for_run
+from quax_faust.launch import Workers, wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
 from quax_faust.settings import Settings
-from spark_batch import fold
+from spark_batch import archive, fold
 from spark_batch.verify import compare
-from tests.conftest import write_synthetic_run
+from tests.conftest import stack_settings, write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async, wait_records
+from tests.secure_kafka import running_secure_broker, secure_settings
 from tests.test_dsp import welch_oracle
 
 N_FILES, N_SAMPLES, PER_MESSAGE = 8, 65536, 8
@@ -325,3 +326,48 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
     code, out = _quax(["verify", "--run", RUN], settings, capsys)
     assert code == 1, out
     assert "VERDICT: MISMATCH" in out and f"not complete in the archive: {lost}" in out, out
+
+
+@pytest.mark.broker
+def test_reprocess_reads_a_cluster_that_requires_sasl_scram_over_tls(spark, tmp_path):
+    """The run goes through a SASL_SSL-only broker; the offset lookup and Spark's Kafka source log in
+    with the live chain's settings, and the recompute equals the live tables and the oracle."""
+    from spark_batch.job import reprocess
+
+    n_files = 4
+    daq_dir = write_synthetic_run(tmp_path / "daq", n_files, N_SAMPLES, seed=12, tones=((-234_567.0, 0.2),))
+    with running_secure_broker(tmp_path / "kafka-tls") as broker:
+        settings = stack_settings(broker, tmp_path / "var", workers=2, slices_per_message=PER_MESSAGE,
+                                  **secure_settings(broker))
+        workers = Workers(settings, tmp_path / "logs").start()
+        try:
+            workers.wait_assigned()
+            asyncio.run(produce_directory(settings, daq_dir, RUN, "max", progress=False))
+            wait_for_run(settings, RUN, n_files)
+            live = fetch_run(settings, RUN)
+        finally:
+            workers.stop()
+        _assert_equals_oracle(live, daq_dir, range(n_files), settings.slice_len)
+
+        for source in ("slices", "spectra"):
+            result = reprocess(settings, RUN, source, tmp_path / source, spark=spark)
+            verdict = compare(live, result.data, settings.verify_tolerance)
+            assert verdict.equal, (source, verdict.lines())
+            _assert_equals_oracle(result.data, daq_dir, range(n_files), settings.slice_len)
+            assert not result.malformed and not result.incomplete_files
+            assert settings.sasl_password not in (tmp_path / source / "report.json").read_text()
+
+        # Spark's plan of the read does not show the password.
+        bounds = archive.topic_bounds(settings, settings.slices_topic)
+        records = archive.read_topic(spark, settings, settings.slices_topic, bounds, lambda key: key.isNotNull())
+        plan = spark._jvm.PythonSQLUtils.explainString(records._jdf.queryExecution(), "extended")
+        assert "KafkaRelation" in plan and settings.sasl_password not in plan
+
+    # The JAAS line Spark hands to Kafka's client reads back, by Kafka's own parser, as the password
+    # it was made from, whatever the password holds.
+    for password in ('say "friend"', "back\\slash\\", "two\nlines\r", "ünï €", "semi;colon // /* */ \\1"):
+        jaas = broker_auth.java_client_properties(settings.replace(sasl_password=password))["sasl.jaas.config"]
+        entries = spark._jvm.org.apache.kafka.common.security.JaasConfig("KafkaClient", jaas) \
+            .getAppConfigurationEntry("KafkaClient")
+        assert len(entries) == 1
+        assert dict(entries[0].getOptions()) == {"username": "quax", "password": password}
