@@ -156,7 +156,9 @@ def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 
             last = str(exc)
         time.sleep(0.5)
     raise TimeoutError(f"run {run} did not reach {n_files} files in {timeout_s} s; last: {last}; "
-                       f"files: {_file_states(settings, run, n_files)}")
+                       f"files: {_file_states(settings, run, n_files)}; "
+                       f"consumer group: {_group_positions(settings)}; "
+                       f"assignments: {_assignments(settings)}")
 
 
 def _file_states(settings: Settings, run: str, n_files: int) -> list:
@@ -173,3 +175,46 @@ def _file_states(settings: Settings, run: str, n_files: int) -> list:
         except TablesUnavailable as exc:
             states.append(f"file {k}: {exc}")
     return states
+
+
+def _group_positions(settings: Settings) -> dict | str:
+    """Diagnosis of a stuck run: per source partition, the group's committed offset and the end offset."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from .broker_auth import client_options
+
+    async def positions() -> dict:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(settings.app_id)
+            tps = [TopicPartition(settings.slices_topic, p) for p in range(settings.partitions)]
+            tps.append(TopicPartition(settings.spectra_topic, 0))
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+        return {f"{tp.topic}/{tp.partition}": {"committed": committed[tp].offset if tp in committed else None,
+                                               "end": ends[tp]} for tp in tps}
+
+    try:
+        return asyncio.run(asyncio.wait_for(positions(), 30))
+    except Exception as exc:  # a diagnosis must not hide the timeout it explains
+        return f"unavailable ({exc!r})"
+
+
+def _assignments(settings: Settings) -> dict:
+    """Diagnosis of a stuck run: each worker's assigned partitions (from its /quax/health/)."""
+    found = {}
+    for url in settings.worker_urls:
+        try:
+            with urllib.request.urlopen(url + "/quax/health/", timeout=5) as answer:
+                found[url] = json.loads(answer.read())["assigned"]
+        except (OSError, ValueError, KeyError) as exc:
+            found[url] = f"no answer ({exc})"
+    return found
