@@ -28,6 +28,10 @@ DATA_SECONDS = Counter("quax_data_seconds_total",
 MESSAGES = Counter("quax_slice_messages_total", "Slice messages processed")
 DUPLICATE_SLICES = Counter("quax_duplicate_slices_total", "Slices received again and ignored")
 REJECTED = Counter("quax_rejected_messages_total", "Messages rejected, by reason", ["topic", "reason"])
+SKIPPED_ACKS = Counter("quax_skipped_acks_total", "Messages a stream skipped during a rebalance, left "
+                       "uncommitted to be read again (quax_faust/faust_fixes.py)", ["topic"])
+OFFSET_HOLES = Counter("quax_offset_holes_total", "Jumps in the offsets delivered to an agent: messages "
+                       "never processed (quax_faust/faust_fixes.py)", ["topic"])
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")
@@ -108,6 +112,16 @@ PRODUCER_REALTIME_FACTOR = Gauge("quax_producer_realtime_factor",
 PRODUCER_TARGET_REALTIME_FACTOR = Gauge("quax_producer_target_realtime_factor",
                                         "Requested pace (1 = real time, +Inf = as fast as possible)",
                                         registry=PRODUCER_REGISTRY)
+PRODUCER_SEND_RETRIES = Counter(
+    "quax_producer_send_retries_total",
+    "Attempts to re-send the files in flight on a new Kafka client after the broker failed to take "
+    "them (down, unreachable, no leader, timed out); one per backoff",
+    registry=PRODUCER_REGISTRY)
+PRODUCER_BLOCKED_SECONDS = Gauge(
+    "quax_producer_blocked_seconds",
+    "Seconds since the producer first failed to reach the broker in the current outage "
+    "(0 while files are acked)",
+    registry=PRODUCER_REGISTRY)
 
 
 def serve_producer_metrics(port: int, host: str = "127.0.0.1"):

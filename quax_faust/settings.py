@@ -53,6 +53,9 @@ class Settings:
     """Consecutive slices of one file carried by one Kafka message (3 MiB at 3072 samples)."""
     producer_files_in_flight: int = 2
     """Files the producer queues before awaiting the oldest one's acks (1: one file at a time)."""
+    producer_request_timeout_s: float = 60.0
+    """How long the producer waits for the broker (metadata, room in a batch, acks) before it calls
+    the broker unreachable and re-sends the files in flight after a backoff (s)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest record the producer, the broker and the consumers accept (bytes)."""
 

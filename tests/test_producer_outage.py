@@ -1,0 +1,116 @@
+"""The producer rides out a broker outage far longer than its request timeout, losing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from aiokafka import errors
+
+from quax_faust import metrics
+from quax_faust.launch import Broker, Workers, free_port, wait_for_run
+from quax_faust.producer import (Checkpoint, DaqProducer, ProduceReport, _FileInFlight, _Sending,
+                                 backoff_s, is_retriable, produce_directory)
+from tests.conftest import stack_settings, write_synthetic_run
+from tests.oracle import assert_run_matches_oracle
+from tests.secure_kafka import running_secure_broker, secure_settings
+from tests.test_reliability import N_SAMPLES, produce_in_background
+
+
+def producer_metric(name: str) -> float:
+    """A producer metric read in-process (the background producer shares this process)."""
+    return metrics.PRODUCER_REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_backoff_doubles_from_one_second_to_a_cap():
+    assert [backoff_s(k) for k in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff_s(10_000) == 30  # weeks of attempts: no overflow, still the cap
+    assert [backoff_s(k, first_s=0.5, cap_s=3) for k in (1, 2, 3, 4)] == [0.5, 1, 2, 3]
+
+
+@pytest.mark.broker
+def test_producer_waits_for_the_broker_and_resends_the_files_in_flight(tmp_path):
+    daq_dir = write_synthetic_run(tmp_path / "daq", 16, N_SAMPLES, seed=11, tones=((300_000.0, 0.1),))
+    own = Broker(port=free_port(2), data_dir=tmp_path / "kafka-own").start()
+    producer = None
+    try:
+        # Batches of two 98 kB messages: a file (5 messages) fills them, as a real one (22 messages
+        # of 3 MiB) fills 16 MiB batches, so send() itself waits for room while the broker is away.
+        settings = stack_settings(own, tmp_path / "var", workers=2, slices_per_message=4,
+                                  max_message_bytes=256 * 1024, producer_request_timeout_s=3.0)
+        workers = Workers(settings, tmp_path / "logs").start()
+        try:
+            workers.wait_assigned()
+            retries_before = producer_metric("quax_producer_send_retries_total")
+            producer = produce_in_background(settings, daq_dir, "outage", seconds=14)
+            time.sleep(4)
+            own.stop()
+            down_since = time.monotonic()
+            # Keep the broker away for 5 request timeouts, and until the producer has retried twice
+            # (a loaded machine may be slow to get there); then bring it back.
+            while (time.monotonic() - down_since < 15
+                   or producer_metric("quax_producer_send_retries_total") < retries_before + 2):
+                assert producer.is_alive() and not producer.errors, producer.errors
+                assert time.monotonic() - down_since < 120, "the producer never retried"
+                time.sleep(0.5)
+            assert producer_metric("quax_producer_blocked_seconds") > 0, "the outage is visible"
+            own.start()
+            producer.join(180)
+            assert not producer.is_alive() and not producer.errors, producer.errors
+            assert producer_metric("quax_producer_blocked_seconds") == 0, "not blocked any more"
+            wait_for_run(settings, "outage", 16, timeout_s=180)
+            assert_run_matches_oracle(settings, daq_dir, "outage", range(16))
+        finally:
+            if producer is not None and producer.is_alive():
+                own.start()  # a producer still waiting for the broker would keep pytest from exiting
+                producer.join(120)
+            workers.stop()
+    finally:
+        own.stop()
+
+
+def test_waiting_cures_timeouts_and_lost_connections_not_refusals():
+    assert is_retriable(errors.KafkaTimeoutError())  # not marked retriable by aiokafka
+    assert is_retriable(errors.KafkaConnectionError("Unable to bootstrap"))
+    assert is_retriable(errors.NodeNotReadyError())
+    assert is_retriable(errors.RequestTimedOutError())
+    assert is_retriable(errors.NotLeaderForPartitionError())
+    assert is_retriable(errors.LeaderNotAvailableError())
+    assert not is_retriable(errors.MessageSizeTooLargeError())
+    assert not is_retriable(errors.TopicAuthorizationFailedError())
+    assert not is_retriable(errors.SaslAuthenticationFailed())
+    assert not is_retriable(errors.AuthenticationFailedError())
+    assert not is_retriable(OSError("disk full"))
+
+
+@pytest.mark.broker
+def test_a_record_too_large_fails_at_once_with_a_clear_message(broker, tmp_path):
+    daq_dir = write_synthetic_run(tmp_path / "daq", 2, N_SAMPLES, seed=3)
+    # 4 slices of 3072 complex64 samples make 98 kB messages: larger than the broker takes here.
+    settings = stack_settings(broker, tmp_path / "var", slices_per_message=4, max_message_bytes=50_000)
+    retries_before = producer_metric("quax_producer_send_retries_total")
+    with pytest.raises(RuntimeError, match=r"run big file 00000: the broker at .* rejected it: .*"
+                                           r"MessageSizeTooLarge.*max_message_bytes is 50000.*not retried"):
+        asyncio.run(produce_directory(settings, daq_dir, "big", "max", progress=False))
+    assert producer_metric("quax_producer_send_retries_total") == retries_before
+
+
+@pytest.mark.broker
+def test_a_login_refused_when_reconnecting_fails_at_once(tmp_path):
+    """The broker comes back with other passwords: waiting cannot help, so the producer stops."""
+    with running_secure_broker(tmp_path / "kafka-tls") as secure:
+        settings = stack_settings(secure, tmp_path / "var", **secure_settings(secure))
+
+        async def reconnect_with_a_changed_password():
+            async with DaqProducer(settings) as producer:
+                producer.settings = settings.replace(sasl_password="changed")  # used by its next client
+                sending = _Sending(producer, settings, "auth", 1.0, time.monotonic(), ProduceReport(),
+                                   tmp_path / "quarantine", False, Checkpoint(None), 2)
+                sending.in_flight.append(_FileInFlight(7, np.zeros(3072, np.complex64)))
+                await sending._ride_out(errors.KafkaConnectionError("connection lost"))
+
+        with pytest.raises(RuntimeError, match=r"run auth file 00007: the broker at .* refused the "
+                                               r"connection: .*Authentication failed.*not retried"):
+            asyncio.run(reconnect_with_a_changed_password())
