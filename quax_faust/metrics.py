@@ -28,10 +28,6 @@ DATA_SECONDS = Counter("quax_data_seconds_total",
 MESSAGES = Counter("quax_slice_messages_total", "Slice messages processed")
 DUPLICATE_SLICES = Counter("quax_duplicate_slices_total", "Slices received again and ignored")
 REJECTED = Counter("quax_rejected_messages_total", "Messages rejected, by reason", ["topic", "reason"])
-SKIPPED_ACKS = Counter("quax_skipped_acks_total", "Messages a stream skipped during a rebalance, left "
-                       "uncommitted to be read again (quax_faust/faust_fixes.py)", ["topic"])
-OFFSET_HOLES = Counter("quax_offset_holes_total", "Jumps in the offsets delivered to an agent: messages "
-                       "never processed (quax_faust/faust_fixes.py)", ["topic"])
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")
