@@ -28,7 +28,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
 malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory (malloc.py)
-faust_fixes.install()  # flush really flushes: see faust_fixes.py
+faust_fixes.install()  # flush really flushes; only processed offsets are committed: faust_fixes.py
+faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic])
 
 # RocksDB per partition: small buffers and cache for a 2-core / 24 GiB box (the defaults are ~200 MB).
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
@@ -85,7 +86,13 @@ async def transform_slices(stream):
             await fold_slice_batch(key, batch)
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.slices_topic, exc.reason, str(exc))
-        metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
+        done(event)
+
+
+def done(event) -> None:
+    """The event's effects are in the tables: its offset may be committed (faust_fixes.py)."""
+    faust_fixes.note_processed(event.message, rebalancing=app.rebalancing)
+    metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
 
 
 async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
@@ -149,7 +156,14 @@ async def fold_spectra(stream):
                 runs_table[run_key] = stored
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.spectra_topic, exc.reason, str(exc))
-        metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
+        done(event)
+
+
+@app.timer(interval=2.0)
+async def reread_skipped_offsets() -> None:
+    """Offsets the consumer skipped are read again after 5 s, a stalled partition after 20 s
+    (faust_fixes.py)."""
+    await faust_fixes.reread_holes(app, older_than_s=5.0, stalled_s=20.0)
 
 
 async def reject(event, topic: str, reason: str, message: str) -> None:

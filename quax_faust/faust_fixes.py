@@ -1,23 +1,54 @@
-"""A fix for faust-streaming 0.15.3 that at-least-once processing depends on.
+"""Fixes for faust-streaming 0.15.3 that at-least-once processing depends on.
 
-Faust flushes its producer before committing consumer offsets, so that table changelog records are
-in Kafka before the offsets of the messages that produced them. But ``ProducerBuffer.flush()``
-gives up after waiting 0.1 s for the next buffered message to go out (``flush_atmost``): on a
-loaded machine, offsets were committed while changelog records still sat in Faust's buffer. A
-rebalance then restored the table without them, and the messages were never replayed: slices
-lost (seen here as files stuck with part of their slices, under load average ~10 on two cores).
+1. **Flush before commit.** Faust flushes its producer before committing consumer offsets, so that
+   table changelog records are in Kafka before the offsets of the messages that produced them. But
+   ``ProducerBuffer.flush()`` gives up after waiting 0.1 s for the next buffered message to go out
+   (``flush_atmost``): on a loaded machine, offsets were committed while changelog records still sat
+   in Faust's buffer. A rebalance then restored the table without them, and the messages were never
+   replayed (files stuck with part of their slices, under load average ~10 on two cores). The fix
+   makes the flush wait until the buffer is really empty and the last message has been handed to
+   the Kafka client, whose own flush then waits for the broker's acks.
 
-``install()`` makes the flush wait until the buffer is really empty and the last message has been
-handed to the Kafka client, whose own flush then waits for the broker's acks.
+2. **Commit only what was processed.** Faust commits the offsets its streams *acked*, and during a
+   rebalance a stream acks events it skips without processing (``Stream._py_aiter``: events
+   dequeued while flow control is suspended, or fetched in an older consumer generation), while
+   the consumer has just forgotten the partition's committed offset and with it its gap check.
+   Seen here: after workers joined during a backlog, a whole file, or eight file spectra in a row,
+   were committed and never counted. So for the agents' source topics the offset committed is ours,
+   not Faust's: the first offset not yet processed here (``ProcessedOffsets``), counted from the
+   committed offset the consumer seeks to at each assignment. Whatever Faust skips, the commit
+   stops in front of it.
+
+3. **Read holes again.** If the consumer delivers an offset beyond the first unprocessed one (it
+   skipped messages), the hole is logged and counted in ``quax_offset_holes_total``; if it delivers
+   nothing of a partition that has messages waiting, the partition is stalled (seen here: the last
+   file's messages never delivered after a rebalance, with nothing after them to reveal the hole).
+   Either way ``reread_holes()`` (a timer in app.py) stops the flow, commits what was processed and
+   seeks every partition back to its first unprocessed offset, as Faust itself does after a
+   rebalance; the messages are read again and the idempotent tables ignore the ones seen twice.
+
+``install()`` applies the patches; ``guard_topics()`` names the agents' source topics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
 
+from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP, Message
+
+from . import metrics
+
+log = logging.getLogger(__name__)
 
 _original_send_pending = ProducerBuffer._send_pending
+_original_filter_committable_offsets = Consumer._filter_committable_offsets
+_original_perform_seek = Consumer.perform_seek
 
 
 async def _send_pending(self: ProducerBuffer, fut) -> None:
@@ -40,6 +71,205 @@ async def _flush(self: ProducerBuffer) -> None:
             pass  # still sending: keep waiting, never commit ahead of the changelog
 
 
+@dataclass
+class _Partition:
+    next: int
+    """The first offset not processed: every offset below it was processed (here, or before the
+    committed offset this count started from)."""
+    ahead: set[int] = field(default_factory=set)
+    """Offsets processed beyond ``next``: the consumer skipped ``next`` .. min(ahead) - 1."""
+    hole_seen_at: float | None = None
+    """When the current hole was first seen (time.monotonic(), s)."""
+    moved_at: float = field(default_factory=time.monotonic)
+    """When ``next`` last moved (time.monotonic(), s)."""
+
+
+class ProcessedOffsets:
+    """Per partition, which offsets an agent has processed since the consumer sought to ``start``.
+
+    Messages of a partition are processed in offset order, so normally ``next`` just moves on; an
+    offset beyond it means the consumer skipped some (a hole), and ``next`` waits for them.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[TP, _Partition] = {}
+
+    def start(self, tp: TP, offset: int) -> None:
+        """The consumer (re)starts ``tp`` at ``offset``: everything below counts as processed."""
+        self._parts[tp] = _Partition(offset)
+
+    def forget(self, tp: TP) -> None:
+        self._parts.pop(tp, None)
+
+    def keep_only(self, tps: Iterable[TP]) -> None:
+        """Forget the partitions not in ``tps`` (no longer assigned here)."""
+        for tp in set(self._parts) - set(tps):
+            del self._parts[tp]
+
+    def processed(self, tp: TP, offset: int, now: float | None = None) -> tuple[int, int] | None:
+        """Count one processed offset; return (first, last) of a hole it reveals, else None."""
+        part = self._parts.get(tp)
+        if part is None or offset < part.next or offset in part.ahead:
+            return None  # not started here (nothing will be committed for it), or seen before
+        if offset > part.next:
+            new_hole = not part.ahead
+            part.ahead.add(offset)
+            if new_hole:
+                part.hole_seen_at = time.monotonic() if now is None else now
+                return part.next, offset - 1
+            return None
+        part.next += 1
+        while part.next in part.ahead:
+            part.ahead.remove(part.next)
+            part.next += 1
+        part.moved_at = time.monotonic() if now is None else now
+        if not part.ahead:
+            part.hole_seen_at = None
+        return None
+
+    def committable(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp`` (the first not processed), or None if not counted here."""
+        part = self._parts.get(tp)
+        return None if part is None else part.next
+
+    def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
+        """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
+        now = time.monotonic() if now is None else now
+        return {tp: (p.next, min(p.ahead) - 1) for tp, p in self._parts.items()
+                if p.ahead and p.hole_seen_at is not None and now - p.hole_seen_at >= older_than_s}
+
+    def stalled(self, highwaters: dict[TP, int], older_than_s: float,
+                now: float | None = None) -> dict[TP, tuple[int, int]]:
+        """Partitions with messages waiting (highwater > next) and no progress for ``older_than_s``:
+        {tp: (first, last) offset waiting}. The consumer stopped delivering them (a hole at the end)."""
+        now = time.monotonic() if now is None else now
+        return {tp: (p.next, highwaters[tp] - 1) for tp, p in self._parts.items()
+                if highwaters.get(tp) is not None and highwaters[tp] > p.next
+                and now - p.moved_at >= older_than_s}
+
+
+_guarded: set[str] = set()
+offsets = ProcessedOffsets()
+
+
+def guard_topics(topics: Iterable[str]) -> None:
+    """Commit offsets of these topics (and no longer of others) as counted by ``offsets``."""
+    _guarded.clear()
+    _guarded.update(topics)
+
+
+def note_processed(message: Message, rebalancing: bool = False) -> None:
+    """An agent has finished this message (its effects are in the tables).
+
+    During a rebalance the count may just have been reset to the committed offset, so an offset
+    beyond it is no evidence of a hole: it is left out (the commit can only be lower for it).
+    """
+    if message.topic not in _guarded:
+        return
+    if rebalancing and (offsets.committable(message.tp) or 0) < message.offset:
+        return
+    hole = offsets.processed(message.tp, message.offset)
+    if hole is not None:
+        metrics.OFFSET_HOLES.labels(topic=message.topic).inc()
+        log.error("%s[%d]: offsets %d..%d were skipped by the consumer (offset %d arrived first); they "
+                  "are not committed and will be read again", message.topic, message.partition,
+                  hole[0], hole[1], message.offset)
+
+
+def _filter_committable_offsets(self: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
+    tps = list(tps)
+    proposed = _original_filter_committable_offsets(self, tps)  # also clears Faust's ack lists
+    chosen = {tp: offset for tp, offset in proposed.items() if tp.topic not in _guarded}
+    for tp in tps:
+        if tp.topic in _guarded:
+            offset = offsets.committable(tp)
+            if offset is not None and self._should_commit(tp, offset):
+                chosen[tp] = offset
+    return chosen
+
+
+async def _perform_seek(self: Consumer) -> None:
+    await _original_perform_seek(self)
+    assigned = self.assignment()
+    offsets.keep_only(assigned)
+    guarded = [tp for tp in assigned if tp.topic in _guarded]
+    if not guarded:
+        return
+    try:
+        earliest = await asyncio.wait_for(self.earliest_offsets(*guarded), 10.0)
+    except Exception as exc:  # noqa: BLE001 - no commit for them until the next seek
+        log.warning("log start offsets unknown (%r); not committing %s until the next rebalance",
+                    exc, ", ".join(map(str, guarded)))
+        for tp in guarded:
+            offsets.forget(tp)
+        return
+    for tp in guarded:
+        committed, start = self._committed_offset.get(tp), earliest[tp]
+        if committed is not None and committed < start:
+            metrics.OFFSET_HOLES.labels(topic=tp.topic).inc()
+            log.error("%s: offsets %d..%d were deleted (retention) before any worker processed them",
+                      tp, committed, start - 1)
+        # nothing committed yet: the group starts at the log start
+        offsets.start(tp, start if committed is None else max(committed, start))
+
+
+def _highwaters(consumer: Consumer) -> dict[TP, int]:
+    found = {}
+    for tp in consumer.assignment():
+        if tp.topic in _guarded:
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet, or the assignment is changing
+                continue
+            if highwater is not None:
+                found[tp] = highwater
+    return found
+
+
+async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) -> None:
+    """Seek back to the committed offsets if the consumer skipped messages ``older_than_s`` ago, or
+    has delivered nothing of a partition with messages waiting for ``stalled_s``.
+
+    Like Faust after a rebalance: stop the flow and drop the queued events, commit what was
+    processed, seek every partition to its first unprocessed offset, resume. Not during a
+    rebalance.
+    """
+    consumer = app.consumer
+    if app.rebalancing or not consumer.flow_active:
+        return
+    assigned = consumer.assignment()
+    stalled = {tp: hole for tp, hole in offsets.stalled(_highwaters(consumer), stalled_s).items()
+               if tp in assigned}
+    skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
+    if not stalled and not skipped:
+        return
+    generation = app.consumer_generation_id
+    log.warning("reading offsets again: %s", ", ".join(
+        [f"{tp.topic}[{tp.partition}] {a}..{b} (skipped)" for tp, (a, b) in skipped.items()]
+        + [f"{tp.topic}[{tp.partition}] {a}..{b} (not delivered for {stalled_s:g} s)"
+           for tp, (a, b) in stalled.items()]))
+    consumer.stop_flow()
+    app.flow_control.suspend()
+    app.flow_control.clear()
+    try:
+        await asyncio.sleep(1.5)  # the fetcher's current getmany (1 s timeout) hands over its batch
+        if app.rebalancing or app.consumer_generation_id != generation:
+            return  # the rebalance seeks and resumes by itself
+        await consumer.commit()  # each guarded partition's first unprocessed offset
+        await consumer.perform_seek()  # every partition back to its committed offset (counts reset)
+        for tp in consumer.assignment():  # and explicitly, also where nothing was ever committed
+            first = offsets.committable(tp) if tp.topic in _guarded else None
+            if first is not None:
+                await consumer.seek(tp, first)
+    finally:
+        if not app.rebalancing and app.consumer_generation_id == generation:
+            app.flow_control.resume()
+            consumer.resume_flow()
+    metrics.OFFSET_REREADS.inc()
+
+
 def install() -> None:
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
+    Consumer._filter_committable_offsets = _filter_committable_offsets
+    Consumer.perform_seek = _perform_seek
