@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo test test-fast drills bench clean-var
+.PHONY: setup demo test test-fast bench clean-var
 
 setup:
 	@ops/setup.sh
@@ -17,9 +17,6 @@ test: setup
 	$(VENV)/python -m pytest -ra $(PYTEST_ARGS)
 
 ## Only the tests that need no broker.
-## Fault drills not in the default run (a known open problem: docs/reliability.md).
-drills: setup
-	$(VENV)/python -m pytest -ra -m drill $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/python -m pytest -ra -m "not broker" $(PYTEST_ARGS)
