@@ -9,12 +9,15 @@ these numbers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "QUAX_"
+DEMO_ENV_PREFIX = "QUAX_DEMO_"  # knobs of ops/demo/produce.sh, not settings
 REPO_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -163,6 +166,13 @@ class Settings:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 changes[f.name] = raw
+        known = {ENV_PREFIX + f.name.upper() for f in fields(cls)}
+        for name in sorted(environ):
+            if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(DEMO_ENV_PREFIX):
+                close = difflib.get_close_matches(name, known, n=1)
+                logging.getLogger(__name__).warning(
+                    "%s is not a quax setting and is ignored%s (`quax settings` lists them)", name,
+                    f"; did you mean {close[0]}?" if close else "")
         return base.replace(**changes)
 
 

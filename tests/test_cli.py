@@ -56,3 +56,11 @@ def test_password_is_not_printed():
 def test_bad_setting_value_is_explained():
     out = quax("settings", "--slice-len", "many")
     assert out.returncode == 2 and "slice_len: 'many' is not a valid int" in out.stderr
+
+
+def test_a_misspelt_setting_in_the_environment_is_reported():
+    out = quax("settings", env={"QUAX_SLICES_PER_MESAGE": "64", "QUAX_DEMO_FILES": "3", "PATH": "/usr/bin"})
+    assert out.returncode == 0
+    assert "QUAX_SLICES_PER_MESAGE is not a quax setting" in out.stderr
+    assert "did you mean QUAX_SLICES_PER_MESSAGE?" in out.stderr
+    assert "QUAX_DEMO_FILES" not in out.stderr, "the demo script's own knobs are not settings"
