@@ -102,11 +102,11 @@ async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, i
     return existing
 
 
-async def partition_counts(broker: str | Settings, names) -> dict[str, int]:
-    """Partition count of each named topic that exists (broker: settings or a plaintext host:port)."""
+async def partition_counts(broker: str | Settings, names, wait_s: float = 10.0) -> dict[str, int]:
+    """Partition count of each named topic that exists (broker: settings or a plaintext host:port).
+    A refused login or TLS handshake, or no broker within wait_s seconds: RuntimeError saying so."""
     settings = broker if isinstance(broker, Settings) else Settings(broker=broker)
-    admin = AIOKafkaAdminClient(**broker_auth.client_options(settings))
-    await admin.start()
+    admin = await _connect(settings, wait_s)
     try:
         return await _partition_counts(admin, names)
     finally:

@@ -11,7 +11,7 @@ import pytest
 from quax_faust import daq, synth
 from quax_faust.launch import Workers, wait_for_run
 from quax_faust.producer import produce_directory
-from quax_faust.topics import ensure_topics
+from quax_faust.topics import ensure_topics, partition_counts
 from tests.conftest import stack_settings
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings
@@ -53,6 +53,8 @@ def test_pipeline_over_sasl_scram_and_tls(secure_broker, tmp_path):
     wrong = settings.replace(sasl_password="wrong")
     with pytest.raises(RuntimeError, match="refused the connection.*Authentication failed"):
         asyncio.run(ensure_topics(wrong, wait_s=20))
+    with pytest.raises(RuntimeError, match="refused the connection.*Authentication failed"):
+        asyncio.run(partition_counts(wrong, [settings.slices_topic], wait_s=20))  # quax reprocess's lookup
     plaintext = settings.replace(security_protocol="PLAINTEXT")
     with pytest.raises(RuntimeError, match="no Kafka broker answers"):
         asyncio.run(ensure_topics(plaintext, wait_s=3))
