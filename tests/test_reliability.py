@@ -160,19 +160,29 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_run_goes_on(make_stack
     assert_run_matches_oracle(settings, daq_dir, "bad", range(16))
 
 
-def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
+def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float | None,
+                    steps: list[tuple[float, str, int]], timeout_s: float) -> None:
+    """Worker 0 alone, then the producer in the background and steps of (wait s, "start"|"stop",
+    worker) while it sends; the run must end equal to the Welch oracle."""
     settings, workers = make_stack(workers=3, slices_per_message=4, start=False)
     workers.start([0])
     workers.wait_assigned()
-    producer = produce_in_background(settings, daq_dir, "join", seconds=10)
-    time.sleep(2)
-    workers.start([1])
-    time.sleep(3)
-    workers.start([2])
+    producer = produce_in_background(settings, daq_dir, run, seconds=seconds)
+    for wait_s, action, k in steps:
+        time.sleep(wait_s)
+        if action == "start":
+            workers.start([k])
+        else:
+            workers.stop(k)
     producer.join(120)
     assert not producer.errors
-    wait_for_run(settings, "join", 16, timeout_s=180)
-    assert_run_matches_oracle(settings, daq_dir, "join", range(16))
+    wait_for_run(settings, run, n_files, timeout_s=timeout_s)
+    assert_run_matches_oracle(settings, daq_dir, run, range(n_files))
+
+
+def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
+    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=10,
+                    steps=[(2, "start", 1), (3, "start", 2)], timeout_s=180)
 
 
 def test_worker_memory_stays_flat_over_hundreds_of_files(make_stack, tmp_path):
@@ -205,20 +215,6 @@ def test_worker_memory_stays_flat_over_hundreds_of_files(make_stack, tmp_path):
 def test_rebalances_with_a_backlog_lose_nothing(make_stack, tmp_path):
     """Workers join and leave while a backlog fills the agents' queues, which each rebalance clears
     (faust_fixes.py, fix 2): still every slice exactly once."""
-    settings, workers = make_stack(workers=3, slices_per_message=4, start=False)
     daq_dir = write_synthetic_run(tmp_path / "backlog", 32, 3072 * 300 + 100, seed=5)
-    workers.start([0])
-    workers.wait_assigned()
-    producer = produce_in_background(settings, daq_dir, "churn", seconds=None)
-    time.sleep(1)
-    workers.start([1])
-    time.sleep(2)
-    workers.start([2])
-    time.sleep(3)
-    workers.stop(1)
-    time.sleep(2)
-    workers.start([1])
-    producer.join(120)
-    assert not producer.errors
-    wait_for_run(settings, "churn", 32, timeout_s=240)
-    assert_run_matches_oracle(settings, daq_dir, "churn", range(32))
+    rebalance_drill(make_stack, daq_dir, "churn", 32, seconds=None,
+                    steps=[(1, "start", 1), (2, "start", 2), (3, "stop", 1), (2, "start", 1)], timeout_s=240)
