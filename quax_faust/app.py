@@ -90,9 +90,9 @@ async def transform_slices(stream):
 
 
 def done(event) -> None:
-    """The event's effects are in the tables: its offset may be committed (faust_fixes.py)."""
+    """The event's effects are in the tables: its offset may be committed, and the consumer lag
+    counts from the first offset not processed (faust_fixes.offsets)."""
     faust_fixes.note_processed(event.message, rebalancing=app.rebalancing)
-    metrics.note_processed(event.message.topic, event.message.partition, event.message.offset)
 
 
 async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
@@ -190,8 +190,8 @@ async def export_consumer_lag() -> None:
             continue
         try:
             highwater = app.consumer.highwater(tp)  # from the last fetch response; None before one
-            next_offset = metrics.next_offset_to_process(tp.topic, tp.partition)
-            if highwater is not None and next_offset is None:  # none processed here yet
+            next_offset = faust_fixes.offsets.committable(tp)  # the first offset not processed here
+            if highwater is not None and next_offset is None:  # not counted here (start unknown)
                 next_offset = await asyncio.wait_for(app.consumer.position(tp), 1.0)
         except (AssertionError, IllegalStateError, asyncio.TimeoutError):  # a rebalance is under way
             continue

@@ -57,26 +57,11 @@ CONSUMER_LAG = Gauge("quax_consumer_lag_messages",
                      "Messages in an assigned source partition not processed yet by this worker "
                      "(the partition's high watermark minus the next offset to process)",
                      ["topic", "partition"])
-_processed: dict[tuple[str, int], int] = {}
 _lag_exported: set[tuple[str, int]] = set()
-
-
-def note_processed(topic: str, partition: int, offset: int) -> None:
-    """An agent finished the message at ``offset`` of topic/partition (accepted or rejected)."""
-    _processed[(topic, partition)] = offset
-
-
-def next_offset_to_process(topic: str, partition: int) -> int | None:
-    """The offset after the last one processed here, or None if none was since the assignment."""
-    last = _processed.get((topic, partition))
-    return None if last is None else last + 1
 
 
 def set_consumer_lag(lags: Mapping[tuple[str, int], int]) -> None:
     """Export ``{(topic, partition): lag}`` for the partitions assigned now; forget the others."""
-    for topic, partition in list(_processed):
-        if (topic, partition) not in lags:
-            del _processed[(topic, partition)]
     for topic, partition in _lag_exported - set(lags):
         CONSUMER_LAG.remove(topic, str(partition))
     for (topic, partition), lag in lags.items():
