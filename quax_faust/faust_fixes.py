@@ -238,8 +238,7 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
     if app.rebalancing or not consumer.flow_active:
         return
     assigned = consumer.assignment()
-    stalled = {tp: hole for tp, hole in offsets.stalled(_highwaters(consumer), stalled_s).items()
-               if tp in assigned}
+    stalled = offsets.stalled(_highwaters(consumer), stalled_s)  # highwaters: assigned ones only
     skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
     if not stalled and not skipped:
         return
