@@ -171,7 +171,7 @@ def note_processed(message: Message, rebalancing: bool = False) -> None:
     hole = offsets.processed(message.tp, message.offset)
     if hole is not None:
         metrics.OFFSET_HOLES.labels(topic=message.topic).inc()
-        log.error("%s[%d]: offsets %d..%d were skipped by the consumer (offset %d arrived first); they "
+        log.warning("%s[%d]: offsets %d..%d were skipped by the consumer (offset %d arrived first); they "
                   "are not committed and will be read again", message.topic, message.partition,
                   hole[0], hole[1], message.offset)
 
