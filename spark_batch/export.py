@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from numpy.lib.format import open_memmap, write_array
 
-from quax_faust import dsp
+from .recompute import frequency_axis_hz
 
 SMALL_COLUMNS = ["file_index", "n_slices", "slices_in_file", "complete", "problem", "slice_len",
                  "sample_rate_hz", "tail_samples", "n_messages", "duplicate_slices", "latency_s"]
@@ -29,9 +29,11 @@ def read_file_table(files_parquet: Path) -> pa.Table:
 
 
 def arrays(files_parquet: Path, small: pa.Table, scratch: Path, *, run: str, n_slices: int,
-                  run_mean: np.ndarray, run_m2: np.ndarray, lo_frequency_hz: float) -> dict[str, np.ndarray]:
-    """The export layout of the complete files of ``small`` (read_file_table); file_mean/file_std
-    are (n_files, slice_len) float64 memory maps under scratch."""
+           run_mean: np.ndarray, run_std: np.ndarray, run_sem: np.ndarray,
+           lo_frequency_hz: float) -> dict[str, np.ndarray]:
+    """The export layout of the complete files of ``small`` (read_file_table) and the run's
+    statistics (recompute.run_statistics); file_mean/file_std are (n_files, slice_len) float64
+    memory maps under scratch."""
     done = small.filter(small.column("complete"))
     slice_len = int(done.column("slice_len")[0].as_py())
     rate = float(done.column("sample_rate_hz")[0].as_py())
@@ -50,10 +52,10 @@ def arrays(files_parquet: Path, small: pa.Table, scratch: Path, *, run: str, n_s
     for target in spectra.values():
         target.flush()
     return {
-        "frequency_hz": dsp.frequency_axis_hz(slice_len, rate, lo_frequency_hz),
+        "frequency_hz": frequency_axis_hz(slice_len, rate, lo_frequency_hz),
         "run_mean": run_mean,
-        "run_sem": dsp.standard_error(run_m2, n_slices),
-        "run_std": np.sqrt(run_m2 / (n_slices - 1)) if n_slices > 1 else np.full(slice_len, np.nan),
+        "run_sem": run_sem,
+        "run_std": run_std,
         "n_slices_total": np.int64(n_slices),
         "file_index": index.astype(np.int64),
         "file_mean": spectra["mean"],

@@ -1,16 +1,18 @@
-"""What runs inside the Spark tasks: decode, FFT and fold records into per-file and per-run sums.
+"""What runs inside the Spark tasks: decode records and fold them into per-file and per-run sums.
 
 Pure Python on pyarrow record batches (no pyspark import), so the same functions are unit-tested
-without Spark. Each function is handed to ``mapInArrow`` / ``applyInArrow`` by ``job.py``.
+without Spark. Each function is handed to ``mapInArrow`` / ``applyInArrow`` by ``job.py``. The
+numbers come from ``recompute`` (scipy.fft, float64 sums): nothing here uses the live workers'
+dsp or accumulators; from quax_faust only the message decoder (wire) is imported.
 
-Counting each slice once. Every valid slice message of a file carries the key ``run/file``, so all
-of a file's messages sit in one Kafka partition, and Spark's Kafka source gives each partition's
-offset range to one task, in offset order. ``fold_slices`` therefore keeps, per task, one
-``FileAccumulator`` per file -- the live workers' own bitmap of counted slices -- and exactly the
-live rule applies: the first copy of a slice (lowest offset) counts, repeats are counted as
-duplicates, partial overlaps count only their new slices. The per-file reduction
-(``merge_file_parts``) ORs the parts' bitmaps and refuses (``problem='overlapping_parts'``) a file
-whose parts from different tasks overlap, so a double count can never pass silently.
+Counting each slice once, by (run, file_index, slice_index). Every valid slice message of a file
+carries the key ``run/file``, so all of a file's messages sit in one Kafka partition, and Spark's
+Kafka source gives each partition's offset range to one task, in offset order. ``fold_slices``
+keeps, per task, one ``recompute.FileSums`` per file, a mask of the slice indices counted: the
+first copy of a slice (lowest offset) counts, repeats are counted as duplicates, partial overlaps
+count only their new slices. The per-file reduction (``merge_file_parts``) ORs the parts' masks and
+refuses (``problem='overlapping_parts'``) a file whose parts from different tasks overlap, so a
+double count can never pass silently.
 
 All spectra are fftshifted, in V**2/Hz, float64, shape (slice_len,).
 """
@@ -22,8 +24,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from quax_faust import dsp, wire
-from quax_faust.accumulators import COMPLETE, FileAccumulator, StateError
+from quax_faust import wire
+
+from . import recompute
+from .recompute import FileSums, RecordError
 
 SPECTRUM = pa.list_(pa.float64())
 
@@ -31,7 +35,7 @@ PART_SCHEMA = pa.schema([
     ("kind", pa.string()),                # "file" (a part of a file's sums) or "malformed"
     ("partition", pa.int32()),            # Kafka partition and offset: of the malformed record,
     ("offset", pa.int64()),               #   or of the file's first counted message
-    ("reason", pa.string()),              # malformed: WireError/StateError reason tag
+    ("reason", pa.string()),              # malformed: WireError/RecordError reason tag
     ("error", pa.string()),               # malformed: what was expected
     ("file_index", pa.int64()),
     ("slices_in_file", pa.int64()),
@@ -42,7 +46,7 @@ PART_SCHEMA = pa.schema([
     ("n_slices", pa.int64()),             # slices counted (each once)
     ("duplicate_slices", pa.int64()),     # slices seen again and not counted
     ("counted", pa.binary()),             # np.packbits of the (slices_in_file,) counted mask
-    ("power_sum", SPECTRUM),              # sum of the counted periodograms
+    ("power_sum", SPECTRUM),              # sum of the counted periodograms (float64)
     ("power_sumsq", SPECTRUM),            # sum of their squares
     ("first_produced_at_s", pa.float64()),
     ("last_produced_at_s", pa.float64()),
@@ -71,8 +75,8 @@ RUN_PART_SCHEMA = pa.schema([
     ("n_files", pa.int64()),
     ("n_slices", pa.int64()),
     ("tail_samples", pa.int64()),
-    ("mean", SPECTRUM),
-    ("m2", SPECTRUM),                     # sum of squared deviations from the mean, per bin
+    ("power_sum", SPECTRUM),              # sum of the periodograms of every counted slice
+    ("power_sumsq", SPECTRUM),            # sum of their squares
 ])
 
 
@@ -113,90 +117,80 @@ def _require_value(value: memoryview | None) -> memoryview:
 
 
 class _SliceFiles:
-    """One task's files: the live FileAccumulator per file plus where and how often it was seen."""
+    """One task's files: the slice indices counted per file, their sums, where and how often seen."""
 
-    def __init__(self, run: str, block_rows: int, threads: int):
+    def __init__(self, run: str, workers: int):
         self.run = run
-        self.block_rows = block_rows
-        self.threads = threads
-        self.files: dict[int, FileAccumulator] = {}
+        self.workers = workers
+        self.files: dict[int, FileSums] = {}
         self.first_seen: dict[int, tuple[int, int]] = {}
         self.messages: dict[int, int] = {}
+        self.emitted: set[int] = set()
 
     def fold(self, key: bytes | None, value: memoryview | None, partition: int, offset: int) -> dict | None:
         """Fold one record; return a finished file's row when this record completed it."""
-        batch = wire.decode_slice_batch(_require_value(value))
-        expected_key = wire.file_key(batch.run, batch.file_index)
-        if key != expected_key or batch.run != self.run:
+        message = wire.decode_slice_batch(_require_value(value))
+        expected_key = wire.file_key(message.run, message.file_index)
+        if key != expected_key or message.run != self.run:
             raise wire.WireError("key_mismatch", f"key {key!r} but the message is {expected_key!r}")
-        acc = self.files.get(batch.file_index)
-        if acc is None:
-            acc = self.files[batch.file_index] = FileAccumulator.for_batch(batch)
-            self.first_seen[batch.file_index] = (partition, offset)
-        if acc.status == COMPLETE:
-            # As in the live worker: a finished file ignores repeats; they are only counted.
-            self.messages[batch.file_index] = self.messages.get(batch.file_index, 0) + 1
-            acc.duplicate_slices += batch.slice_count
+        index = message.file_index
+        sums = self.files.get(index)
+        if sums is None:
+            sums = self.files[index] = FileSums.for_message(index, message)
+            self.first_seen[index] = (partition, offset)
+        sums.add(message, workers=self.workers)
+        self.messages[index] = self.messages.get(index, 0) + 1
+        if index in self.emitted or not sums.complete:
             return None
-        new = acc.new_slices(batch)
-        sums = None
-        if new.any():
-            sums = dsp.power_sums(batch.samples, batch.sample_rate_hz,
-                                  counted=None if new.all() else new,
-                                  block_rows=self.block_rows, threads=self.threads)
-        acc.add(batch, new, sums)
-        self.messages[batch.file_index] = self.messages.get(batch.file_index, 0) + 1
-        if not acc.is_complete:
-            return None
-        row = self._row(acc)
-        acc.mark_complete()
-        acc.duplicate_slices = 0  # from here on it counts only the repeats after completion
-        self.messages[batch.file_index] = 0
+        row = self._row(sums)
+        sums.release()  # its row is out; later repeats change nothing but the repeat counts
+        self.emitted.add(index)
+        sums.duplicate_slices = 0
+        self.messages[index] = 0
         return row
 
     def leftovers(self) -> list[dict]:
         """Rows for files still filling at the end of the task, and for repeats of finished files."""
         rows = []
-        for file_index, acc in sorted(self.files.items()):
-            if acc.status != COMPLETE and acc.n_counted:
-                rows.append(self._row(acc))
-            elif acc.status == COMPLETE and self.messages.get(file_index):
-                rows.append(self._row(acc, repeats_only=True))
+        for index, sums in sorted(self.files.items()):
+            if index not in self.emitted and sums.n_slices:
+                rows.append(self._row(sums))
+            elif index in self.emitted and self.messages.get(index):
+                rows.append(self._row(sums, repeats_only=True))
         return rows
 
-    def _row(self, acc: FileAccumulator, repeats_only: bool = False) -> dict:
-        partition, offset = self.first_seen[acc.file_index]
-        counted = np.zeros_like(acc.counted) if repeats_only else acc.counted
+    def _row(self, sums: FileSums, repeats_only: bool = False) -> dict:
+        partition, offset = self.first_seen[sums.file_index]
+        counted = np.zeros_like(sums.counted) if repeats_only else sums.counted
         return {
             "kind": "file", "partition": partition, "offset": offset,
-            "file_index": acc.file_index, "slices_in_file": acc.slices_in_file,
-            "slice_len": acc.slice_len, "tail_samples": acc.tail_samples,
-            "sample_rate_hz": acc.sample_rate_hz, "n_messages": self.messages.get(acc.file_index, 0),
-            "n_slices": 0 if repeats_only else acc.n_counted,
-            "duplicate_slices": acc.duplicate_slices,
+            "file_index": sums.file_index, "slices_in_file": sums.slices_in_file,
+            "slice_len": sums.slice_len, "tail_samples": sums.tail_samples,
+            "sample_rate_hz": sums.sample_rate_hz, "n_messages": self.messages.get(sums.file_index, 0),
+            "n_slices": 0 if repeats_only else sums.n_slices,
+            "duplicate_slices": sums.duplicate_slices,
             "counted": np.packbits(counted).tobytes(),
-            "power_sum": None if repeats_only else acc.power_sum,
-            "power_sumsq": None if repeats_only else acc.power_sumsq,
-            "first_produced_at_s": acc.first_produced_at_s,
-            "last_produced_at_s": acc.last_produced_at_s,
+            "power_sum": None if repeats_only else sums.power_sum,
+            "power_sumsq": None if repeats_only else sums.power_sumsq,
+            "first_produced_at_s": sums.first_produced_at_s,
+            "last_produced_at_s": sums.last_produced_at_s,
             "completed_at_s": float("nan"),
         }
 
 
-def fold_slices(run: str, *, block_rows: int = 64, threads: int = 1
-                ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def fold_slices(run: str, *, workers: int = 1) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A mapInArrow function: records (key, value, partition, offset) of the slices topic in
     offset order -> PART_SCHEMA rows: one per finished file, one per malformed record, and at the
-    end one per unfinished file or file repeated after it finished."""
+    end one per unfinished file or file repeated after it finished. ``workers``: scipy.fft threads."""
 
     def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        files = _SliceFiles(run, block_rows, threads)
+        files = _SliceFiles(run, workers)
         for batch in batches:
             rows = []
             for key, value, partition, offset in _records(batch):
                 try:
                     row = files.fold(key, value, partition, offset)
-                except (wire.WireError, StateError) as exc:
+                except (wire.WireError, RecordError) as exc:
                     row = _malformed(partition, offset, exc)
                 if row is not None:
                     rows.append(row)
@@ -248,12 +242,13 @@ def fold_spectra(run: str) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.R
 def _spectrum_row(spec: wire.FileSpectrum, partition: int, offset: int) -> dict:
     """A finished file as sums: power_sum = n*mean, power_sumsq = (n-1)*std**2 + n*mean**2."""
     n = spec.n_slices
+    power_sum, power_sumsq = recompute.sums_from_mean_and_std(n, spec.mean, spec.std)
     return {
         "kind": "file", "partition": partition, "offset": offset, "file_index": spec.file_index,
         "slices_in_file": n, "slice_len": spec.slice_len, "tail_samples": spec.tail_samples,
         "sample_rate_hz": spec.sample_rate_hz, "n_messages": 1, "n_slices": n, "duplicate_slices": 0,
         "counted": np.packbits(np.ones(n, dtype=bool)).tobytes(),
-        "power_sum": n * spec.mean, "power_sumsq": (n - 1) * spec.std ** 2 + n * spec.mean ** 2,
+        "power_sum": power_sum, "power_sumsq": power_sumsq,
         "first_produced_at_s": spec.first_produced_at_s, "last_produced_at_s": spec.last_produced_at_s,
         "completed_at_s": spec.completed_at_s,
     }
@@ -288,7 +283,7 @@ def merge_file_parts(parts: pa.Table) -> pa.Table:
         n_slices += r["n_slices"]
     mean = std = None
     if n_slices and not problem:
-        mean, std = dsp.mean_and_std(power_sum, power_sumsq, n_slices)
+        mean, std = recompute.mean_and_std(n_slices, power_sum, power_sumsq)
     latency = [r["completed_at_s"] - r["last_produced_at_s"] for r in rows if r["power_sum"] is not None]
     row = {
         "file_index": head["file_index"], "n_slices": n_slices, "slices_in_file": n_total,
@@ -305,31 +300,33 @@ def merge_file_parts(parts: pa.Table) -> pa.Table:
     return pa.Table.from_pylist([row], schema=FILE_SCHEMA)
 
 
-def run_moments(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def run_sums(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """A mapInArrow function over complete FILE_SCHEMA rows -> one RUN_PART_SCHEMA row per task:
-    (count, mean, M2) merged with Chan's formula, as the live run table does."""
-    n, mean, m2 = 0, None, None
-    n_files = tail = 0
+    the sums of P and P**2 over every slice of its files, back from each file's mean and std."""
+    n = n_files = tail = 0
+    power_sum = power_sumsq = None
     for batch in batches:
         for r in batch.to_pylist():
-            f_mean = np.asarray(r["mean"])
-            f_m2 = np.asarray(r["std"]) ** 2 * (r["n_slices"] - 1)
-            if mean is None:
-                mean, m2 = np.zeros_like(f_mean), np.zeros_like(f_mean)
-            n, mean, m2 = dsp.merge_moments(n, mean, m2, r["n_slices"], f_mean, f_m2)
+            s1, s2 = recompute.sums_from_mean_and_std(r["n_slices"], r["mean"], r["std"])
+            if power_sum is None:
+                power_sum, power_sumsq = np.zeros_like(s1), np.zeros_like(s2)
+            power_sum += s1
+            power_sumsq += s2
+            n += r["n_slices"]
             n_files += 1
             tail += r["tail_samples"]
     if n_files:
         yield _to_batch([{"n_files": n_files, "n_slices": n, "tail_samples": tail,
-                          "mean": mean, "m2": m2}], RUN_PART_SCHEMA)
+                          "power_sum": power_sum, "power_sumsq": power_sumsq}], RUN_PART_SCHEMA)
 
 
 def merge_run_parts(parts: list[dict]) -> tuple[int, np.ndarray, np.ndarray]:
-    """(n_slices, mean, M2) of the run from the tasks' RUN_PART_SCHEMA rows (in the driver)."""
+    """(n_slices, sum of P, sum of P**2) of the run from the tasks' RUN_PART_SCHEMA rows (in the
+    driver); recompute.run_statistics turns them into mean, std and sem."""
     if not parts:
         raise ValueError("no complete file to average: the run is not in the topic, or none of its "
                          "files has all its whole slices there")
-    n, mean, m2 = 0, np.zeros(len(parts[0]["mean"])), np.zeros(len(parts[0]["mean"]))
-    for p in parts:
-        n, mean, m2 = dsp.merge_moments(n, mean, m2, p["n_slices"], np.asarray(p["mean"]), np.asarray(p["m2"]))
-    return n, mean, m2
+    n = sum(p["n_slices"] for p in parts)
+    power_sum = np.sum([np.asarray(p["power_sum"]) for p in parts], axis=0)
+    power_sumsq = np.sum([np.asarray(p["power_sumsq"]) for p in parts], axis=0)
+    return n, power_sum, power_sumsq

@@ -30,7 +30,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from quax_faust import wire
 from quax_faust.settings import Settings
 
-from . import archive, export, fold
+from . import archive, export, fold, recompute
 from .session import get_session
 
 SOURCES = ("slices", "spectra")
@@ -110,7 +110,7 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     bounds = archive.topic_bounds(settings, topic)
     if source == "slices":
         records = archive.read_topic(spark, settings, topic, bounds, lambda key: key.startswith(f"{run}/"))
-        folder = fold.fold_slices(run, block_rows=settings.fft_block_rows, threads=settings.fft_threads)
+        folder = fold.fold_slices(run, workers=settings.fft_threads)
     else:
         records = archive.read_topic(spark, settings, topic, bounds, lambda key: key == run)
         folder = fold.fold_spectra(run)
@@ -130,7 +130,7 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
             try:
                 files.withColumn("run", F.lit(run)).write.mode("overwrite").parquet(str(work / "files.parquet"))
                 run_parts = [r.asDict() for r in files.where("complete").mapInArrow(
-                    fold.run_moments, from_arrow_schema(fold.RUN_PART_SCHEMA)).collect()]
+                    fold.run_sums, from_arrow_schema(fold.RUN_PART_SCHEMA)).collect()]
             finally:
                 files.unpersist()
         finally:
@@ -151,11 +151,12 @@ def _result(settings: Settings, run: str, source: str, topic: str, bounds, work:
             run_parts: list[dict], malformed_rows: list[dict], started: float) -> ReprocessResult:
     small = export.read_file_table(work / "files.parquet")
     try:
-        n_total, run_mean, run_m2 = fold.merge_run_parts(run_parts)
+        n_total, power_sum, power_sumsq = fold.merge_run_parts(run_parts)
     except ValueError as exc:
         raise RuntimeError(f"run {run!r} in topic {topic!r} at offsets {bounds}: {exc}") from None
-    data = export.arrays(work / "files.parquet", small, scratch, run=run,
-                         n_slices=n_total, run_mean=run_mean, run_m2=run_m2,
+    run_mean, run_std, run_sem = recompute.run_statistics(n_total, power_sum, power_sumsq)
+    data = export.arrays(work / "files.parquet", small, scratch, run=run, n_slices=n_total,
+                         run_mean=run_mean, run_std=run_std, run_sem=run_sem,
                          lo_frequency_hz=settings.lo_frequency_hz)
     complete = small.column("complete").to_numpy(zero_copy_only=False)
     incomplete = small.filter(pa.array(~complete)).select(

@@ -58,7 +58,7 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
         "spark.sql.shuffle.partitions": str(SHUFFLE_PARTITIONS),
         "spark.driver.extraJavaOptions": JVM_OPTIONS,
         "spark.executor.extraJavaOptions": JVM_OPTIONS,
-        "spark.python.worker.reuse": "true",  # keeps each worker's FFTW plans between tasks
+        "spark.python.worker.reuse": "true",  # one numpy/scipy import per Python worker, not per task
         "spark.ui.showConsoleProgress": "false",
         **({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} if local else {}),
         **(conf or {}),
@@ -73,12 +73,23 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
     return spark
 
 
+SHIPPED_LIVE_MODULES = ("__init__.py", "wire.py", "settings.py")
+"""All of quax_faust the executors get: the message decoder and the settings. Not dsp, not the
+accumulators: the recompute must not be able to reuse the live chain's numerics (recompute.py)."""
+
+
+def shipped_files() -> list[Path]:
+    """The source files sent to a cluster's executors: spark_batch and SHIPPED_LIVE_MODULES."""
+    return ([REPO_DIR / "quax_faust" / name for name in SHIPPED_LIVE_MODULES]
+            + sorted((REPO_DIR / "spark_batch").rglob("*.py")))
+
+
 def _ship_code(spark: SparkSession) -> None:
-    """On a cluster, send quax_faust and spark_batch to the executors (their Python still needs
-    numpy, pyfftw and pyarrow: docs/spark.md)."""
+    """On a cluster, send shipped_files() to the executors (their Python still needs numpy, scipy
+    and pyarrow: docs/spark.md). The zip comes first on the executors' sys.path, so it also hides
+    the rest of an installed quax_faust from the tasks."""
     archive = Path(tempfile.mkdtemp(prefix="quax-code-")) / "quax_code.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for package in ("quax_faust", "spark_batch"):
-            for path in sorted((REPO_DIR / package).rglob("*.py")):
-                zf.write(path, path.relative_to(REPO_DIR))
+        for path in shipped_files():
+            zf.write(path, path.relative_to(REPO_DIR))
     spark.sparkContext.addPyFile(str(archive))

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import scipy.signal
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from quax_faust import broker_auth, cli, daq, dsp, synth, wire
+from quax_faust import broker_auth, cli, daq, synth, wire
 from quax_faust.export import fetch_run
 from quax_faust.launch import Workers, wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
@@ -70,7 +71,7 @@ def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
                (key1, _message(1, x, 8, 20, 20)), (key1, _message(1, x, 0, 20, 20)),  # completes; late repeat
                (key2, None), (wire.file_key("r1", 9), _message(2, y, 0, 6, 6))]      # tombstone; wrong key
     batches = [_records(records[:4]), _records(records[4:])]
-    rows = [r for b in fold.fold_slices("r1", block_rows=8)(batches) for r in b.to_pylist()]
+    rows = [r for b in fold.fold_slices("r1")(batches) for r in b.to_pylist()]
     bad = sorted(r["reason"] for r in rows if r["kind"] == "malformed")
     assert bad == ["bad_magic", "key_mismatch", "null_value"]
     files = pa.Table.from_pylist([r for r in rows if r["kind"] == "file"], schema=fold.PART_SCHEMA)
@@ -80,12 +81,14 @@ def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
         merged[index] = fold.merge_file_parts(part).to_pylist()[0]
     assert merged[1]["complete"] and merged[1]["n_slices"] == 20
     assert merged[1]["duplicate_slices"] == 4 + 8 + 4 + 20 and merged[1]["n_messages"] == 5
-    expected = dsp.power_sums(x, 1e3)
-    mean, std = dsp.mean_and_std(expected.power_sum, expected.power_sumsq, 20)
-    # Each slice once: a slice counted twice would move the mean by ~1/20; the tolerances only
-    # absorb the order of the float32 block sums inside dsp.power_sums.
-    np.testing.assert_allclose(merged[1]["mean"], mean, rtol=1e-6)
-    np.testing.assert_allclose(merged[1]["std"], std, rtol=1e-5)
+    # The oracle is scipy's, on the file's 20 slices once each: a slice counted twice would move
+    # the mean by ~1/20; the tolerances only absorb float64 rounding.
+    _, _, per_slice = scipy.signal.spectrogram(x.ravel().astype(np.complex128), fs=1e3, window="boxcar",
+                                               nperseg=64, noverlap=0, detrend=False,
+                                               return_onesided=False, scaling="density", mode="psd")
+    per_slice = np.fft.fftshift(per_slice, axes=0)
+    np.testing.assert_allclose(merged[1]["mean"], per_slice.mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(merged[1]["std"], per_slice.std(axis=1, ddof=1), rtol=1e-8)
     assert merged[2]["complete"] and merged[2]["n_slices"] == 6 and merged[2]["duplicate_slices"] == 0
 
 
@@ -113,14 +116,14 @@ def test_spectra_fold_keeps_the_first_copy_of_each_file():
 def test_file_parts_that_overlap_across_tasks_are_refused_not_double_counted():
     x = _slices(1, 10)
     key = wire.file_key("r1", 1)
-    task_a = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
-    task_b = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 4, 10, 10))], partition=1)])
+    task_a = fold.fold_slices("r1")([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
+    task_b = fold.fold_slices("r1")([_records([(key, _message(1, x, 4, 10, 10))], partition=1)])
     parts = pa.Table.from_batches(list(task_a) + list(task_b)).drop(["kind", "reason", "error"])
     row = fold.merge_file_parts(parts).to_pylist()[0]
     assert row["problem"] == "overlapping_parts" and not row["complete"]
 
-    disjoint_b = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 6, 10, 10))], partition=1)])
-    task_a = fold.fold_slices("r1", block_rows=4)([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
+    disjoint_b = fold.fold_slices("r1")([_records([(key, _message(1, x, 6, 10, 10))], partition=1)])
+    task_a = fold.fold_slices("r1")([_records([(key, _message(1, x, 0, 6, 10))], partition=0)])
     parts = pa.Table.from_batches(list(task_a) + list(disjoint_b)).drop(["kind", "reason", "error"])
     row = fold.merge_file_parts(parts).to_pylist()[0]
     assert row["problem"] is None and row["complete"] and row["n_slices"] == 10
