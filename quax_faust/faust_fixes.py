@@ -27,7 +27,9 @@
    seeks every partition back to its first unprocessed offset, as Faust itself does after a
    rebalance; the messages are read again and the idempotent tables ignore the ones seen twice.
 
-``install()`` applies the patches; ``guard_topics()`` names the agents' source topics.
+``install()`` applies the patches, and refuses to on any faust-streaming other than ``FAUST_VERSION``
+(the patches replace and read private parts of Faust that may change in any release);
+``guard_topics()`` names the agents' source topics.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from importlib import metadata
+from typing import Callable, Iterable
 
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
@@ -46,7 +49,11 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
+FAUST_VERSION = "0.15.3"
+"""The faust-streaming release these patches were written for and checked against."""
+
 _original_send_pending = ProducerBuffer._send_pending
+_original_flush = ProducerBuffer.flush
 _original_filter_committable_offsets = Consumer._filter_committable_offsets
 _original_perform_seek = Consumer.perform_seek
 
@@ -79,9 +86,9 @@ class _Partition:
     ahead: set[int] = field(default_factory=set)
     """Offsets processed beyond ``next``: the consumer skipped ``next`` .. min(ahead) - 1."""
     hole_seen_at: float | None = None
-    """When the current hole was first seen (time.monotonic(), s)."""
+    """When the current hole was first seen (the ProcessedOffsets clock, s)."""
     moved_at: float = field(default_factory=time.monotonic)
-    """When ``next`` last moved (time.monotonic(), s)."""
+    """When ``next`` last moved, or counting started (the ProcessedOffsets clock, s)."""
 
 
 class ProcessedOffsets:
@@ -91,12 +98,13 @@ class ProcessedOffsets:
     offset beyond it means the consumer skipped some (a hole), and ``next`` waits for them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._parts: dict[TP, _Partition] = {}
+        self._clock = clock  # seconds; the tests' is controllable
 
     def start(self, tp: TP, offset: int) -> None:
         """The consumer (re)starts ``tp`` at ``offset``: everything below counts as processed."""
-        self._parts[tp] = _Partition(offset)
+        self._parts[tp] = _Partition(offset, moved_at=self._clock())
 
     def forget(self, tp: TP) -> None:
         self._parts.pop(tp, None)
@@ -115,14 +123,14 @@ class ProcessedOffsets:
             new_hole = not part.ahead
             part.ahead.add(offset)
             if new_hole:
-                part.hole_seen_at = time.monotonic() if now is None else now
+                part.hole_seen_at = self._clock() if now is None else now
                 return part.next, offset - 1
             return None
         part.next += 1
         while part.next in part.ahead:
             part.ahead.remove(part.next)
             part.next += 1
-        part.moved_at = time.monotonic() if now is None else now
+        part.moved_at = self._clock() if now is None else now
         if not part.ahead:
             part.hole_seen_at = None
         return None
@@ -134,7 +142,7 @@ class ProcessedOffsets:
 
     def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         return {tp: (p.next, min(p.ahead) - 1) for tp, p in self._parts.items()
                 if p.ahead and p.hole_seen_at is not None and now - p.hole_seen_at >= older_than_s}
 
@@ -142,7 +150,7 @@ class ProcessedOffsets:
                 now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Partitions with messages waiting (highwater > next) and no progress for ``older_than_s``:
         {tp: (first, last) offset waiting}. The consumer stopped delivering them (a hole at the end)."""
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         return {tp: (p.next, highwaters[tp] - 1) for tp, p in self._parts.items()
                 if highwaters.get(tp) is not None and highwaters[tp] > p.next
                 and now - p.moved_at >= older_than_s}
@@ -267,7 +275,48 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
     metrics.OFFSET_REREADS.inc()
 
 
+# What the patches replace or rely on, beyond Faust's public API (checked by install(); the buffer's
+# ``message_sent`` event exists only on instances: the flush test in tests/test_faust_fixes.py covers it).
+_PRIVATE_PARTS = ((ProducerBuffer, "_send_pending"), (ProducerBuffer, "flush"), (ProducerBuffer, "size"),
+                  (ProducerBuffer, "_handle_pending"),
+                  (Consumer, "_filter_committable_offsets"), (Consumer, "_should_commit"),
+                  (Consumer, "_committed_offset"), (Consumer, "perform_seek"),
+                  (Consumer, "earliest_offsets"), (Consumer, "highwater"))
+
+
+def installed_faust_version() -> str | None:
+    """The installed faust-streaming's version, None if it is not installed as faust-streaming."""
+    try:
+        return metadata.version("faust-streaming")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _has(cls: type, name: str) -> bool:
+    """``cls`` has attribute ``name``, or declares it for its instances (set in ``__init__``)."""
+    return hasattr(cls, name) or any(name in vars(k).get("__annotations__", {}) for k in cls.__mro__)
+
+
+def check_faust() -> None:
+    """Raise RuntimeError unless the installed Faust is the one the patches were written for."""
+    installed = installed_faust_version()
+    if installed != FAUST_VERSION:
+        raise RuntimeError(
+            f"quax_faust/faust_fixes.py patches private parts of faust-streaming {FAUST_VERSION}, but "
+            f"{'no faust-streaming' if installed is None else f'faust-streaming {installed}'} is "
+            f"installed. Install faust-streaming=={FAUST_VERSION} (pyproject.toml), or check each fix "
+            f"against the new version's source (docs/reliability.md, \"What Faust gets wrong\"), run "
+            f"tests/test_faust_fixes.py and the rebalance drills, then update FAUST_VERSION.")
+    missing = [f"{cls.__name__}.{name}" for cls, name in _PRIVATE_PARTS if not _has(cls, name)]
+    if missing:
+        raise RuntimeError(
+            f"quax_faust/faust_fixes.py: faust-streaming {installed} lacks {', '.join(missing)}, which "
+            f"the patches replace or read; see docs/reliability.md, \"What Faust gets wrong\".")
+
+
 def install() -> None:
+    """Apply the patches (again: no effect); RuntimeError on a Faust they were not written for."""
+    check_faust()
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _flush
     Consumer._filter_committable_offsets = _filter_committable_offsets

@@ -75,15 +75,65 @@ def consumer():
     return asyncio.run(make())
 
 
+PATCHED = ((ProducerBuffer, "_send_pending"), (ProducerBuffer, "flush"),
+           (Consumer, "_filter_committable_offsets"), (Consumer, "perform_seek"))
+FIXES = (faust_fixes._send_pending, faust_fixes._flush, faust_fixes._filter_committable_offsets,
+         faust_fixes._perform_seek)
+
+
 @pytest.fixture
-def installed(monkeypatch):
+def unpatched(monkeypatch):
+    """Faust's own methods, whatever was installed before (importing quax_faust.app installs);
+    the classes are restored on teardown."""
+    originals = (faust_fixes._original_send_pending, faust_fixes._original_flush,
+                 faust_fixes._original_filter_committable_offsets, faust_fixes._original_perform_seek)
+    for (cls, name), original in zip(PATCHED, originals):
+        monkeypatch.setattr(cls, name, original)
+
+
+@pytest.fixture
+def installed(unpatched, monkeypatch):
     """faust_fixes.install(), undone after the test; TOPIC guarded, its count fresh."""
-    for cls, name in ((Consumer, "_filter_committable_offsets"), (Consumer, "perform_seek"),
-                      (ProducerBuffer, "flush"), (ProducerBuffer, "_send_pending")):
-        monkeypatch.setattr(cls, name, getattr(cls, name))  # restored on teardown
     monkeypatch.setattr(faust_fixes, "offsets", ProcessedOffsets())
     faust_fixes.install()
     faust_fixes.guard_topics([TOPIC])
+
+
+def patched_names() -> list[str]:
+    return [name for (cls, name), fix in zip(PATCHED, FIXES) if getattr(cls, name) is fix]
+
+
+def test_the_patches_are_for_the_installed_faust():
+    assert faust_fixes.installed_faust_version() == faust_fixes.FAUST_VERSION == "0.15.3"
+    faust_fixes.check_faust()  # and every private part they touch is there
+
+
+@pytest.mark.parametrize("version, named", [("0.16.0", "faust-streaming 0.16.0"),
+                                            ("0.15.2", "faust-streaming 0.15.2"),
+                                            (None, "no faust-streaming")])
+def test_install_refuses_another_faust_version(unpatched, monkeypatch, version, named):
+    monkeypatch.setattr(faust_fixes, "installed_faust_version", lambda: version)
+    with pytest.raises(RuntimeError) as refused:
+        faust_fixes.install()
+    message = str(refused.value)
+    for needed in (named, "faust-streaming 0.15.3", "faust-streaming==0.15.3", "docs/reliability.md"):
+        assert needed in message, f"{needed!r} missing from: {message}"
+    assert patched_names() == [], "nothing is patched on a Faust the patches were not written for"
+
+
+def test_install_refuses_a_faust_without_the_private_parts_it_patches(unpatched, monkeypatch):
+    monkeypatch.delattr(Consumer, "_should_commit")  # as if a release renamed it
+    with pytest.raises(RuntimeError, match=r"Consumer\._should_commit.*docs/reliability\.md"):
+        faust_fixes.install()
+    assert patched_names() == []
+
+
+def test_install_twice_is_install_once(unpatched):
+    faust_fixes.install()
+    faust_fixes.install()
+    assert patched_names() == ["_send_pending", "flush", "_filter_committable_offsets", "perform_seek"]
+    assert faust_fixes._original_send_pending is not faust_fixes._send_pending, "never wraps itself"
+    assert faust_fixes._original_flush is not faust_fixes._flush
 
 
 def test_unpatched_faust_commits_past_messages_it_never_processed(consumer):
