@@ -14,7 +14,7 @@ import pytest
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
-from faust.types.tuples import ConsumerMessage
+from faust.types.tuples import ConsumerMessage, FutureMessage, PendingMessage
 
 from quax_faust import faust_fixes
 from quax_faust.faust_fixes import ProcessedOffsets
@@ -185,3 +185,69 @@ def test_partitions_no_longer_assigned_are_forgotten():
     assert po.committable(other) is None
     assert po.holes(older_than_s=0.0, now=100.0) == {}
     assert po.committable(TP2) == 5
+
+
+# --- fix 1: flush before commit, on Faust's own ProducerBuffer --------------------------------
+
+SEND_S = 0.3
+"""How long the fake Kafka client takes to accept one message: more than Faust's 0.1 s patience."""
+
+
+class SlowChannel:
+    """Where the buffer hands its messages over (a topic, whose producer is slow under load)."""
+
+    def __init__(self) -> None:
+        self.handed_over: list[bytes] = []
+
+    async def publish_message(self, fut: FutureMessage, wait: bool = False) -> None:
+        await asyncio.sleep(SEND_S)
+        self.handed_over.append(fut.message.value)
+
+
+def changelog_record(channel: SlowChannel, value: bytes) -> FutureMessage:
+    return FutureMessage(PendingMessage(channel, b"run/0000000001", value, 0, None, None, None, None,
+                                        None, topic="quax-runs-changelog"))
+
+
+async def buffer_of(app: faust.App) -> ProducerBuffer:
+    buffer = ProducerBuffer()
+    buffer.app = app  # as Producer.__init__ does
+    await buffer.start()  # its _handle_pending task hands messages to the channel
+    return buffer
+
+
+def flush_outcome(n_records: int, taken_first: bool = False) -> tuple[list[bytes], int, float]:
+    """Buffer ``n_records``, flush: (records handed over when flush returned, left in the buffer, s)."""
+    async def run():
+        app = faust.App("flush-test", broker="kafka://127.0.0.1:1")
+        buffer, channel = await buffer_of(app), SlowChannel()
+        for k in range(n_records):
+            buffer.put(changelog_record(channel, b"record %d" % k))
+        if taken_first:
+            await asyncio.sleep(SEND_S / 3)  # the last record is being sent, the buffer looks empty
+            assert buffer.size == 0 and channel.handed_over == []
+        t0 = asyncio.get_running_loop().time()
+        await buffer.flush()
+        outcome = list(channel.handed_over), buffer.size, asyncio.get_running_loop().time() - t0
+        await asyncio.sleep(SEND_S * (n_records + 1))  # let the rest go before stopping
+        await buffer.stop()
+        return outcome
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("taken_first", [False, True], ids=["buffered", "last-one-being-sent"])
+def test_flush_waits_for_every_buffered_record_however_slow_the_send(installed, taken_first):
+    n = 1 if taken_first else 3
+    handed_over, left, took_s = flush_outcome(n, taken_first)
+    assert handed_over == [b"record %d" % k for k in range(n)], "all handed over before flush returns"
+    assert left == 0
+    assert took_s >= SEND_S * (n - 1) + SEND_S / 2
+
+
+@pytest.mark.parametrize("taken_first", [False, True], ids=["buffered", "last-one-being-sent"])
+def test_unpatched_faust_flush_returns_with_records_still_unsent(unpatched, taken_first):
+    """Why the fix exists: Faust 0.15.3's flush gives up after 0.1 s without a message sent."""
+    n = 1 if taken_first else 3
+    handed_over, left, took_s = flush_outcome(n, taken_first)
+    assert len(handed_over) < n, "a consumer commit right now would pass changelog records not sent"
