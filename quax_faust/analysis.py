@@ -12,9 +12,11 @@ Pure numpy/scipy, no Kafka. The method (docs/analysis.md), in the HAYSTAC style:
    and one block-width each side out*, so a line never lifts its own baseline. The block's excess
    over that fit is a fixed linear combination of the ``P_j``: its variance and skewness follow
    exactly from the weights (a mean of N exponential periodograms is Gamma(N, 1/N) per bin).
-3. *Significance*: the standardised excess becomes a Gaussian-equivalent local significance
-   through the matching Gamma distribution (the skewness 2/sqrt(N) matters at 5-6 sigma), then a
-   global one over the number of blocks searched (look-elsewhere: P_global = 1 - (1 - p)**n_trials).
+3. *Significance*: the excess becomes a Gaussian-equivalent local significance through its exact
+   noise distribution (``excess_significance``: the ratio of a Gamma-distributed block mean to a
+   weighted sum of Gamma-distributed fit bins, tail by exact Laplace inversion; the skewness
+   2/sqrt(N) and the baseline's noise both matter at 5-6 sigma), then a global one over the
+   number of blocks searched (look-elsewhere: P_global = 1 - (1 - p)**n_trials).
 4. *Candidates*: runs of adjacent blocks above the global threshold, one candidate each, reported
    at the peak. Their bins are left out of every other block's fit (one re-fit), so a strong line
    does not drag the baseline of its neighbours.
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+import scipy.interpolate
 import scipy.signal
 from scipy import special
 
@@ -44,6 +47,11 @@ _MAD_SCALE_ERROR = 1.166
 _NOISE_GUARD_SIGMAS = 3.0
 # Re-fits after leaving what was found out of its neighbours' fits (converges in one or two).
 _MAX_REFITS = 4
+# The exact tail integral runs over +-this many widths of its bell (the integrand is < 1e-30 there).
+_TAIL_INTEGRAL_SPAN = 10.5
+# Blocks with interior weights and u in this range get their significance from a spline (exact at
+# its knots); the rest are computed one by one.
+_SPLINE_U_RANGE = (-12.0, 14.0)
 
 
 # --- baseline and normalised excess ------------------------------------------------------------
@@ -167,6 +175,86 @@ def _log_gamma_lower_tail(a: np.ndarray, y: np.ndarray) -> np.ndarray:
         if np.all(term < total * 1e-16):
             break
     return -y + a * np.log(y) - special.gammaln(a) + np.log(total)
+
+
+def excess_tail_log_probability(ratio: np.ndarray, weights: np.ndarray, length: int,
+                                n_slices: float, upper: np.ndarray | bool) -> np.ndarray:
+    """log P(P_block > ratio * B) (upper) or log P(P_block < ratio * B) (lower), exactly, for noise.
+
+    The search's statistic is the ratio of a block's mean P_block to its leave-out baseline
+    B = sum_j w_j P_j, where, for white Gaussian noise, P_block is Gamma(length*N, 1/(length*N))
+    and each fit bin P_j is Gamma(N, 1/N), all independent (the fit bins never include the block).
+    So P_block - ratio*B is a linear combination of independent Gammas with a known moment
+    generating function, and its tail is the inverse Laplace integral
+    P(X > 0) = (1/2 pi i) * integral of exp(K(s))/s ds along Re s = tau,
+    evaluated at the saddle point tau of exp(K(s))/|s| (the integrand is then a positive bell and
+    the trapezoid rule converges exponentially: relative error below 1e-6, checked against the F
+    distribution, which is the case of one fit bin). No Gaussian or cumulant approximation; the
+    noise of the baseline in the denominator is included (it adds up to +14 % at 3.5 sigma for
+    N=170 slices, +25 % at 6.35 sigma for N=2730, which a three-cumulant Gamma of the numerator
+    alone misses).
+
+    ratio: (k,) values of P_block/B (= 1 + delta); weights: (n_fit,) or (k, n_fit) baseline
+    weights (zeros allowed); n_slices: N (may be fractional: the noise-scale guard's N/scale**2);
+    upper: (k,) bool or one bool, which tail. Returns (k,) float64, natural log.
+    """
+    ratio = np.atleast_1d(np.asarray(ratio, dtype=np.float64))
+    upper = np.broadcast_to(np.asarray(upper, dtype=bool), ratio.shape)
+    coef = ratio[:, None] * np.asarray(weights, dtype=np.float64)  # X = P_block - sum coef_j P_j
+    n, mn = float(n_slices), float(length * n_slices)
+    with np.errstate(divide="ignore"):  # the Laplace transform exists for lo < s < hi
+        hi = np.minimum(mn, np.min(np.where(coef < 0, n / -coef, np.inf), axis=1))
+        lo = np.max(np.where(coef > 0, -n / coef, -np.inf), axis=1)
+    left, right = np.where(upper, 0.0, lo), np.where(upper, hi, 0.0)
+    # The integral is exact along any Re s = tau in (lo, hi); the saddle point of exp(K(s))/|s|
+    # (K'(s) = 1/s) only makes the integrand a narrow bell, so a few Newton steps from the
+    # Gaussian guess will do, kept inside the domain.
+    mean, var = 1.0 - coef.sum(axis=1), 1.0 / mn + np.sum(coef ** 2, axis=1) / n
+    root = np.sqrt(mean ** 2 + 4 * var)
+    tau = np.where(upper, (root - mean) / (2 * var), -(root + mean) / (2 * var))
+    tau = np.where(upper, np.minimum(tau, 0.9 * hi), np.maximum(tau, 0.9 * lo))  # (the guess is never 0)
+    for _ in range(6):
+        fit_re = 1 + tau[:, None] * coef / n
+        slope = 1 / (1 - tau / mn) - np.sum(coef / fit_re, axis=1) - 1 / tau
+        curve = (1 / mn) / (1 - tau / mn) ** 2 + np.sum(coef ** 2 / n / fit_re ** 2, axis=1) + 1 / tau ** 2
+        newton = tau - slope / curve
+        tau = np.where((newton > left) & (newton < right), newton,
+                       0.5 * (tau + np.where(newton <= left, left, right)))
+    block_re = 1 - tau / mn  # (k,): the factors of the transform at s = tau + i*y: re + i*im
+    fit_re = 1 + tau[:, None] * coef / n  # (k, n_fit)
+    curvature = (1 / mn) / block_re ** 2 + np.sum(coef ** 2 / n / fit_re ** 2, axis=1) + 1 / tau ** 2
+    width = 1 / np.sqrt(curvature)  # of the bell along the imaginary direction
+    step = 0.7  # relative error of the tail below 2e-5 (checked against the F distribution)
+    y = width[:, None] * np.arange(0.0, _TAIL_INTEGRAL_SPAN + step / 2, step)[None, :]  # (k, n_t)
+    # K(s) - K(tau) = -mN log(1 - s/mN)/(1 - tau/mN) - N sum_j log(1 + s c_j/N)/(1 + tau c_j/N),
+    # in real arithmetic (log of the modulus, argument by arctan2: the principal branch is right,
+    # every factor has a positive real part).
+    block_im = -y / mn / block_re[:, None]
+    fit_im = y[:, :, None] * (coef / n / fit_re)[:, None, :]  # (k, n_t, n_fit)
+    log_mod = (-0.5 * mn * np.log1p(block_im ** 2)
+               - 0.5 * n * np.sum(np.log1p(fit_im ** 2), axis=-1))
+    arg = -mn * np.arctan(block_im) - n * np.sum(np.arctan(fit_im), axis=-1)
+    # times tau/s = 1/(1 + i y/tau)
+    ratio_im = y / tau[:, None]
+    bell = np.exp(log_mod) * (np.cos(arg) + ratio_im * np.sin(arg)) / (1 + ratio_im ** 2)
+    integral = step * (bell[:, 0] / 2 + bell[:, 1:].sum(axis=1))
+    k_tau = -mn * np.log(block_re) - n * np.sum(np.log(fit_re), axis=1)
+    return k_tau - np.log(np.abs(tau)) + np.log(width / np.pi * integral)
+
+
+def excess_significance(delta: np.ndarray, weights: np.ndarray, length: int,
+                        n_slices: float) -> np.ndarray:
+    """Gaussian-equivalent local significance of block excesses delta = P_block/B - 1, exactly.
+
+    P_noise(excess above delta) = P_normal(Z > z) for delta above the noise median, the lower
+    tail likewise below it (``excess_tail_log_probability``, in log space: no overflow at any
+    significance). weights: (n_fit,) or (k, n_fit), as there. Returns (k,) sigma.
+    """
+    delta = np.atleast_1d(np.asarray(delta, dtype=np.float64))
+    upper = delta >= 0
+    log_p = excess_tail_log_probability(1.0 + delta, weights, length, n_slices, upper)
+    z = special.ndtri_exp(np.minimum(log_p, -1e-300))  # either tail, even past the median
+    return np.where(upper, -z, z)
 
 
 def local_threshold(global_sigma: float, n_trials: int) -> float:
@@ -390,12 +478,11 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
 
     excluded = dc.copy()
     for _ in range(_MAX_REFITS):
-        weights, s2, s3 = _block_weights(n_bins, starts, length, window, order, excluded)
+        weights, s2, special_fit = _block_weights(n_bins, starts, length, window, order, excluded)
         b_block = np.einsum("ij,ij->i", fit_values, weights)
         delta = p_block / b_block - 1.0
         u = delta * np.sqrt(n_slices / s2)
-        shape = n_slices * s2 ** 3 / s3 ** 2  # the Gamma whose first three cumulants match
-        z = gaussian_equivalent(u, shape)
+        z = _local_significance(delta, u, weights, special_fit, length, n_slices)
         above = z > z_local_threshold
         quiet = ~_dilate(above, 4)  # the noise scale from blocks well away from candidates
         scale = _robust_scale(z[quiet]) if quiet.sum() >= 8 else 1.0
@@ -403,7 +490,8 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
         applied = scale if scale > guard else 1.0
         if applied != 1.0:
             # The data behave as if they held N/scale**2 independent slices.
-            z = gaussian_equivalent(u / applied, shape / applied ** 2)
+            z = _local_significance(delta, u / applied, weights, special_fit, length,
+                                    n_slices / applied ** 2)
             above = z > z_local_threshold
         new_excluded = dc.copy()
         for a in np.flatnonzero(above):  # the block and its hole, as in its own fit
@@ -449,8 +537,9 @@ def _candidates(result: SearchResult, mean: np.ndarray, p_block: np.ndarray,
 
 def _block_weights(n_bins: int, starts: np.ndarray, length: int, window: int, order: int,
                    excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Baseline weights (n_trials, n_fit) and residual moments (n_trials,) x 2 of every block:
-    the interior weights unless an excluded bin is among the block's fit bins. Cached by mask."""
+    """Baseline weights (n_trials, n_fit), residual variances sum r**2 (n_trials,) and a mask
+    (n_trials,) of the blocks whose weights are not the interior ones (an excluded bin among
+    their fit bins). Cached by mask."""
     return _block_weights_cached(n_bins, starts.tobytes(), length, window, order,
                                  np.packbits(excluded).tobytes())
 
@@ -462,16 +551,38 @@ def _block_weights_cached(n_bins: int, starts_bytes: bytes, length: int, window:
     excluded = np.unpackbits(np.frombuffer(excluded_bits, np.uint8))[:n_bins].astype(bool)
     interior = _interior_weights(length, window, order)
     weights = np.tile(interior, (starts.size, 1))
-    s2_int, s3_int = block_moments(interior, length)
-    s2 = np.full(starts.size, s2_int)
-    s3 = np.full(starts.size, s3_int)
+    s2 = np.full(starts.size, block_moments(interior, length)[0])
     dropped = excluded[starts[:, None] + fit_offsets(length, window)[None, :]]
-    for k in np.flatnonzero(dropped.any(axis=1)):
+    special_fit = dropped.any(axis=1)
+    for k in np.flatnonzero(special_fit):
         weights[k] = block_baseline_weights(length, window, order, dropped[k])
-        s2[k], s3[k] = block_moments(weights[k], length)
-    for array in (weights, s2, s3):
+        s2[k] = block_moments(weights[k], length)[0]
+    for array in (weights, s2, special_fit):
         array.flags.writeable = False
-    return weights, s2, s3
+    return weights, s2, special_fit
+
+
+def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
+                        special_fit: np.ndarray, length: int, n_slices: float) -> np.ndarray:
+    """excess_significance of every block, at a fraction of the cost.
+
+    The blocks with the interior weights (all but those next to DC or a candidate) share one
+    smooth map u -> z: it is computed exactly on a grid of u (step 0.5) and interpolated by a
+    cubic spline (error below 1e-4 sigma, tested); blocks beyond the grid and the others are
+    computed one by one.
+    """
+    z = np.empty_like(delta)
+    direct = special_fit | (u < _SPLINE_U_RANGE[0]) | (u > _SPLINE_U_RANGE[1])
+    shared = ~direct
+    if shared.any():
+        interior = weights[np.flatnonzero(shared)[0]]
+        delta_per_u = np.sqrt(block_moments(interior, length)[0] / n_slices)
+        grid = np.arange(np.floor(2 * u[shared].min()) / 2 - 1.0, np.ceil(2 * u[shared].max()) / 2 + 1.01, 0.5)
+        z_grid = excess_significance(grid * delta_per_u, interior, length, n_slices)
+        z[shared] = scipy.interpolate.CubicSpline(grid, z_grid)(u[shared])
+    if direct.any():
+        z[direct] = excess_significance(delta[direct], weights[direct], length, n_slices)
+    return z
 
 
 def _robust_scale(z: np.ndarray) -> float:
