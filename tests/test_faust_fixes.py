@@ -11,6 +11,8 @@ import asyncio
 
 import faust
 import pytest
+from mode.utils.queues import FlowControlQueue
+from prometheus_client import REGISTRY
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -251,3 +253,189 @@ def test_unpatched_faust_flush_returns_with_records_still_unsent(unpatched, take
     n = 1 if taken_first else 3
     handed_over, left, took_s = flush_outcome(n, taken_first)
     assert len(handed_over) < n, "a consumer commit right now would pass changelog records not sent"
+
+
+# --- a worker's consumer over an in-memory broker ----------------------------------------------
+
+class Clock:
+    """The time ProcessedOffsets sees (s), moved by hand."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeBroker:
+    """Stands in for the consumer's driver thread (aiokafka's, talking to the broker): the group's
+    committed offsets, the fetch positions and the high watermarks, in memory. Everything above it
+    is Faust's own Consumer; every call is recorded with whether the flow was stopped meanwhile."""
+
+    def __init__(self, consumer: Consumer, highwater: dict[TP, int], committed: dict[TP, int],
+                 earliest: dict[TP, int] | None = None) -> None:
+        self.consumer = consumer
+        self.highwaters = dict(highwater)
+        self.committed = dict(committed)
+        self.earliest = earliest or {tp: 0 for tp in highwater}
+        self.position: dict[TP, int] = {}
+        self.calls: list[tuple] = []
+
+    def _record(self, *call) -> None:
+        self.calls.append(call + (self.consumer.flow_active, self.consumer.app.flow_control.is_active()))
+
+    def assignment(self) -> set[TP]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: TP) -> int:
+        return self.highwaters[tp]
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest[tp] for tp in tps}
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        """As aiokafka: each assigned partition with a committed offset is sought to it."""
+        found = {tp: self.committed.get(tp) for tp in self.assignment()}
+        for tp, offset in found.items():
+            if offset:
+                self.position[tp] = offset
+        self._record("seek_to_committed")
+        return found
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.position[tp] = offset
+        self._record("seek", tp, offset)
+
+    async def commit(self, offsets: dict[TP, int]) -> bool:
+        self.committed.update(offsets)
+        self._record("commit", dict(offsets))
+        return True
+
+
+def worker(clock: Clock, highwater: dict[TP, int], committed: dict[TP, int],
+           earliest: dict[TP, int] | None = None) -> tuple[faust.App, Consumer, FakeBroker]:
+    """A running worker's app and consumer, just assigned ``highwater``'s partitions (call in a loop;
+    with ``installed``, which puts the module's count back afterwards)."""
+    faust_fixes.offsets = ProcessedOffsets(clock)
+    app = faust.App("reread-test", broker="kafka://127.0.0.1:1")
+    app.topics._acking_topics.add(TOPIC)
+    consumer = app.consumer
+    broker = consumer._thread = FakeBroker(consumer, highwater, committed, earliest)
+    app.flow_control.resume()
+    return app, consumer, broker
+
+
+def deliver(consumer: Consumer, offset: int, partition: int = 2) -> None:
+    """The consumer delivers ``offset``, an agent processes it, the stream acks it (as app.py)."""
+    m = message(offset, partition)
+    faust_fixes.note_processed(m)
+    m.ack(consumer)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def holes_total() -> float:
+    return counter("quax_offset_holes_total", topic=TOPIC)
+
+
+def rereads_total() -> float:
+    return counter("quax_offset_rereads_total")
+
+
+# --- fix 3: reread_holes ----------------------------------------------------------------------
+
+def test_a_skipped_offset_is_read_again_after_5_s(installed ):
+    """The consumer delivers 10, 11, then 14: 12..13 were skipped. After 5 s the worker stops its
+    flow, commits 12 (not 16), seeks back to 12 and resumes; 12..15 arrive again."""
+    async def run():
+        clock = Clock(100.0)
+        app, consumer, broker = worker(clock, highwater={TP2: 20}, committed={TP2: 10})
+        await consumer.perform_seek()  # the assignment: counting starts at the committed offset
+        assert faust_fixes.offsets.committable(TP2) == 10
+        queued = FlowControlQueue(flow_control=app.flow_control, clear_on_resume=True)
+        holes, rereads = holes_total(), rereads_total()
+        for k in (10, 11, 14, 15):
+            deliver(consumer, k)
+        broker.position[TP2] = 16
+        assert holes_total() == holes + 1, "the hole is counted when 14 arrives"
+        assert faust_fixes.offsets.committable(TP2) == 12
+
+        clock.t = 104.9
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads, "younger than 5 s: Faust may still deliver"
+
+        clock.t = 105.0
+        app.rebalancing = True
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [], "a rebalance seeks by itself"
+        app.rebalancing = False
+
+        queued.put_nowait("event 14, fetched before the seek")
+        await faust_fixes.reread_holes(app)
+        stopped = (False, False)  # consumer flow, flow control: both stopped
+        assert broker.calls == [("commit", {TP2: 12}) + stopped, ("seek_to_committed",) + stopped,
+                                ("seek", TP2, 12) + stopped]
+        assert broker.committed == {TP2: 12} and broker.position == {TP2: 12}
+        assert queued.empty(), "events queued before the seek are dropped"
+        assert consumer.flow_active and app.flow_control.is_active(), "resumed"
+        assert rereads_total() == rereads + 1
+        assert faust_fixes.offsets.committable(TP2) == 12 and faust_fixes.offsets.holes(0.0) == {}
+
+        for k in range(12, 20):  # read again from 12: the count goes on, no new hole
+            deliver(consumer, k)
+        assert faust_fixes.offsets.committable(TP2) == 20 and holes_total() == holes + 1
+        clock.t = 1000.0
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads + 1, "all read: nothing to do"
+
+    asyncio.run(run())
+
+
+def test_a_partition_not_delivered_for_20_s_with_messages_waiting_is_read_again(installed ):
+    """The stall: slices[2] delivered 10..13 and then nothing, though 14..19 are there; slices[3]
+    (nothing committed yet, log starting at 5) never delivered anything. No later offset reveals a
+    hole, so only the wait shows it. After 20 s: stop, commit, seek both back, resume."""
+    tp3 = TP(TOPIC, 3)
+
+    async def run():
+        clock = Clock(100.0)
+        app, consumer, broker = worker(clock, highwater={TP2: 20, tp3: 12}, committed={TP2: 10},
+                                       earliest={TP2: 0, tp3: 5})
+        await consumer.perform_seek()
+        assert (faust_fixes.offsets.committable(TP2), faust_fixes.offsets.committable(tp3)) == (10, 5)
+        holes, rereads = holes_total(), rereads_total()
+        for k in range(10, 14):
+            deliver(consumer, k)
+        broker.position = {TP2: 20, tp3: 12}  # fetched to the end, not delivered
+
+        clock.t = 119.9
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads, "no delivery for 19.9 s: not yet stalled"
+
+        clock.t = 120.0
+        await faust_fixes.reread_holes(app)
+        stopped = (False, False)
+        assert broker.calls[:2] == [("commit", {TP2: 14}) + stopped, ("seek_to_committed",) + stopped]
+        assert sorted(broker.calls[2:]) == [("seek", TP2, 14) + stopped, ("seek", tp3, 5) + stopped]
+        assert broker.committed == {TP2: 14}, "slices[3]: nothing processed, nothing committed"
+        assert broker.position == {TP2: 14, tp3: 5}, "both back to their first offset not processed"
+        assert consumer.flow_active and app.flow_control.is_active()
+        assert rereads_total() == rereads + 1
+        assert holes_total() == holes, "a stall is not a hole"
+
+        for k in range(14, 20):
+            deliver(consumer, k)
+        for k in range(5, 12):
+            deliver(consumer, k, partition=3)
+        clock.t = 1000.0
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads + 1, "nothing waiting: idle, not stalled"
+        assert (faust_fixes.offsets.committable(TP2), faust_fixes.offsets.committable(tp3)) == (20, 12)
+
+    asyncio.run(run())
