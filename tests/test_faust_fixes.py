@@ -85,8 +85,10 @@ FIXES = (faust_fixes._send_pending, faust_fixes._flush, faust_fixes._filter_comm
 
 @pytest.fixture
 def unpatched(monkeypatch):
-    """Faust's own methods, whatever was installed before (importing quax_faust.app installs);
-    the classes are restored on teardown."""
+    """Faust's own methods, whatever was installed before (importing quax_faust.app installs), and
+    no topic guarded; the classes and faust_fixes' guarded topics and count are restored on teardown."""
+    monkeypatch.setattr(faust_fixes, "_guarded", set())
+    monkeypatch.setattr(faust_fixes, "offsets", ProcessedOffsets())
     originals = (faust_fixes._original_send_pending, faust_fixes._original_flush,
                  faust_fixes._original_filter_committable_offsets, faust_fixes._original_perform_seek)
     for (cls, name), original in zip(PATCHED, originals):
@@ -94,9 +96,8 @@ def unpatched(monkeypatch):
 
 
 @pytest.fixture
-def installed(unpatched, monkeypatch):
+def installed(unpatched):
     """faust_fixes.install(), undone after the test; TOPIC guarded, its count fresh."""
-    monkeypatch.setattr(faust_fixes, "offsets", ProcessedOffsets())
     faust_fixes.install()
     faust_fixes.guard_topics([TOPIC])
 
@@ -315,7 +316,7 @@ class FakeBroker:
 def worker(clock: Clock, highwater: dict[TP, int], committed: dict[TP, int],
            earliest: dict[TP, int] | None = None) -> tuple[faust.App, Consumer, FakeBroker]:
     """A running worker's app and consumer, just assigned ``highwater``'s partitions (call in a loop;
-    with ``installed``, which puts the module's count back afterwards)."""
+    with ``unpatched`` or ``installed``, which put the module's count back afterwards)."""
     faust_fixes.offsets = ProcessedOffsets(clock)
     app = faust.App("reread-test", broker="kafka://127.0.0.1:1")
     app.topics._acking_topics.add(TOPIC)
@@ -342,6 +343,42 @@ def holes_total() -> float:
 
 def rereads_total() -> float:
     return counter("quax_offset_rereads_total")
+
+
+# --- fix 1 again, end to end in the consumer: Consumer.commit flushes, then commits ----------
+
+def changelog_sent_when_offsets_committed() -> tuple[list[bytes], dict[TP, int]]:
+    """An agent processed slices[2] offset 10 and wrote a table change (buffered, slow to send);
+    Faust commits: (changelog records handed over when the broker got the offsets, the offsets)."""
+    async def run():
+        app, consumer, broker = worker(Clock(100.0), highwater={TP2: 20}, committed={TP2: 10})
+        await consumer.perform_seek()
+        await app.producer.buffer.start()  # the worker's own producer buffer
+        channel, seen_at_commit = SlowChannel(), []
+        commit = broker.commit
+
+        async def commit_noting_changelog(offsets):
+            seen_at_commit.extend(channel.handed_over)
+            return await commit(offsets)
+
+        broker.commit = commit_noting_changelog
+        app.producer.buffer.put(changelog_record(channel, b"file 12: slice 3 counted"))
+        deliver(consumer, 10)
+        await consumer.commit()
+        await asyncio.sleep(2 * SEND_S)
+        await app.producer.buffer.stop()
+        return seen_at_commit, broker.committed
+
+    return asyncio.run(run())
+
+
+def test_offsets_are_committed_only_after_the_table_changes_they_caused(installed):
+    assert changelog_sent_when_offsets_committed() == ([b"file 12: slice 3 counted"], {TP2: 11})
+
+
+def test_unpatched_faust_commits_offsets_ahead_of_their_table_changes(unpatched):
+    """Why fix 1 exists: a crash now restores the table without slice 3, and offset 10 is not read again."""
+    assert changelog_sent_when_offsets_committed() == ([], {TP2: 11})
 
 
 # --- fix 3: reread_holes ----------------------------------------------------------------------
