@@ -1,8 +1,16 @@
-"""The commit rule of quax_faust/faust_fixes.py: only offsets an agent processed are committed.
+"""The fixes to faust-streaming 0.15.3 in quax_faust/faust_fixes.py, and install()'s version guard.
 
-The pure bookkeeping (ProcessedOffsets) is tested alone; the patch is tested on Faust's own
-consumer object (never started, no broker: only its in-memory offsets are exercised), with the
-sequence a revocation produces. tests/test_reliability.py runs the whole thing on a real broker.
+1. Flush before commit: Faust's own ProducerBuffer, with a channel slower to accept a record than
+   Faust's 0.1 s patience; then Faust's own Consumer.commit, which must hand the buffered changelog
+   records over before it commits offsets.
+2. Commit only what was processed: the pure bookkeeping (ProcessedOffsets) alone, then the patch on
+   Faust's own consumer object with the sequence a revocation produces.
+3. Read skipped offsets again: reread_holes() on Faust's own consumer, whose driver thread (aiokafka's,
+   normally talking to the broker) is replaced by an in-memory FakeBroker, with a hand-moved clock.
+
+Each fix's test fails with the fix removed; the ``unpatched`` tests show Faust's own behaviour that
+makes the fix necessary. Nothing here starts a broker: tests/test_reliability.py runs the whole
+thing on a real one.
 """
 
 from __future__ import annotations
