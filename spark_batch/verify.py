@@ -3,8 +3,9 @@
 Equal means: the same set of finished files, the same slice count per file and for the run, and
 every file's mean spectrum and the run mean equal to within ``tolerance`` times the run's mean level
 (the average of the live run mean over all bins, V**2/Hz) -- or times the bin's own power where that
-is larger: the FFT is float32, so a line 40x above the noise carries a rounding error of ~3e-7 of
-its own power, ~1e-5 of the mean level, that two FFTW plans need not share.
+is larger: the live FFT and sums are float32 and the recompute's float64 (recompute.py), so a line
+40x above the noise may differ by the live chain's rounding, ~3e-7 of its own power, ~1e-5 of the
+mean level.
 """
 
 from __future__ import annotations
