@@ -185,33 +185,6 @@ def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
                     steps=[(2, "start", 1), (3, "start", 2)], timeout_s=180)
 
 
-def test_worker_memory_stays_flat_over_hundreds_of_files(make_stack, tmp_path):
-    """Finished files leave the hot state: RSS after 150 more files grows by little."""
-    import psutil
-
-    settings, workers = make_stack(workers=2, slices_per_message=8)
-    small = tmp_path / "small"
-    model = synth.SynthModel()
-    x = synth.synth_file(0, 3072 * 8, model)
-    for k in range(450):
-        daq.write_pair(small, k, x)  # content does not matter here, only the count
-
-    def rss_mb() -> float:
-        return sum(psutil.Process(p.pid).memory_info().rss for p in workers.procs.values()) / 2**20
-
-    marks = []
-    for stop in (150, 300, 450):
-        asyncio.run(produce_directory(settings, small, "soak", "max", indices=range(stop - 150, stop),
-                                      progress=False, checkpoint=False))
-        wait_for_run(settings, "soak", stop, timeout_s=300)
-        marks.append(rss_mb())
-    print(f"worker RSS after 150/300/450 files: {marks} MiB")
-    summary = wait_for_run(settings, "soak", 450)
-    assert summary["n_slices"] == 450 * 8
-    # Warm-up (plans, RocksDB memtables, caches) happens in the first 150 files; after that, flat.
-    assert marks[2] - marks[1] < 30, f"worker RSS (MiB) after 150/300/450 files: {marks}"
-
-
 def test_rebalances_with_a_backlog_lose_nothing(make_stack, tmp_path):
     """Workers join and leave while a backlog fills the agents' queues, which each rebalance clears
     (faust_fixes.py, fix 2): still every slice exactly once."""
