@@ -83,7 +83,7 @@ async def transform_slices(stream):
             key = wire.file_key(batch.run, batch.file_index)
             if event.key != key:
                 raise wire.WireError("key_mismatch", f"key {event.key!r} but the message is {key!r}")
-            await fold_slice_batch(key, batch)
+            await fold_slice_batch(key, batch, event.message.tp)
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.slices_topic, exc.reason, str(exc))
         done(event)
@@ -95,7 +95,7 @@ def done(event) -> None:
     faust_fixes.note_processed(event.message, rebalancing=app.rebalancing)
 
 
-async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
+async def fold_slice_batch(key: bytes, batch: wire.SliceBatch, tp=None) -> None:
     started = time.perf_counter()
     stored = files_table.get(key)
     acc = FileAccumulator.from_bytes(stored) if stored else FileAccumulator.for_batch(batch)
@@ -104,6 +104,7 @@ async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
     if acc.status == COMPLETE:
         metrics.DUPLICATE_SLICES.inc(batch.slice_count)
         files_table[key] = stored  # re-assert, so the changelog holds what RocksDB holds
+        metrics.files_in_progress.note(key, tp, True, app.consumer.assignment)
         return
     new = acc.new_slices(batch)
     sums = None
@@ -129,6 +130,7 @@ async def fold_slice_batch(key: bytes, batch: wire.SliceBatch) -> None:
     put_started = time.perf_counter()
     files_table[key] = acc.to_bytes()
     metrics.TABLE_SECONDS.observe(table_seconds + time.perf_counter() - put_started)
+    metrics.files_in_progress.note(key, tp, acc.is_complete, app.consumer.assignment)
 
 
 @app.agent(spectra_topic)

@@ -35,11 +35,48 @@ OFFSET_REREADS = Counter("quax_offset_rereads_total", "Seeks back to the committ
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")
+FILES_IN_PROGRESS = Gauge("quax_files_in_progress",
+                          "Files with some but not all of their slices counted by this worker, in the "
+                          "slices partitions assigned to it now")
 FFT_SECONDS = Histogram("quax_fft_batch_seconds", "FFT + power sums of one slice message",
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
 TABLE_SECONDS = Histogram("quax_table_update_seconds",
                           "Reading, decoding, encoding and writing one file's table entry",
                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
+
+
+class FilesInProgress:
+    """The files this worker has partly counted, with their source partition (FILES_IN_PROGRESS).
+
+    A file whose partition moved to another worker in a rebalance stops counting here: the gauge
+    is computed at each scrape over the partitions assigned now.
+    """
+
+    def __init__(self) -> None:
+        self._partition_of: dict[bytes, object] = {}
+        self._assigned = lambda: None
+
+    def note(self, key: bytes, tp, complete: bool, assigned) -> None:
+        """After a slice message of file ``key`` from partition ``tp``; ``assigned()`` gives the
+        partitions assigned now (a set of the same ``tp`` objects)."""
+        self._assigned = assigned
+        if complete:
+            self._partition_of.pop(key, None)
+        else:
+            self._partition_of[key] = tp
+
+    def count(self) -> int:
+        try:
+            assigned = self._assigned()
+        except Exception:  # no consumer yet, or a rebalance under way: count everything known
+            assigned = None
+        for key in [k for k, tp in self._partition_of.items() if assigned is not None and tp not in assigned]:
+            del self._partition_of[key]
+        return len(self._partition_of)
+
+
+files_in_progress = FilesInProgress()
+FILES_IN_PROGRESS.set_function(files_in_progress.count)
 
 # --- workers: the spectra agent (fold_spectra) --------------------------------------------------
 FILES_FOLDED = Counter("quax_files_folded_total", "File spectra folded into a run average")
