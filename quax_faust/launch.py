@@ -75,10 +75,28 @@ class Broker:
     def stop(self) -> None:
         self._run("stop")
 
-    def kill(self) -> None:
-        pid = int((self.data_dir.parent / (self.data_dir.name + ".pid")).read_text())
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL the broker (no clean shutdown: it recovers its logs at the next start); returns
+        once the process is gone."""
+        pidfile = self.data_dir.parent / (self.data_dir.name + ".pid")
+        pid = int(pidfile.read_text())
         os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        deadline = time.monotonic() + timeout_s
+        while _running(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker pid {pid} still running {timeout_s} s after SIGKILL")
+            time.sleep(0.05)
+        # A dead broker not reaped yet still answers kill -0: broker.sh start must not take it for running.
+        pidfile.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """True while process pid exists and is not a zombie (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass

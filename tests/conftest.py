@@ -58,3 +58,47 @@ def make_stack(broker, tmp_path):
     yield make
     for w in started:
         w.stop()
+
+
+# --- Fault drills: what the processes report, and waiting for it --------------------------------
+
+def scrape(url: str) -> dict[str, float]:
+    """A process's Prometheus metrics at url (``.../metrics``): {sample name: value summed over its
+    labels}; {} if it does not answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def worker_metrics(settings: Settings, k: int) -> dict[str, float]:
+    return scrape(settings.worker_url(k) + "/metrics")
+
+
+def rebalances_done(settings: Settings, k: int) -> float:
+    """Rebalances worker k completed, its table recovery included (Faust's PrometheusMonitor)."""
+    return worker_metrics(settings, k).get("faust_rebalance_done_latency_count", 0.0)
+
+
+def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.1):
+    """Call condition() until it returns something true, and return that; AssertionError naming
+    what was awaited after timeout_s (generous: the box may be loaded)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout_s} s: {what}")
+        time.sleep(interval_s)

@@ -7,6 +7,8 @@ Each test would fail if its guarantee broke: the final tables are compared with 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import threading
 import time
 import urllib.request
@@ -14,10 +16,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import daq, synth, wire
-from quax_faust.launch import Broker, free_port, wait_for_run
-from quax_faust.producer import produce_directory
-from tests.conftest import stack_settings, write_synthetic_run
+from quax_faust import daq, metrics, synth, wire
+from quax_faust.launch import Broker, Workers, _group_positions, free_port, wait_for_run
+from quax_faust.producer import batches_of_file, produce_directory
+from tests.conftest import rebalances_done, stack_settings, wait_until, worker_metrics, write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.oracle import assert_run_matches_oracle
 
@@ -56,19 +58,92 @@ def owner_of(workers, tp: str) -> int:
     raise AssertionError(f"no worker owns {tp}")
 
 
+def committed_offset(settings, tp: str) -> int:
+    """The consumer group's committed offset of tp ("topic/partition"), -1 if none."""
+    position = _group_positions(settings)
+    if not isinstance(position, dict):
+        return -1
+    committed = position.get(tp, {}).get("committed")
+    return -1 if committed is None else committed
+
+
+def send_halves(settings, daq_dir, run: str, indices, half: str) -> int:
+    """Send the first or second half of each file's slice messages, as the producer cuts them;
+    returns the number of messages sent."""
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker, max_request_size=settings.max_message_bytes)
+        await producer.start()
+        sent = 0
+        try:
+            for k in indices:
+                batches = list(batches_of_file(run, k, daq.read_pair(daq.pair_paths(daq_dir, k)), settings))
+                cut = len(batches) // 2
+                for batch in batches[:cut] if half == "first" else batches[cut:]:
+                    value = wire.encode_slice_batch(dataclasses.replace(batch, produced_at_s=time.time()))
+                    await producer.send(settings.slices_topic, value, key=wire.file_key(run, k))
+                    sent += 1
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return sent
+
+    return asyncio.run(send())
+
+
+def log_since(path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+@pytest.mark.slow
 def test_kill_9_of_a_worker_mid_run(make_stack, daq_dir):
-    settings, workers = make_stack(workers=2, slices_per_message=4)
-    producer = produce_in_background(settings, daq_dir, "kill9", seconds=12)
-    time.sleep(4)
-    # Kill the worker that holds the run tables (the spectra partition): the harshest case.
-    victim = owner_of(workers, f"{settings.spectra_topic}/0")
+    """kill -9 of the worker holding the run table while it holds files in progress: the survivor
+    restores both tables from their changelogs and the run equals the Welch oracle."""
+    settings, workers = make_stack(workers=2, slices_per_message=4, start=False)
+    workers.loglevel = "info"  # Faust logs its changelog recovery at info
+    workers.start()
+    workers.wait_assigned()
+    victim = owner_of(workers, f"{settings.spectra_topic}/0")  # the run table's worker: the harshest case
+    survivor = 1 - victim
+    asyncio.run(produce_directory(settings, daq_dir, "kill9", "max", indices=range(8), progress=False))
+    wait_for_run(settings, "kill9", 8)
+    # Files 0-7 are folded by the victim and their spectra offsets committed: from now on the run
+    # table's only copy outside the victim is its changelog.
+    wait_until(lambda: committed_offset(settings, f"{settings.spectra_topic}/0") >= 8, 60,
+               "the victim commits the spectra offsets of files 0-7")
+    assert worker_metrics(settings, survivor)["quax_files_folded_total"] == 0, "the survivor folded nothing yet"
+    survivor_log = workers.log_dir / f"worker-{survivor}.log"
+    log_offset = survivor_log.stat().st_size
+    # Half of each of files 8-15: they stay in progress until the other halves come, after the kill.
+    send_halves(settings, daq_dir, "kill9", range(8, 16), "first")
+    in_progress = wait_until(lambda: worker_metrics(settings, victim).get("quax_files_in_progress", 0), 60,
+                             "files in progress on the victim", interval_s=0.02)
     workers.kill(victim)
-    producer.join(120)
-    assert not producer.errors
+    print(f"kill -9 of worker {victim} with {in_progress:.0f} files in progress and the run table of 8 files")
+    assert in_progress > 0
+    send_halves(settings, daq_dir, "kill9", range(8, 16), "second")
     wait_for_run(settings, "kill9", 16, timeout_s=180)
     assert_run_matches_oracle(settings, daq_dir, "kill9", range(16))
     spectra = read_topic(settings.broker, settings.spectra_topic)
     assert sorted({wire.decode_file_spectrum(r.value).file_index for r in spectra}) == list(range(16))
+    # The survivor restored the changelogs: it folded only files 8-15 itself (files 0-7 were never
+    # read again, their offsets being committed), and it logged Faust's changelog recovery.
+    after = worker_metrics(settings, survivor)
+    assert after["quax_files_folded_total"] == 8, after["quax_files_folded_total"]
+    assert after["quax_files_in_progress"] == 0
+    recovery = log_since(survivor_log, log_offset)
+    assert "Restoring state from changelog topics" in recovery and "Done reading from changelog topics" \
+        in recovery, f"no changelog recovery in {survivor_log}"
+    # Faust's table of the changelog partitions it read: the run table's, with its 8+ records.
+    runs_changelog = re.search(rf"{settings.app_id}-runs-changelog\s*\|\s*0\s*\|\s*(-?\d+)", recovery)
+    assert runs_changelog and int(runs_changelog[1]) >= 7, "the survivor read the run table's changelog"
+    print(f"survivor {survivor}: {after.get('faust_rebalance_done_latency_count', 0):.0f} rebalances, "
+          f"offset holes {after.get('quax_offset_holes_total', 0):.0f}, "
+          f"re-reads {after.get('quax_offset_rereads_total', 0):.0f}, "
+          f"duplicate slices {after.get('quax_duplicate_slices_total', 0):.0f}")
 
 
 def test_clean_restart_of_all_workers_restores_the_tables(make_stack, daq_dir):
@@ -86,29 +161,67 @@ def test_clean_restart_of_all_workers_restores_the_tables(make_stack, daq_dir):
     assert_run_matches_oracle(settings, daq_dir, "restart", range(16))
 
 
-def test_broker_restart_mid_run(make_stack, daq_dir, tmp_path):
-    own = Broker(port=free_port(2), data_dir=tmp_path / "kafka-own").start()
-    try:
-        settings = stack_settings(own, tmp_path / "var-own", workers=2, slices_per_message=4)
-        from quax_faust.launch import Workers
+def producer_metric(name: str) -> float:
+    """A metric of the background producer (it runs in this process)."""
+    return metrics.PRODUCER_REGISTRY.get_sample_value(name) or 0.0
 
+
+def broker_fault_drill(daq_dir, tmp_path, run: str, fault: str) -> None:
+    """The broker goes away mid-run ("stop": SIGTERM, a clean shutdown; "kill": SIGKILL) while the
+    producer sends and the workers fold; once the producer has failed to send and retried, the
+    broker restarts on the same data. The run must end equal to the Welch oracle."""
+    own = Broker(port=free_port(2), data_dir=tmp_path / "kafka-own").start()
+    producer = None
+    try:
+        settings = stack_settings(own, tmp_path / "var-own", workers=2, slices_per_message=4,
+                                  producer_request_timeout_s=3.0)
         workers = Workers(settings, tmp_path / "logs-own").start()
         try:
             workers.wait_assigned()
-            producer = produce_in_background(settings, daq_dir, "brk", seconds=14)
-            time.sleep(4)
-            own.stop()
-            time.sleep(3)
+            retries_before = producer_metric("quax_producer_send_retries_total")
+            producer = produce_in_background(settings, daq_dir, run, seconds=14)
+            # While data flows: files folded, the producer still sending.
+            wait_until(lambda: run_files(settings, run) >= 2, 120, "2 files folded")
+            slices_before = sum(worker_metrics(settings, k)["quax_slices_total"] for k in workers.procs)
+            assert producer.is_alive(), "the producer was still sending when the broker went"
+            own.kill() if fault == "kill" else own.stop()
+            retries = wait_until(
+                lambda: producer_metric("quax_producer_send_retries_total") - retries_before, 120,
+                "the producer retrying its files", interval_s=0.2)
+            blocked_s = producer_metric("quax_producer_blocked_seconds")
+            assert blocked_s > 0, "the outage is visible on the producer"
             own.start()
             producer.join(180)
-            assert not producer.errors, producer.errors
-            wait_for_run(settings, "brk", 16, timeout_s=180)
-            assert_run_matches_oracle(settings, daq_dir, "brk", range(16))
+            assert not producer.is_alive() and not producer.errors, producer.errors
+            wait_for_run(settings, run, 16, timeout_s=180)
+            assert_run_matches_oracle(settings, daq_dir, run, range(16))
             assert all(p.poll() is None for p in workers.procs.values()), "workers survived the outage"
+            workers.wait_assigned()
+            after = {k: worker_metrics(settings, k) for k in workers.procs}
+            slices_after = sum(m["quax_slices_total"] for m in after.values())
+            assert slices_after > slices_before, "the workers counted slices after the broker came back"
+            print(f"broker {fault}: the producer retried {retries:.0f} times, blocked {blocked_s:.1f} s; "
+                  f"workers counted {slices_after - slices_before:.0f} slices after the fault; duplicates "
+                  f"{sum(m.get('quax_duplicate_slices_total', 0) for m in after.values()):.0f}, offset holes "
+                  f"{sum(m.get('quax_offset_holes_total', 0) for m in after.values()):.0f}, re-reads "
+                  f"{sum(m.get('quax_offset_rereads_total', 0) for m in after.values()):.0f}")
         finally:
+            if producer is not None and producer.is_alive():
+                own.start()  # a producer still waiting for the broker would keep pytest from exiting
+                producer.join(120)
             workers.stop()
     finally:
         own.stop()
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_run(daq_dir, tmp_path):
+    broker_fault_drill(daq_dir, tmp_path, "brk", "stop")
+
+
+@pytest.mark.slow
+def test_broker_kill_9_mid_run(daq_dir, tmp_path):
+    broker_fault_drill(daq_dir, tmp_path, "brk9", "kill")
 
 
 def rejected_by_reason(settings) -> dict[str, float]:
@@ -160,34 +273,67 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_run_goes_on(make_stack
     assert_run_matches_oracle(settings, daq_dir, "bad", range(16))
 
 
+def run_files(settings, run: str) -> int:
+    """Files folded into the run so far (0 while the run table does not answer)."""
+    from quax_faust.export import TablesUnavailable, get_json
+
+    try:
+        return {r["run"]: r for r in get_json(settings, "/quax/runs/")["runs"]}.get(run, {}).get("n_files", 0)
+    except TablesUnavailable:
+        return 0
+
+
 def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float | None,
-                    steps: list[tuple[float, str, int]], timeout_s: float) -> None:
-    """Worker 0 alone, then the producer in the background and steps of (wait s, "start"|"stop",
-    worker) while it sends; the run must end equal to the Welch oracle."""
-    settings, workers = make_stack(workers=3, slices_per_message=4, start=False)
+                    steps: list[tuple[int, str, int]], timeout_s: float, slices_per_message: int = 4) -> None:
+    """Worker 0 alone, then the producer in the background and steps of (files folded, "start" |
+    "stop", worker): once the run holds that many files, the worker joins or leaves, and the step
+    ends when worker 0 has completed a rebalance and the running workers own every partition. Each
+    rebalance must complete while the run is still incomplete (data in flight); the run must end
+    equal to the Welch oracle."""
+    settings, workers = make_stack(workers=3, slices_per_message=slices_per_message, start=False)
     workers.start([0])
     workers.wait_assigned()
+    first_rebalances = rebalances_done(settings, 0)
+    seen: dict[int, dict] = {}  # each worker's last metrics, for the report
     producer = produce_in_background(settings, daq_dir, run, seconds=seconds)
-    for wait_s, action, k in steps:
-        time.sleep(wait_s)
+    for at_files, action, k in steps:
+        wait_until(lambda: run_files(settings, run) >= at_files, 120, f"{at_files} files folded")
+        before = rebalances_done(settings, 0)
         if action == "start":
             workers.start([k])
         else:
+            seen[k] = worker_metrics(settings, k)
             workers.stop(k)
+        wait_until(lambda: rebalances_done(settings, 0) > before, 120, f"worker 0 rebalanced after {action} {k}")
+        workers.wait_assigned()
+        folded = run_files(settings, run)
+        print(f"{action} worker {k} at {at_files} files: rebalanced by {folded} of {n_files} files")
+        assert folded < n_files, f"the rebalance after {action} {k} came after the run was complete"
     producer.join(120)
     assert not producer.errors
     wait_for_run(settings, run, n_files, timeout_s=timeout_s)
     assert_run_matches_oracle(settings, daq_dir, run, range(n_files))
+    assert rebalances_done(settings, 0) - first_rebalances >= len(steps)
+    seen.update({k: worker_metrics(settings, k) for k in workers.procs})
+    holes = sum(m.get("quax_offset_holes_total", 0) for m in seen.values())
+    rereads = sum(m.get("quax_offset_rereads_total", 0) for m in seen.values())
+    duplicates = sum(m.get("quax_duplicate_slices_total", 0) for m in seen.values())
+    # Holes and re-reads depend on the race the consumer loses or not: reported, not asserted.
+    print(f"{run}: worker 0 completed {rebalances_done(settings, 0) - first_rebalances:.0f} rebalances; "
+          f"offset holes {holes:.0f}, re-reads {rereads:.0f}, duplicate slices {duplicates:.0f}")
 
 
+@pytest.mark.slow
 def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
-    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=10,
-                    steps=[(2, "start", 1), (3, "start", 2)], timeout_s=180)
+    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=16,
+                    steps=[(2, "start", 1), (2, "start", 2)], timeout_s=180)
 
 
+@pytest.mark.slow
 def test_rebalances_with_a_backlog_lose_nothing(make_stack, tmp_path):
     """Workers join and leave while a backlog fills the agents' queues, which each rebalance clears
-    (faust_fixes.py, fix 2): still every slice exactly once."""
+    (faust_fixes.py, fix 2): still every slice exactly once. One slice per message: the workers
+    fall behind the producer for long enough that all four rebalances land on a backlog."""
     daq_dir = write_synthetic_run(tmp_path / "backlog", 32, 3072 * 300 + 100, seed=5)
-    rebalance_drill(make_stack, daq_dir, "churn", 32, seconds=None,
-                    steps=[(1, "start", 1), (2, "start", 2), (3, "stop", 1), (2, "start", 1)], timeout_s=240)
+    rebalance_drill(make_stack, daq_dir, "churn", 32, seconds=None, slices_per_message=1,
+                    steps=[(1, "start", 1), (1, "start", 2), (1, "stop", 1), (1, "start", 1)], timeout_s=240)
