@@ -1,6 +1,7 @@
 """The producer on a real broker: follow a live DAQ directory, resume from a checkpoint, quarantine."""
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter
@@ -8,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from quax_faust import daq, synth, wire
-from quax_faust.producer import produce_directory
+from quax_faust import daq, metrics, synth, wire
+from quax_faust.producer import DirectoryFeed, produce_directory
 from tests.conftest import stack_settings
 from tests.kafka_io import read_topic
 
@@ -47,49 +48,136 @@ def test_checkpoint_resumes_with_the_next_file(broker, tmp_path):
     assert len(counts) == 5 * 6
 
 
-def test_follow_sends_each_pair_once_it_is_complete(broker, tmp_path):
+class FollowingProducer:
+    """``produce_directory(follow=True)`` in a thread, stopped by the test once it has seen what it
+    waits for (no idle timer to outlast). ``scans`` counts the producer's looks at the directory."""
+
+    def __init__(self, monkeypatch, settings, source, **options):
+        self.scans = 0
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        looks = DirectoryFeed.ready
+
+        def counted(feed, skip):
+            result = looks(feed, skip)
+            self.scans += 1
+            return result
+
+        monkeypatch.setattr(DirectoryFeed, "ready", counted)
+
+        async def run():
+            task = asyncio.ensure_future(produce_directory(settings, source, "fol", follow=True,
+                                                           progress=False, **options))
+            while not self._stop.is_set() and not task.done():
+                await asyncio.sleep(0.05)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+        def main():
+            try:
+                asyncio.run(run())
+            except BaseException as exc:  # shown by stop()
+                self.error = exc
+
+        self.thread = threading.Thread(target=main)
+        self.thread.start()
+
+    def wait_scans(self, n: int, timeout_s: float = 60.0) -> None:
+        """Wait until the producer has looked at the directory n more times (fails after timeout_s)."""
+        target = self.scans + n
+        deadline = time.monotonic() + timeout_s
+        while self.scans < target:
+            assert time.monotonic() < deadline and self.thread.is_alive(), f"producer stopped scanning: {self.error!r}"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert self.error is None, repr(self.error)
+
+
+def poll(what: str, probe, timeout_s: float = 60.0):
+    """probe() until it returns something true (returned); fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"{what}: not seen within {timeout_s} s"
+        time.sleep(0.2)
+    return found
+
+
+def test_follow_sends_each_pair_once_it_is_complete(broker, tmp_path, monkeypatch, caplog):
     settings = stack_settings(broker, tmp_path / "var", slices_per_message=4)
     live = tmp_path / "live"
     live.mkdir()
-    result = {}
-
-    def run():
-        result["report"] = asyncio.run(produce_directory(
-            settings, live, "fol", follow=True, idle_exit_s=6.0, settle_s=0.5, partner_timeout_s=2.0,
-            progress=False))
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    caplog.set_level(logging.INFO, logger="quax_faust")
+    settle_s = 5.0
+    following = FollowingProducer(monkeypatch, settings, live, settle_s=settle_s, partner_timeout_s=3.0)
+    following.wait_scans(1)  # connected and looking
     x = synth.synth_file(0, N, synth.SynthModel())
     pair = daq.pair_paths(live, 0)
-    # The DAQ writes the i file in two steps and the q file later: nothing may be sent before the end.
+    # The DAQ is half-way through both files; the producer looks at them twice, sees them grow, and
+    # must send only the finished file. Premise: the pause is shorter than settle_s (measured).
     x.real[: N // 2].astype("<f4").tofile(pair.i_path)
-    time.sleep(1.0)
+    x.imag[: N // 2].astype("<f4").tofile(pair.q_path)
+    paused_at = time.monotonic()
+    following.wait_scans(2)
     with open(pair.i_path, "ab") as f:
         f.write(x.real[N // 2:].astype("<f4").tobytes())
-    time.sleep(1.0)
-    x.imag.astype("<f4").tofile(pair.q_path)
-    time.sleep(1.5)
+    with open(pair.q_path, "ab") as f:
+        f.write(x.imag[N // 2:].astype("<f4").tobytes())
+    pause_s = time.monotonic() - paused_at
+    assert pause_s < settle_s / 2, f"the test paused the writer {pause_s:.1f} s, not much less than settle_s"
     write_files(live, [1])
     (live / "duck_i_00002.dat").write_bytes(np.zeros(N, "<f4").tobytes())  # its partner never comes
     bad = daq.write_pair(live, 3, synth.synth_file(3, N, synth.SynthModel()))
     with open(bad.q_path, "ab") as f:
         f.write(b"\0\0")  # odd size
-    thread.join(60)
-    assert not thread.is_alive()
-    report = result["report"]
-    assert report.files_sent == 2
-    assert len(report.skipped) == 2
-    counts = sent_slices(settings)
-    assert set(counts.values()) == {1} and len(counts) == 2 * 6
-    decoded = wire.decode_slice_batch(read_topic(settings.broker, settings.slices_topic)[0].value)
-    np.testing.assert_array_equal(decoded.samples[0], x[:3072])  # the complete file, not half of it
     quarantine = live / "quarantine"
-    assert sorted(p.name for p in quarantine.iterdir()) == [
-        "duck_i_00002.dat", "duck_i_00002.reason.txt", "duck_i_00003.dat", "duck_i_00003.reason.txt",
-        "duck_q_00003.dat"]
+    expected_quarantine = ["duck_i_00002.dat", "duck_i_00002.reason.txt", "duck_i_00003.dat",
+                           "duck_i_00003.reason.txt", "duck_q_00003.dat"]
+    poll("files 0 and 1 sent", lambda: {f for f, _ in sent_slices(settings)} >= {0, 1})
+    poll("2 pairs quarantined", lambda: quarantine.is_dir() and sorted(p.name for p in quarantine.iterdir())
+         == expected_quarantine)
+    following.wait_scans(10)  # more looks at the same directory send nothing again
+    following.stop()
+
+    counts = sent_slices(settings)
+    assert set(counts.values()) == {1} and sorted(counts) == [(k, s) for k in (0, 1) for s in range(6)]
+    file0 = [wire.decode_slice_batch(r.value) for r in read_topic(settings.broker, settings.slices_topic)]
+    file0 = sorted((b for b in file0 if b.file_index == 0), key=lambda b: b.first_slice)
+    np.testing.assert_array_equal(np.concatenate([b.samples for b in file0]).ravel(),
+                                  x[: 6 * 3072])  # the finished file, not half of it
+    assert sorted(p.name for p in quarantine.iterdir()) == expected_quarantine
     assert "not a whole number of float32 samples" in (quarantine / "duck_i_00003.reason.txt").read_text()
     assert "no partner duck_q_00002.dat" in (quarantine / "duck_i_00002.reason.txt").read_text()
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quarantined")]
+    assert len(logged) == 2, logged  # once per bad pair, however often the directory was looked at
+    assert any("duck_i_00002.dat" in line and "no partner" in line for line in logged), logged
+    assert any("duck_i_00003.dat + duck_q_00003.dat" in line and "float32" in line for line in logged), logged
+
+
+def test_a_pair_shorter_than_one_slice_is_quarantined_with_its_reason(broker, tmp_path, caplog):
+    settings = stack_settings(broker, tmp_path / "var")
+    write_files(tmp_path / "daq", [0, 2])
+    daq.write_pair(tmp_path / "daq", 1, synth.synth_file(1, 3071, synth.SynthModel()))
+    caplog.set_level(logging.INFO, logger="quax_faust")
+    too_short = metrics.PRODUCER_SKIPPED.labels(reason="too_short")
+    skipped_before = too_short._value.get()
+    report = asyncio.run(produce_directory(settings, tmp_path / "daq", "short", "max", progress=False))
+    assert too_short._value.get() == skipped_before + 1
+    reason = "duck_i_00001.dat: 3071 samples, fewer than one slice of 3072"
+    assert (report.files_sent, report.skipped) == (2, [reason])
+    assert sorted({f for f, _ in sent_slices(settings)}) == [0, 2]
+    quarantine = tmp_path / "daq" / "quarantine"
+    assert sorted(p.name for p in quarantine.iterdir()) == [
+        "duck_i_00001.dat", "duck_i_00001.reason.txt", "duck_q_00001.dat"]
+    assert (quarantine / "duck_i_00001.reason.txt").read_text() == reason + "\n"
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quarantined")]
+    assert len(logged) == 1 and logged[0].endswith(reason)
 
 
 def test_static_run_quarantines_bad_pairs_and_goes_on(broker, tmp_path):
