@@ -13,7 +13,7 @@ from quax_faust import metrics
 from quax_faust.launch import Broker, Workers, free_port, wait_for_run
 from quax_faust.producer import (Checkpoint, DaqProducer, ProduceReport, _FileInFlight, _Sending,
                                  backoff_s, is_retriable, produce_directory)
-from tests.conftest import stack_settings, write_synthetic_run
+from tests.conftest import stack_settings, wait_until, write_synthetic_run
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings
 from tests.test_reliability import N_SAMPLES, produce_in_background
@@ -31,6 +31,7 @@ def test_backoff_doubles_from_one_second_to_a_cap():
 
 
 @pytest.mark.broker
+@pytest.mark.slow
 def test_producer_waits_for_the_broker_and_resends_the_files_in_flight(tmp_path):
     daq_dir = write_synthetic_run(tmp_path / "daq", 16, N_SAMPLES, seed=11, tones=((300_000.0, 0.1),))
     own = Broker(port=free_port(2), data_dir=tmp_path / "kafka-own").start()
@@ -44,8 +45,12 @@ def test_producer_waits_for_the_broker_and_resends_the_files_in_flight(tmp_path)
         try:
             workers.wait_assigned()
             retries_before = producer_metric("quax_producer_send_retries_total")
+            files_before = producer_metric("quax_producer_files_sent_total")
             producer = produce_in_background(settings, daq_dir, "outage", seconds=14)
-            time.sleep(4)
+            # The broker goes mid-run: two files acked, the producer still sending.
+            wait_until(lambda: producer_metric("quax_producer_files_sent_total") >= files_before + 2, 120,
+                       "2 files acked")
+            assert producer.is_alive() and not producer.errors, producer.errors
             own.stop()
             down_since = time.monotonic()
             # Keep the broker away for 5 request timeouts, and until the producer has retried twice
