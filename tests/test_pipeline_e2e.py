@@ -1,7 +1,8 @@
 """End to end on a real broker: synthetic files -> producer -> 2 Faust workers -> tables -> export.
 
 Every per-file spectrum and the run average must equal the Welch oracle; duplicated messages must
-change nothing; the spectra topic must hold one record per file.
+change nothing (the workers count each one as a duplicate, once its own offset is processed); the
+spectra topic must hold one record per file.
 """
 
 import asyncio
@@ -14,7 +15,8 @@ from quax_faust.export import fetch_run, write_export
 from quax_faust.launch import wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
 from tests.conftest import write_synthetic_run
-from tests.kafka_io import read_topic, send_raw_async, wait_records
+from tests.kafka_io import read_topic, send_raw_async
+from tests.progress import counter, wait_processed, worker_counters
 from tests.test_dsp import welch_oracle
 
 pytestmark = pytest.mark.broker
@@ -42,16 +44,34 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
                                 settings.sample_rate_hz, 0.0, x[4:15])
         await send_raw_async(settings.broker, settings.slices_topic, wire.file_key("e2e", 5), wire.encode_slice_batch(batch))
         await send_raw_async(settings.broker, settings.slices_topic, wire.file_key("e2e", 5), b"not a slice message")
+        # And one file spectrum again, as a crash between its send and the offset commit would.
+        await send_raw_async(settings.broker, settings.spectra_topic, spectrum.key, spectrum.value)
 
+    wait_processed(settings)  # every file, and its spectrum, processed: the counters hold still
+    before = worker_counters(settings)
+    spectrum = next(r for r in read_topic(settings.broker, settings.spectra_topic)
+                    if wire.decode_file_spectrum(r.value).file_index == 9)
     asyncio.run(duplicate_some())
+    wait_processed(settings)  # ... and now the duplicates' own offsets too
+    after = worker_counters(settings)
+    rise = {name: counter(after, name) - counter(before, name) for name in (
+        "quax_duplicate_slices_total", "quax_duplicate_files_total", "quax_slices_total",
+        "quax_slice_messages_total", "quax_files_completed_total", "quax_files_folded_total",
+        "quax_offset_rereads_total")}
+    n_whole = N_SAMPLES // settings.slice_len
+    n_messages = 2 * -(-n_whole // settings.slices_per_message) + 1  # files 3 and 7, file 5's overlap
+    assert rise == {"quax_duplicate_slices_total": 2 * n_whole + 11, "quax_duplicate_files_total": 1,
+                    "quax_slices_total": 0, "quax_slice_messages_total": n_messages,
+                    "quax_files_completed_total": 0, "quax_files_folded_total": 0,
+                    "quax_offset_rereads_total": 0}
+    assert counter(after, "quax_rejected_messages_total", topic=settings.slices_topic, reason="truncated") \
+        - counter(before, "quax_rejected_messages_total", topic=settings.slices_topic, reason="truncated") == 1
     summary = wait_for_run(settings, "e2e", N_FILES)
-    # Let the duplicates and the garbage pass through before reading the final state.
-    rejected = wait_records(settings.broker, f"{settings.slices_topic}.rejected", 1)
-    assert rejected[0].value == b"not a slice message"
+    rejected = read_topic(settings.broker, f"{settings.slices_topic}.rejected")
+    assert len(rejected) == 1 and rejected[0].value == b"not a slice message"
     assert dict(rejected[0].headers)["reason"] == b"truncated"
 
     data = fetch_run(settings, "e2e")
-    n_whole = N_SAMPLES // settings.slice_len
     assert summary["n_files"] == N_FILES
     assert int(data["n_slices_total"]) == N_FILES * n_whole
     assert list(data["file_index"]) == list(range(N_FILES))
@@ -71,7 +91,7 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
 
     spectra = read_topic(settings.broker, settings.spectra_topic)
     indices = sorted(wire.decode_file_spectrum(r.value).file_index for r in spectra)
-    assert indices == list(range(N_FILES)), "one spectra record per file"
+    assert indices == sorted([*range(N_FILES), 9]), "one spectra record per file (and the test's repeat of 9)"
 
     for suffix in (".npz", ".csv"):
         out = write_export(data, tmp_path / f"run{suffix}")
