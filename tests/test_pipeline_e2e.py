@@ -16,6 +16,7 @@ from quax_faust.launch import wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
 from tests.conftest import write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async
+from tests.oracle import assert_run_matches_oracle
 from tests.progress import counter, wait_processed, worker_counters
 from tests.test_dsp import welch_oracle
 
@@ -98,3 +99,36 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
         assert out.stat().st_size > 0
     npz = np.load(tmp_path / "run.npz")
     assert npz["file_mean"].shape == (N_FILES, settings.slice_len)
+
+
+def test_each_bad_message_is_rejected_counted_and_logged_once(make_stack, tmp_path):
+    settings, workers = make_stack(workers=2, slices_per_message=8)
+    daq_dir = write_synthetic_run(tmp_path / "daq", 2, N_SAMPLES, seed=6)
+    x = daq.whole_slices(daq.read_pair(daq.pair_paths(daq_dir, 0)), settings.slice_len)
+    batch = wire.encode_slice_batch(wire.SliceBatch("junk", 0, 0, x.shape[0], N_SAMPLES % settings.slice_len,
+                                                    settings.sample_rate_hz, 0.0, x[:8]))
+    bad = {"truncated": (wire.file_key("junk", 0), b"not a slice message"),
+           "bad_magic": (wire.file_key("junk", 0), b"XXXX" + batch[4:]),
+           "key_mismatch": (wire.file_key("junk", 1), batch)}
+
+    async def send_bad():
+        for key, value in bad.values():
+            await send_raw_async(settings.broker, settings.slices_topic, key, value)
+
+    asyncio.run(send_bad())
+    report = asyncio.run(produce_directory(settings, daq_dir, "lg", "max", progress=False))
+    assert report.files_sent == 2
+    wait_processed(settings)
+
+    rejected = read_topic(settings.broker, f"{settings.slices_topic}.rejected")
+    assert sorted(dict(r.headers)["reason"].decode() for r in rejected) == sorted(bad)
+    counters = worker_counters(settings)
+    for reason in bad:
+        assert counter(counters, "quax_rejected_messages_total", topic=settings.slices_topic, reason=reason) == 1
+    logs = "".join(p.read_text(errors="replace") for p in sorted(workers.log_dir.glob("worker-*.log")))
+    lines = [line for line in logs.splitlines() if "rejected message " in line]
+    assert len(lines) == len(bad), lines
+    for record in rejected:
+        topic, partition, offset = dict(record.headers)["source"].decode().rsplit("/", 2)
+        assert sum(f"rejected message {topic}[{partition}]@{offset}: " in line for line in lines) == 1, lines
+    assert_run_matches_oracle(settings, daq_dir, "lg", range(2))  # the run went on
