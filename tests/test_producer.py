@@ -1,7 +1,11 @@
 """The producer on a real broker: follow a live DAQ directory, resume from a checkpoint, quarantine."""
 
 import asyncio
+import json
 import logging
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -178,6 +182,53 @@ def test_a_pair_shorter_than_one_slice_is_quarantined_with_its_reason(broker, tm
     assert (quarantine / "duck_i_00001.reason.txt").read_text() == reason + "\n"
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quarantined")]
     assert len(logged) == 1 and logged[0].endswith(reason)
+
+
+def test_quax_produce_strict_quarantine_dir_checkpoint_and_no_checkpoint(broker, tmp_path):
+    settings = stack_settings(broker, tmp_path / "var", slices_per_message=4)
+    source, elsewhere = tmp_path / "daq", tmp_path / "bad-pairs"
+    write_files(source, range(2))
+    (source / "duck_i_00002.dat").write_bytes(np.zeros(N, "<f4").tobytes())  # no partner
+    flags = ["--run", "cli", "--source", str(source), "--pace", "max", "--broker", settings.broker,
+             "--slices-topic", settings.slices_topic, "--spectra-topic", settings.spectra_topic,
+             "--candidates-topic", settings.candidates_topic, "--var-dir", str(settings.var_dir),
+             "--slices-per-message", "4", "--producer-metrics-port", "0"]
+
+    def quax_produce(*more):
+        return subprocess.run([sys.executable, "-m", "quax_faust.cli", "produce", *flags, *more],
+                              capture_output=True, text=True, timeout=120)
+
+    first = quax_produce("--strict", "--quarantine", str(elsewhere))
+    assert first.returncode == 1, first.stderr  # --strict: a pair was skipped
+    assert "  skipped: duck_i_00002.dat: no partner duck_q_00002.dat" in first.stdout
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["duck_i_00002.dat", "duck_i_00002.reason.txt"]
+    assert not (source / "quarantine").exists()
+    per_file = re.findall(r"run cli file (\d{5}): 6 slices in 2 messages \(tail 100 dropped\); "
+                          r"\d+ files, [\d.]+ s of data in [\d.]+ s = [\d.]+x real time", first.stderr)
+    assert per_file == ["00000", "00001"], first.stderr  # one line per file, with its real-time factor
+    assert json.loads((settings.var_dir / "producer" / "cli.json").read_text()) == {"sent": [[0, 2]]}
+
+    again = quax_produce("--strict")
+    assert again.returncode == 0, again.stderr
+    assert "sent 0 files" in again.stdout and "2 sent before (checkpoint)" in again.stdout, again.stdout
+    assert set(sent_slices(settings).values()) == {1}
+
+    everything = quax_produce("--no-checkpoint")
+    assert everything.returncode == 0, everything.stderr
+    counts = sent_slices(settings)
+    assert len(counts) == 2 * 6 and set(counts.values()) == {2}, "--no-checkpoint sends every pair again"
+
+
+def test_pace_holds_each_file_back_until_the_data_would_exist(broker, tmp_path):
+    settings = stack_settings(broker, tmp_path / "var")
+    write_files(tmp_path / "daq", range(4))
+    file_s = N / settings.sample_rate_hz  # 9.3 ms of data per file
+    report = asyncio.run(produce_directory(settings, tmp_path / "daq", "paced", 0.02, progress=False))
+    # File k is sent no earlier than k file durations / pace after the start: a lower bound, which
+    # a loaded machine can only make longer.
+    assert report.files_sent == 4
+    assert report.wall_seconds >= 3 * file_s / 0.02
+    assert report.realtime_factor <= 0.02 * 4 / 3
 
 
 def test_static_run_quarantines_bad_pairs_and_goes_on(broker, tmp_path):
