@@ -6,12 +6,16 @@ spectra topic must hold one record per file.
 """
 
 import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
 
 import numpy as np
 import pytest
 
 from quax_faust import daq, wire
-from quax_faust.export import fetch_run, write_export
+from quax_faust.export import fetch_run
 from quax_faust.launch import wait_for_run
 from quax_faust.producer import DaqProducer, produce_directory
 from tests.conftest import write_synthetic_run
@@ -94,11 +98,57 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
     indices = sorted(wire.decode_file_spectrum(r.value).file_index for r in spectra)
     assert indices == sorted([*range(N_FILES), 9]), "one spectra record per file (and the test's repeat of 9)"
 
+    # What the workers counted (fresh processes: the totals are this run's): docs/metrics.md.
+    totals = {name: counter(before, name) for name in (
+        "quax_slices_total", "quax_tail_samples_dropped_total", "quax_files_completed_total",
+        "quax_files_folded_total", "quax_sample_bytes_total")}
+    tail = N_SAMPLES % settings.slice_len
+    assert totals == {"quax_slices_total": N_FILES * n_whole, "quax_tail_samples_dropped_total": N_FILES * tail,
+                      "quax_files_completed_total": N_FILES, "quax_files_folded_total": N_FILES,
+                      "quax_sample_bytes_total": N_FILES * n_whole * settings.slice_len * 8}
+    assert counter(before, "quax_data_seconds_total") == pytest.approx(N_FILES * N_SAMPLES / settings.sample_rate_hz)
+
+    # Every worker answers every view, the run views routed to the owner of the run table (docs/usage.md).
+    for k in range(settings.workers):
+        base = settings.worker_url(k)
+        (listed,) = [r for r in get_url(base + "/quax/runs/")["runs"] if r["run"] == "e2e"]
+        assert {key: listed[key] for key in ("n_files", "n_slices", "tail_samples_dropped", "latest_file_index")} == {
+            "n_files": N_FILES, "n_slices": N_FILES * n_whole, "tail_samples_dropped": N_FILES * tail,
+            "latest_file_index": N_FILES - 1}
+        assert listed["data_seconds"] == pytest.approx(N_FILES * n_whole * settings.slice_len / settings.sample_rate_hz)
+        assert get_url(base + "/quax/runs/e2e/")["file_indices"] == list(range(N_FILES))
+        page = get_url(base + "/quax/runs/e2e/files/?start=4&limit=3")
+        assert [f["file_index"] for f in page["files"]] == [4, 5, 6] and "mean" not in page["files"][0]
+        page = get_url(base + "/quax/runs/e2e/files/?start=4&limit=3&spectra=1")
+        np.testing.assert_array_equal(page["files"][1]["mean"], data["file_mean"][5])
+        latest = get_url(base + "/quax/runs/e2e/files/latest/")
+        assert latest["file_index"] == N_FILES - 1 and latest["latency_s"] > 0
+        np.testing.assert_array_equal(latest["frequency_hz"], data["frequency_hz"])
+        health = get_url(base + "/quax/health/")
+        assert health["status"] == "ok" and health["assigned"]
+
+    # quax export reads the run through the views (docs/usage.md, "Export").
+    flags = ["--run", "e2e", "--broker", settings.broker, "--web-port-base", str(settings.web_port_base),
+             "--workers", str(settings.workers)]
     for suffix in (".npz", ".csv"):
-        out = write_export(data, tmp_path / f"run{suffix}")
-        assert out.stat().st_size > 0
+        subprocess.run([sys.executable, "-m", "quax_faust.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}")],
+                       check=True, capture_output=True, timeout=120)
     npz = np.load(tmp_path / "run.npz")
-    assert npz["file_mean"].shape == (N_FILES, settings.slice_len)
+    assert set(npz.files) == {"frequency_hz", "run_mean", "run_std", "run_sem", "n_slices_total", "file_index",
+                              "file_mean", "file_std", "file_n_slices", "file_latency_s", "run"}
+    assert npz["file_mean"].shape == npz["file_std"].shape == (N_FILES, settings.slice_len)
+    for key in ("run_mean", "run_sem", "file_mean", "file_index", "file_n_slices"):
+        np.testing.assert_array_equal(npz[key], data[key])
+    header = (tmp_path / "run.csv").read_text().splitlines()[0].split(",")
+    assert header == ["frequency_hz", "run_mean", "run_sem"] + [f"file_{k:05d}_mean" for k in range(N_FILES)]
+    table = np.loadtxt(tmp_path / "run.csv", delimiter=",", skiprows=1)
+    assert table.shape == (settings.slice_len, 3 + N_FILES)
+    np.testing.assert_allclose(table[:, 1], data["run_mean"], rtol=1e-9)
+
+
+def get_url(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def test_each_bad_message_is_rejected_counted_and_logged_once(make_stack, tmp_path):
