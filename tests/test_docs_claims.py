@@ -1,0 +1,146 @@
+"""What the docs state as fact about the code and the configuration, read from the docs themselves:
+the settings tables, the `quax` command summary, the metric names, the rejection reasons, the broker's
+limits. A doc that drifts from the code fails here (no broker)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import Counter, Gauge, Histogram
+
+from quax_faust import cli, metrics, producer
+from quax_faust.settings import REPO_DIR, Settings
+
+DOCS = REPO_DIR / "docs"
+
+
+def section(path: Path, start: str, end: str | None = None) -> str:
+    text = path.read_text()
+    text = text[text.index(start):]
+    return text[: text.index(end)] if end else text
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the markdown tables in text, as stripped cells."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|[-:| ]+\|", line):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [row for row in rows if not row[0] in ("setting", "setting (env `QUAX_…`)")]
+
+
+def check_defaults(rows: list[list[str]]) -> int:
+    defaults, checked = Settings(), 0
+    for row in rows:
+        names = re.findall(r"`(\w+)`", row[0])
+        values = [v.strip() for v in row[1].split(",")]
+        assert len(names) == len(values), row
+        for name, documented in zip(names, values):
+            value = getattr(defaults, name)
+            if isinstance(value, Path):
+                assert value == REPO_DIR / documented.rstrip("/"), name
+            elif isinstance(value, (int, float)):
+                assert value == float(documented), name
+            else:
+                assert str(value) == documented, name
+            checked += 1
+    return checked
+
+
+def test_usage_settings_table_gives_the_real_defaults():
+    assert check_defaults(table_rows(section(DOCS / "usage.md", "## Settings", "## Web views"))) == 9
+    assert Settings().slices_per_message * Settings().slice_len * 8 == 3 << 20  # "(3 MiB)"
+
+
+def test_dashboard_settings_table_gives_the_real_defaults():
+    assert check_defaults(table_rows(section(DOCS / "dashboard.md", "| setting", "The baseline"))) == 7
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    (choices,) = [a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return choices
+
+
+def test_every_command_and_flag_in_the_usage_summary_exists():
+    block = section(DOCS / "usage.md", "## The `quax` command", "- `synth`")
+    lines = [line for line in block.splitlines() if line.startswith("quax ")]
+    commands = subcommands()
+    continued = None
+    for line in block.splitlines():
+        if line.startswith("quax "):
+            continued = commands[line.split()[1]]
+        if continued is None or not line.strip() or line.startswith("```"):
+            continue
+        for flag in re.findall(r"--[a-z][a-z-]*", line.split("#")[0]):
+            assert flag in continued._option_string_actions, f"{line.split()[:2]}: {flag}"
+    assert len(lines) == 8
+
+
+def test_follow_defaults_are_the_documented_ones():
+    args = cli.build_parser().parse_args(["produce", "--source", "d", "--run", "r", "--follow"])
+    assert args.settle_s == 1.0  # "stable for --settle-s (1 s)"
+    defaults = inspect.signature(producer.produce_directory).parameters
+    assert defaults["partner_timeout_s"].default == 120.0  # "a file whose partner has not come after 2 min"
+
+
+def registered_metric_names() -> set[str]:
+    return {obj._name for obj in vars(metrics).values() if isinstance(obj, (Counter, Gauge, Histogram))}
+
+
+def test_metrics_doc_lists_exactly_the_metrics_the_processes_export():
+    text = section(DOCS / "metrics.md", "## The metrics", "## Prometheus")
+    documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`(quax_[a-z0-9_]+)(?![a-z0-9_/])", text)}
+    assert documented == registered_metric_names()
+    for row in table_rows(text):  # the type column says what the code makes of each
+        for name in re.findall(r"`(quax_[a-z0-9_]+)", row[0]):
+            obj = next(o for o in vars(metrics).values() if getattr(o, "_name", None) == re.sub(r"_total$", "", name))
+            assert row[1] == type(obj).__name__.lower(), name
+            assert name.endswith("_total") == (row[1] == "counter"), name
+
+
+def raised_reasons(path: Path, error: str) -> set[str]:
+    return set(re.findall(error + r'\("([a-z_]+)"', path.read_text()))
+
+
+def test_wire_format_names_every_rejection_reason_and_no_other():
+    text = (DOCS / "wire-format.md").read_text()
+    documented = set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejection reasons", "## `spectra`")))
+    documented |= set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejections of", "## Compatibility")))
+    code = REPO_DIR / "quax_faust"
+    raised = (raised_reasons(code / "wire.py", "WireError") | raised_reasons(code / "app.py", "WireError")
+              | raised_reasons(code / "accumulators.py", "StateError"))
+    # file_complete cannot reach the dead-letter topic: fold_slice_batch counts a complete file's
+    # slices as duplicates before adding anything.
+    assert documented == raised - {"file_complete"}
+    assert "`file_complete`" not in text
+
+
+def test_broker_limits_and_version_are_the_documented_ones():
+    usage = " ".join((DOCS / "usage.md").read_text().split())
+    properties = (REPO_DIR / "ops" / "kafka" / "server.properties.in").read_text()
+    script = (REPO_DIR / "ops" / "kafka" / "broker.sh").read_text()
+    assert "Apache Kafka 4.1.1" in usage
+    assert "<kafka.version>4.1.1</kafka.version>" in (REPO_DIR / "ops" / "kafka" / "pom.xml").read_text()
+    assert "Records up to 16 MiB" in usage and "message.max.bytes=16777216" in properties
+    assert "7 days or 500 GiB per partition" in usage
+    assert "${KAFKA_RETENTION_HOURS:-168}" in script and "${KAFKA_RETENTION_BYTES:-536870912000}" in script
+    assert 536870912000 == 500 << 30
+    assert "57.6 GB" in usage and 2e6 * 8 * 3600 == pytest.approx(57.6e9)
+
+
+def test_demo_knobs_are_the_documented_ones():
+    usage = " ".join(section(DOCS / "usage.md", "## Setup and the demo", "## The `quax` command").split())
+    script = (REPO_DIR / "ops" / "demo" / "produce.sh").read_text()
+    knobs = dict(re.findall(r"\$\{(QUAX_DEMO_[A-Z_]+):-([^}]*)\}", script))
+    knobs["QUAX_DEMO_RUN"] = None  # a UTC time stamp
+    assert set(re.findall(r"QUAX_DEMO_[A-Z_]+", usage)) == set(knobs)
+    for name, default in knobs.items():
+        if default is not None:
+            assert f"`{name}` ({default.replace('$repo/', '')}" in usage, name
+    assert "--files \"$files\"" in script and "(2^23 samples each)" in script
+    assert cli.build_parser().parse_args(["synth", "--out", "d", "--files", "1"]).samples == 2 ** 23
