@@ -1,6 +1,6 @@
 """Follow mode's rules on a hand-moved clock (no broker, no sleeps): a pair is ready only once both
 files exist and their sizes have not changed for settle_s; a file whose partner has not come after
-partner_timeout_s is quarantined, once, with its reason; a pair shorter than one slice is refused."""
+partner_timeout_s is quarantined, once, with its reason."""
 
 import logging
 import types
@@ -10,7 +10,6 @@ import pytest
 
 from quax_faust import daq, producer
 from quax_faust.producer import Checkpoint, DirectoryFeed
-from quax_faust.settings import Settings
 
 L = 3072
 
@@ -120,15 +119,3 @@ def test_without_follow_a_lone_file_is_quarantined_at_once(tmp_path, clock):
     pairs, bad = ready_indices(feed)
     assert pairs == [0] and len(bad) == 1 and "no partner duck_i_00001.dat" in bad[0]
     assert (tmp_path / "quarantine" / "duck_q_00001.dat").exists()
-
-
-def test_a_pair_shorter_than_one_slice_is_refused_with_its_reason(tmp_path):
-    settings = Settings().replace(slice_len=L)
-    pair = daq.write_pair(tmp_path, 7, samples(L - 1))
-    assert daq.read_pair(pair).shape == (L - 1,)  # a valid pair as such ...
-    with pytest.raises(daq.DaqError) as info:  # ... but not one slice to send
-        producer._read_checked(pair, settings)
-    assert info.value.reason == "too_short"
-    assert str(info.value) == f"duck_i_00007.dat: {L - 1} samples, fewer than one slice of {L}"
-    exactly_one = daq.write_pair(tmp_path, 8, samples(L))
-    assert producer._read_checked(exactly_one, settings).shape == (L,)
