@@ -144,3 +144,21 @@ def test_demo_knobs_are_the_documented_ones():
             assert f"`{name}` ({default.replace('$repo/', '')}" in usage, name
     assert "--files \"$files\"" in script and "(2^23 samples each)" in script
     assert cli.build_parser().parse_args(["synth", "--out", "d", "--files", "1"]).samples == 2 ** 23
+
+
+def test_metrics_doc_names_the_recording_rules_alerts_and_scrape_interval_of_the_config():
+    import yaml
+
+    text = section(DOCS / "metrics.md", "## Prometheus", "## Grafana")
+    rules = yaml.safe_load((REPO_DIR / "ops" / "prometheus" / "rules.yml").read_text())
+    records = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    documented = {name.replace("…", "quax:file_latency_seconds")  # `…:p99_rate1m` after the p50 one
+                  for name in re.findall(r"`(quax:[a-z0-9_:…]+)`", text)}
+    assert documented == records
+    assert set(re.findall(r"`(Quax[A-Za-z]+)`", text)) == alerts
+    config = yaml.safe_load((REPO_DIR / "ops" / "prometheus" / "prometheus.yml").read_text())
+    assert config["global"]["scrape_interval"] == "5s" and "every 5 s" in text
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert jobs["quax-workers"] == [f"127.0.0.1:{6066 + k}" for k in range(4)]  # "the four workers"
+    assert jobs["quax-producer"] == ["127.0.0.1:9464"]
