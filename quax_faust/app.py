@@ -21,7 +21,7 @@ from faust.web import Request, Response, View
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import broker_auth, candidates, dsp, faust_fixes, malloc, metrics, views, wire
+from . import broker_auth, candidates, dsp, faust_fixes, malloc, metrics, table_store, views, wire
 from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
 from .settings import Settings
 
@@ -31,15 +31,18 @@ malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory (
 faust_fixes.install()  # flush really flushes; only processed offsets are committed: faust_fixes.py
 faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic])
 
-# RocksDB per partition: small buffers and cache for a 2-core / 24 GiB box (the defaults are ~200 MB).
+# RocksDB: every table database of this worker shares one memtable budget and one block cache
+# (table_store.py), so the tables' memory is bounded whatever the run length.
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
-                   "block_cache_size": 16 << 20, "target_file_size_base": 16 << 20}
+                   "target_file_size_base": 16 << 20,
+                   "memtable_budget_bytes": settings.table_memtable_budget_bytes,
+                   "block_cache_budget_bytes": settings.table_block_cache_budget_bytes}
 
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
     broker_credentials=broker_auth.faust_credentials(settings),
-    store="rocksdb://",
+    store=f"{table_store.URL_SCHEME}://",
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     table_standby_replicas=0,
@@ -159,6 +162,19 @@ async def fold_spectra(stream):
         except (wire.WireError, StateError) as exc:
             await reject(event, settings.spectra_topic, exc.reason, str(exc))
         done(event)
+
+
+@app.timer(interval=max(settings.heap_trim_interval_s, 1.0))
+async def bound_memory() -> None:
+    """Free heap pages go back to the kernel (malloc.py); the heap and tables' memory is exported."""
+    if settings.heap_trim_interval_s > 0:
+        malloc.release_free_memory()
+    tables = {}
+    for budget in table_store.budgets_in_use():
+        usage = budget.usage()
+        tables["memtables"] = (usage["memtables"], budget.memtable_budget_bytes)
+        tables["block_cache"] = (usage["block_cache"], budget.block_cache_budget_bytes)
+    metrics.set_memory(malloc.heap_bytes(), tables)
 
 
 @app.timer(interval=2.0)

@@ -107,6 +107,24 @@ def set_consumer_lag(lags: Mapping[tuple[str, int], int]) -> None:
     _lag_exported.update(lags)
 
 
+# --- workers: memory (docs/reliability.md, "Memory") ----------------------------------------------
+HEAP_BYTES = Gauge("quax_worker_heap_bytes",
+                   "glibc heap of this worker: bytes in use, freed bytes kept mapped, blocks served "
+                   "by mmap", ["state"])
+TABLE_MEMORY_BYTES = Gauge("quax_table_memory_bytes",
+                           "RocksDB memory of this worker's tables against its caps "
+                           "(settings table_*_budget_bytes)", ["kind", "measure"])
+
+
+def set_memory(heap: Mapping[str, int] | None, tables: Mapping[str, tuple[int, int]]) -> None:
+    """Export the heap counts ({state: bytes}) and the tables' {kind: (used, cap)} bytes."""
+    for state, value in (heap or {}).items():
+        HEAP_BYTES.labels(state=state).set(value)
+    for kind, (used, cap) in tables.items():
+        TABLE_MEMORY_BYTES.labels(kind=kind, measure="used").set(used)
+        TABLE_MEMORY_BYTES.labels(kind=kind, measure="cap").set(cap)
+
+
 # --- the producer (DAQ emulator) -----------------------------------------------------------------
 PRODUCER_REGISTRY = CollectorRegistry()
 ProcessCollector(registry=PRODUCER_REGISTRY)

@@ -73,6 +73,15 @@ class Settings:
     Shorter fails over faster but, on a loaded box, declares busy workers dead."""
     stream_buffer_maxsize: int = 32
     """Messages buffered per partition inside a worker (each up to a few MiB)."""
+    table_memtable_budget_bytes: int = 32 << 20
+    """RocksDB memtables of all tables of one worker together stay under this (bytes;
+    quax_faust/table_store.py)."""
+    table_block_cache_budget_bytes: int = 32 << 20
+    """One RocksDB block cache per worker, shared by all its tables, index and filter blocks
+    included (bytes)."""
+    heap_trim_interval_s: float = 10.0
+    """How often a worker hands the free pages of its heap back to the kernel (s; 0: never). The
+    malloc tuning keeps freed memory for reuse (malloc.py); this bounds what it keeps."""
     var_dir: Path = REPO_DIR / "var"
     """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
 
