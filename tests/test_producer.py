@@ -134,7 +134,7 @@ def test_follow_sends_each_pair_once_it_is_complete(broker, tmp_path, monkeypatc
     with open(pair.q_path, "ab") as f:
         f.write(x.imag[N // 2:].astype("<f4").tobytes())
     pause_s = time.monotonic() - paused_at
-    assert pause_s < settle_s / 2, f"the test paused the writer {pause_s:.1f} s, not much less than settle_s"
+    assert pause_s < settle_s, f"the test's premise broke: the writer paused {pause_s:.1f} s >= settle_s"
     write_files(live, [1])
     (live / "duck_i_00002.dat").write_bytes(np.zeros(N, "<f4").tobytes())  # its partner never comes
     bad = daq.write_pair(live, 3, synth.synth_file(3, N, synth.SynthModel()))
