@@ -542,7 +542,7 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
         b_block = np.einsum("ij,ij->i", fit_values, weights)
         delta = p_block / b_block - 1.0
         u = delta * np.sqrt(n_slices / s2)
-        z = _local_significance(delta, u, weights, special_fit, length, n_slices,
+        z = _local_significance(delta, u, weights, s2, special_fit, length, n_slices,
                                 z_local_threshold)
         above = z > z_local_threshold
         quiet = ~_dilate(above, 4)  # the noise scale from blocks well away from candidates
@@ -551,7 +551,7 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
         applied = scale if scale > guard else 1.0
         if applied != 1.0:
             # The data behave as if they held N/scale**2 independent slices.
-            z = _local_significance(delta, u / applied, weights, special_fit, length,
+            z = _local_significance(delta, u / applied, weights, s2, special_fit, length,
                                     n_slices / applied ** 2, z_local_threshold)
             above = z > z_local_threshold
         new_excluded = dc.copy()
@@ -623,7 +623,7 @@ def _block_weights_cached(n_bins: int, starts_bytes: bytes, length: int, window:
     return weights, s2, special_fit
 
 
-def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
+def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray, s2: np.ndarray,
                         special_fit: np.ndarray, length: int, n_slices: float,
                         threshold: float) -> np.ndarray:
     """excess_significance of every block, at a bounded cost whatever the spectrum.
@@ -631,9 +631,9 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
     The blocks with the interior weights (all but those next to DC or a candidate) share one
     monotone map ratio -> z, interpolated in a table of exact values (``_TailTable``, cached per N
     and weights; only the nodes around the blocks' values are evaluated). The other blocks are
-    computed one by one where |u| > 2; within 2 sigma they take the interior map too (their
-    weights differ a little: below 0.003 sigma for N = 170, 0.001 sigma for N >= 2730, where no
-    threshold is). Every block whose interpolated z lies within _EXACT_MARGIN_SIGMA of the local
+    computed one by one where |u| > 2; within 2 sigma they take the interior map at their own
+    standardised excess (s2: each block's sum r**2; their weights differ a little: below 0.003
+    sigma for N = 170, where no threshold is). Every block whose interpolated z lies within _EXACT_MARGIN_SIGMA of the local
     threshold is recomputed exactly, so what passes the threshold is decided by the exact tail.
     """
     z = np.empty_like(delta)
@@ -642,8 +642,11 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
         direct[:] = True
     shared = ~direct
     if shared.any():
-        interior = weights[np.flatnonzero(~special_fit)[0]]
-        z[shared] = _tail_table(interior, length, n_slices).significance(delta[shared])
+        first = np.flatnonzero(~special_fit)[0]
+        # The interior-equivalent excess of a special block: the same log ratio in its own units.
+        log_ratio = np.log1p(delta[shared]) * np.sqrt(s2[first] / s2[shared])
+        table = _tail_table(weights[first], length, n_slices)
+        z[shared] = table.significance(np.expm1(log_ratio))
         near = np.flatnonzero(shared & ~(np.abs(z - threshold) >= _EXACT_MARGIN_SIGMA))  # and NaN
         if near.size:
             z[near] = excess_significance(delta[near], weights[near], length, n_slices)
@@ -653,7 +656,7 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
 
 
 def _exact_local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray,
-                              special_fit: np.ndarray, length: int, n_slices: float,
+                              s2: np.ndarray, special_fit: np.ndarray, length: int, n_slices: float,
                               threshold: float) -> np.ndarray:
     """What ``_local_significance`` approximates: excess_significance of every block, one by one
     (for the tests and bench/search_speed.py)."""

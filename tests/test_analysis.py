@@ -467,3 +467,61 @@ def test_quax_analyse_on_an_export_prints_the_candidate_with_the_lo(tone_runs, t
     assert float(sigma) > SETTINGS.candidate_threshold_sigma and persistent == "true" and now == "above"
     assert "run r42: 24 files, 4080 slices" in table
     assert quax(["analyse", "--from-export", str(path), "--run", "other"]) == 2
+
+
+# --- the fast path of the significance ------------------------------------------------------------
+
+def test_tail_table_agrees_with_the_exact_tail_far_beyond_the_threshold():
+    """The interior blocks' significance comes from a table of exact values (analysis._TailTable):
+    it must agree with excess_significance to the stated accuracy (2e-4 sigma for |z| <= 10,
+    2e-3 of z up to 60 sigma) for N from a guarded 12.8 to a week of data, and be monotone."""
+    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    w = analysis.block_baseline_weights(1, window, SETTINGS.baseline_polyorder)
+    s2, _ = analysis.block_moments(w, 1)
+    rng = np.random.default_rng(40)
+    for n in (12.8, 30.0, 170.0, 2730.0, 2730.0 * 1000, 2730.0 * 144_000):
+        u = np.concatenate((rng.uniform(-10, 10, 400), rng.uniform(10, 60, 200)))
+        delta = np.expm1(u * np.sqrt(s2 / n))
+        exact = analysis.excess_significance(delta, w, 1, n)
+        table = analysis._TailTable(w, 1, n).significance(delta)
+        bulk, far = np.abs(exact) <= 10, (exact > 10) & (exact <= 60)
+        assert np.max(np.abs(table - exact)[bulk]) < 2e-4, n
+        assert np.max((np.abs(table - exact) / exact)[far]) < 2e-3, n
+        order = np.argsort(delta)
+        assert np.all(np.diff(table[order]) >= 0), n
+        # In the search, blocks within 0.01 sigma of the threshold get the exact value itself.
+        t = float(exact[np.argmin(np.abs(exact - 6.35))]) + 0.004
+        z = analysis._local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
+                                         np.zeros(u.size, bool), 1, n, t)
+        near = np.abs(exact - t) < 0.005
+        assert near.any()
+        np.testing.assert_allclose(z[near], exact[near], rtol=1e-12)  # (to rounding)
+        assert np.array_equal(z > t, exact > t), n
+
+
+def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch):
+    """A week-long run whose passband has structure the baseline does not follow (a 0.3 % ripple of
+    7 bins: every block deviates, the noise-scale guard is on) and three lines: the fast path finds
+    the same candidates, with the same significances, as the exact tail computed block by block."""
+    rng = np.random.default_rng(41)
+    n = 2730 * 1000
+    k = np.arange(L)
+    mean = noise_mean(rng, n) * (1 + 3e-3 * np.sin(2 * np.pi * k / 7))
+    for offset, excess in ((-600, 0.03), (350, 0.05), (900, 0.2)):
+        mean[L // 2 + offset] *= 1 + excess
+    fast = analysis.search_spectrum(mean, n, FS, SETTINGS)
+    monkeypatch.setattr(analysis, "_local_significance", analysis._exact_local_significance)
+    exact = analysis.search_spectrum(mean, n, FS, SETTINGS)
+    assert fast.noise_scale_applied > 2 and len(exact.candidates) >= 3
+    assert fast.noise_scale == pytest.approx(exact.noise_scale, rel=1e-4)
+    assert [(c.bin, c.n_blocks) for c in fast.candidates] == [(c.bin, c.n_blocks) for c in exact.candidates]
+    for a, b in zip(fast.candidates, exact.candidates):
+        assert a.local_significance == pytest.approx(b.local_significance, rel=2e-3, abs=2e-4)
+    np.testing.assert_array_equal(fast.excluded, exact.excluded)
+    # Blocks next to DC or a candidate (other weights) take the interior map within |u| <= 2.
+    error = np.abs(fast.local_significance - exact.local_significance)
+    offsets = analysis.fit_offsets(1, fast.window_bins)
+    special = fast.excluded[fast.block_start[:, None] + offsets[None, :]].any(axis=1)
+    bulk = np.abs(exact.local_significance) <= 10
+    assert np.max(error[bulk & ~special]) < 2e-4
+    assert np.max(error[special]) < 3e-3
