@@ -633,8 +633,9 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray, s
     and weights; only the nodes around the blocks' values are evaluated). The other blocks are
     computed one by one where |u| > 2; within 2 sigma they take the interior map at their own
     standardised excess (s2: each block's sum r**2; their weights differ a little: below 0.003
-    sigma for N = 170, where no threshold is). Every block whose interpolated z lies within _EXACT_MARGIN_SIGMA of the local
-    threshold is recomputed exactly, so what passes the threshold is decided by the exact tail.
+    sigma for N = 170, where no threshold is). Every block whose interpolated z lies within
+    _EXACT_MARGIN_SIGMA of the local threshold is recomputed exactly, so what passes the
+    threshold is decided by the exact tail.
     """
     z = np.empty_like(delta)
     direct = special_fit & (np.abs(u) > _SPECIAL_DIRECT_U)
@@ -672,10 +673,10 @@ class _TailTable:
     value falls in one of its neighbouring intervals, so a table costs a few dozen exact
     evaluations however many blocks use it, and later searches at the same N reuse it. z between
     nodes: monotone cubic (PCHIP; its slopes at a node use only the two neighbours, all computed).
-    Interpolation error, measured against excess_significance on 2000 ratios each for
-    N = 30 ... 4e8 (tests/test_analysis.py): below 2e-4 sigma for |z| <= 10, and below 1e-3 of z
-    beyond (to the exact tail's own accuracy, ~1e-5 sigma, near the threshold). Values outside
-    the table are computed exactly.
+    Interpolation error against excess_significance (docs/analysis.md, tests/test_analysis.py),
+    N = 12.8 ... 4e8: below 2e-4 sigma for |z| <= 10 (1.5e-5, the exact tail's own smoothness,
+    for N >= 2730), below 2e-3 of z out to 60 sigma. Values outside the table are computed
+    exactly.
     """
 
     _v_nodes: np.ndarray | None = None
