@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo test test-fast bench clean-var
+.PHONY: setup demo test test-fast test-unit bench clean-var
 
 setup:
 	@ops/setup.sh
@@ -16,9 +16,13 @@ demo: setup
 test: setup
 	$(VENV)/python -m pytest -ra $(PYTEST_ARGS)
 
-## Only the tests that need no broker.
-
+## Everything but the tests marked slow (fault drills, memory soak, cluster, Spark, browser):
+## the unit tests and the short broker tests, a few minutes.
 test-fast: setup
+	$(VENV)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+## Only the tests that need no broker (pure logic, seconds to a minute).
+test-unit: setup
 	$(VENV)/python -m pytest -ra -m "not broker" $(PYTEST_ARGS)
 
 ## The speed of the whole chain on this machine (not part of `make test`; docs/performance.md).

@@ -16,7 +16,7 @@ from quax_faust.settings import Settings
 from tests.oracle import assert_run_matches_oracle
 from tests.test_reliability import N_SAMPLES, produce_in_background
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]  # a 3-broker cluster
 CLUSTER = REPO_DIR / "ops" / "kafka" / "cluster.sh"
 
 

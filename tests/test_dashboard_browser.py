@@ -31,7 +31,7 @@ from quax_faust.settings import REPO_DIR, Settings
 from tests.conftest import ARTIFACTS
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]  # a real browser on the live stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

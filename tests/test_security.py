@@ -16,7 +16,7 @@ from tests.conftest import stack_settings
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]  # a TLS + SASL broker of its own
 
 
 def is_loopback(ip: str) -> bool:

@@ -276,6 +276,7 @@ async def _delete_first_records(settings: Settings, partition: int, before: int)
 
 
 @pytest.mark.broker
+@pytest.mark.slow  # real local Spark
 def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp_path, capsys):
     from spark_batch.job import reprocess
 
@@ -332,6 +333,7 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
 
 
 @pytest.mark.broker
+@pytest.mark.slow  # real local Spark
 def test_reprocess_reads_a_cluster_that_requires_sasl_scram_over_tls(spark, tmp_path):
     """The run goes through a SASL_SSL-only broker; the offset lookup and Spark's Kafka source log in
     with the live chain's settings, and the recompute equals the live tables and the oracle."""
