@@ -51,6 +51,35 @@ def wait_processed(settings: Settings, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+async def group_state_async(settings: Settings) -> tuple[str, int]:
+    """The consumer group's state ('Stable', 'PreparingRebalance', ...) and its number of members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([settings.app_id])
+    finally:
+        await admin.close()
+    group = response.to_object()["groups"][0]
+    return group["state"], len(group["members"])
+
+
+def wait_settled(settings: Settings, workers, timeout_s: float = 120.0) -> None:
+    """Wait until the group is Stable with every running worker in it, each holding slices
+    partitions of its own: no rebalance is pending, so nothing processed will be redelivered."""
+    deadline = time.monotonic() + timeout_s
+    want = {f"{settings.slices_topic}/{p}" for p in range(settings.partitions)}
+    while True:
+        state = asyncio.run(group_state_async(settings))
+        assigned = [{tp for tp in (workers.health(k) or {}).get("assigned", []) if tp in want}
+                    for k in workers.procs]
+        if (state == ("Stable", len(workers.procs)) and all(assigned)
+                and sum(map(len, assigned)) == len(want) and set().union(*assigned) == want):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group not settled within {timeout_s} s: {state}, assigned {assigned}")
+        time.sleep(0.5)
+
+
 def worker_counters(settings: Settings) -> Counter:
     """The quax_* counters of all workers, summed: {(sample name, ((label, value), ...)): value}."""
     total = Counter()
