@@ -52,6 +52,7 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
         # And one file spectrum again, as a crash between its send and the offset commit would.
         await send_raw_async(settings.broker, settings.spectra_topic, spectrum.key, spectrum.value)
 
+    wait_settled(settings, workers)  # no rebalance pending that would redeliver what was processed
     wait_processed(settings)  # every file, and its spectrum, processed: the counters hold still
     before = worker_counters(settings)
     spectrum = next(r for r in read_topic(settings.broker, settings.spectra_topic)
