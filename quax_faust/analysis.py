@@ -648,10 +648,9 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray, s
         log_ratio = np.log1p(delta[shared]) * np.sqrt(s2[first] / s2[shared])
         table = _tail_table(weights[first], length, n_slices)
         z[shared] = table.significance(np.expm1(log_ratio))
-        near = np.flatnonzero(shared & ~(np.abs(z - threshold) >= _EXACT_MARGIN_SIGMA))  # and NaN
-        if near.size:
-            z[near] = excess_significance(delta[near], weights[near], length, n_slices)
-    if direct.any():
+        # (and NaN: a value the table could not give)
+        direct |= shared & ~(np.abs(z - threshold) >= _EXACT_MARGIN_SIGMA)
+    if direct.any():  # one call: each costs ~0.2 ms before its first block
         z[direct] = excess_significance(delta[direct], weights[direct], length, n_slices)
     return z
 
