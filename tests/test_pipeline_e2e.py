@@ -34,6 +34,7 @@ def daq_dir(tmp_path):
     return write_synthetic_run(tmp_path / "daq", N_FILES, N_SAMPLES, seed=5, tones=((123_456.0, 0.2),))
 
 
+@pytest.mark.slow  # ~25 s with its workers' start and stop
 def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_dir, tmp_path):
     settings, workers = make_stack(workers=2, slices_per_message=8)
     report = asyncio.run(produce_directory(settings, daq_dir, "e2e", "max", progress=False))
