@@ -59,8 +59,11 @@ _TABLE_RATIO = 1.05
 _TABLE_OUTER = 1e5
 _TABLE_CACHE_SIZE = 8
 # Blocks whose interpolated significance is this close to the local threshold are recomputed
-# exactly, so every decision at the threshold is the exact one (the table is ~1e-5 sigma off there).
+# exactly, so every decision at the threshold is the exact one (the table is ~1e-5 sigma off there
+# for N >= 12, 1e-3 at N = 3); ten times wider below N = 3 (only a guarded N/scale**2 gets there:
+# the map bends sharply and the table is up to 0.025 sigma off near 2.5-8 sigma).
 _EXACT_MARGIN_SIGMA = 0.01
+_SMALL_N = 3.0
 # Blocks next to DC or a candidate (other weights) take the interior table within this |u|, where
 # no threshold is (error < 0.003 sigma); beyond, they are computed one by one.
 _SPECIAL_DIRECT_U = 2.0
@@ -634,8 +637,8 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray, s
     computed one by one where |u| > 2; within 2 sigma they take the interior map at their own
     standardised excess (s2: each block's sum r**2; their weights differ a little: below 0.003
     sigma for N = 170, where no threshold is). Every block whose interpolated z lies within
-    _EXACT_MARGIN_SIGMA of the local threshold is recomputed exactly, so what passes the
-    threshold is decided by the exact tail.
+    _EXACT_MARGIN_SIGMA of the local threshold (10 times that below N = 3) is recomputed
+    exactly, so what passes the threshold is decided by the exact tail.
     """
     z = np.empty_like(delta)
     direct = special_fit & (np.abs(u) > _SPECIAL_DIRECT_U)
@@ -649,7 +652,8 @@ def _local_significance(delta: np.ndarray, u: np.ndarray, weights: np.ndarray, s
         table = _tail_table(weights[first], length, n_slices)
         z[shared] = table.significance(np.expm1(log_ratio))
         # (and NaN: a value the table could not give)
-        direct |= shared & ~(np.abs(z - threshold) >= _EXACT_MARGIN_SIGMA)
+        margin = _EXACT_MARGIN_SIGMA * (1 if n_slices >= _SMALL_N else 10)
+        direct |= shared & ~(np.abs(z - threshold) >= margin)
     if direct.any():  # one call: each costs ~0.2 ms before its first block
         z[direct] = excess_significance(delta[direct], weights[direct], length, n_slices)
     return z

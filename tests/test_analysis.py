@@ -497,6 +497,16 @@ def test_tail_table_agrees_with_the_exact_tail_far_beyond_the_threshold():
         assert near.any()
         np.testing.assert_allclose(z[near], exact[near], rtol=1e-12)  # (to rounding)
         assert np.array_equal(z > t, exact > t), n
+    # Below N = 3 (a strongly guarded N/scale**2) the map bends sharply: a wider exact margin.
+    for n in (0.5, 1.0, 2.0):
+        u = rng.uniform(0, 30, 3000)
+        delta = np.expm1(u * np.sqrt(s2 / n))
+        exact = analysis.excess_significance(delta, w, 1, n)
+        for t in (3.0, 4.5, 6.35):
+            z = analysis._local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
+                                             np.zeros(u.size, bool), 1, n, t)
+            assert np.array_equal(z > t, exact > t), (n, t)
+            assert np.max(np.abs(z - exact)[(exact > 2.5) & (exact < 8)]) < 0.03, (n, t)
 
 
 def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch):
