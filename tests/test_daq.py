@@ -123,3 +123,16 @@ def test_synthetic_noise_has_a_non_flat_passband_and_the_injected_tone():
     # reproducible from (seed, file index), different between files
     np.testing.assert_array_equal(x, synth.synth_file(0, L * 200, model, seed=1))
     assert not np.array_equal(x, synth.synth_file(1, L * 200, model, seed=1))
+
+
+def test_synthetic_noise_is_1_v_rms_per_channel_before_a_passband_that_drifts_from_file_to_file(monkeypatch):
+    n = 1 << 20
+    model = synth.SynthModel()
+    # Power of file 12 over file 0: the slow gain drift 1 + 0.02 sin(2 pi k / 50), +1.996 % here; the
+    # scatter of the ratio of two means over 2^20 complex samples is 0.14 %.
+    p0, p12 = (np.mean(np.abs(synth.synth_file(k, n, model, seed=3)) ** 2) for k in (0, 12))
+    assert p12 / p0 == pytest.approx(1 + 0.02 * np.sin(2 * np.pi * 12 / 50), abs=0.005)
+    monkeypatch.setattr(synth, "passband_power_gain", lambda freq, model: np.ones_like(freq))
+    flat = synth.synth_file(0, n, synth.SynthModel(drift_fraction=0.0), seed=3)
+    for channel in (flat.real, flat.imag):
+        assert np.sqrt(np.mean(channel.astype(np.float64) ** 2)) == pytest.approx(1.0, abs=0.005)
