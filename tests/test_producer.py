@@ -231,6 +231,19 @@ def test_pace_holds_each_file_back_until_the_data_would_exist(broker, tmp_path):
     assert report.realtime_factor <= 0.02 * 4 / 3
 
 
+def test_loop_sends_the_directory_again_with_new_file_numbers(broker, tmp_path):
+    settings = stack_settings(broker, tmp_path / "var", slices_per_message=6)
+    write_files(tmp_path / "daq", [4, 7])
+    report = asyncio.run(produce_directory(settings, tmp_path / "daq", "lap", "max", loop=3, progress=False))
+    assert report.files_sent == 6
+    batches = [wire.decode_slice_batch(r.value) for r in read_topic(settings.broker, settings.slices_topic)]
+    assert sorted(b.file_index for b in batches) == [4, 7, 8, 9, 10, 11]  # laps 2, 3 go on after 7
+    by_index = {b.file_index: b.samples for b in batches}
+    np.testing.assert_array_equal(by_index[8], by_index[4])  # the same data under its new number
+    np.testing.assert_array_equal(by_index[11], by_index[7])
+    assert not (settings.var_dir / "producer" / "lap.json").exists()  # no checkpoint when looping
+
+
 def test_static_run_quarantines_bad_pairs_and_goes_on(broker, tmp_path):
     settings = stack_settings(broker, tmp_path / "var")
     write_files(tmp_path / "daq", range(3))
