@@ -162,3 +162,13 @@ def test_metrics_doc_names_the_recording_rules_alerts_and_scrape_interval_of_the
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert jobs["quax-workers"] == [f"127.0.0.1:{6066 + k}" for k in range(4)]  # "the four workers"
     assert jobs["quax-producer"] == ["127.0.0.1:9464"]
+
+
+def test_make_demo_prints_where_to_look():
+    readme = (REPO_DIR / "README.md").read_text()
+    assert "`make demo` prints where to look" in readme
+    banner = (REPO_DIR / "ops" / "demo.sh").read_text()
+    for url in ("http://127.0.0.1:$port_base/quax/runs/", "http://127.0.0.1:$port_base/metrics",
+                "http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard"):
+        assert url in banner
+    assert "ops/demo.sh" in (REPO_DIR / "Makefile").read_text()
