@@ -102,3 +102,21 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"not seen within {timeout_s} s: {what}")
         time.sleep(interval_s)
+
+
+def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
+    """Wait until every running worker has joined the group and finished rebalancing: each holds
+    partitions and together they hold every slices partition (Workers.wait_assigned alone may
+    return while the first worker holds everything and another is about to join)."""
+    want = {f"{workers.settings.slices_topic}/{p}" for p in range(workers.settings.partitions)}
+
+    def joined() -> bool:
+        docs = [workers.health(k) for k in workers.procs]
+        if not (all(d and d["assigned"] for d in docs) and want <= {tp for d in docs for tp in d["assigned"]}):
+            return False
+        # ... and each has finished its rebalance, table recovery included (Faust's gauges).
+        found = [worker_metrics(workers.settings, k) for k in workers.procs]
+        return all(m.get("faust_rebalance_done_latency_count", 0) >= 1 and m.get("faust_total_rebalances", 1) == 0
+                   and m.get("faust_total_rebalances_recovering", 1) == 0 for m in found)
+
+    wait_until(joined, timeout_s, f"each of workers {sorted(workers.procs)} assigned partitions", interval_s=0.5)

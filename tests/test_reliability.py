@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from quax_faust import daq, metrics, synth, wire
 from quax_faust.launch import Broker, Workers, _group_positions, free_port, wait_for_run
 from quax_faust.producer import batches_of_file, produce_directory
-from tests.conftest import rebalances_done, stack_settings, wait_until, worker_metrics, write_synthetic_run
+from tests.conftest import (rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
+                            write_synthetic_run)
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.oracle import assert_run_matches_oracle
 
@@ -107,7 +108,7 @@ def test_kill_9_of_a_worker_mid_run(make_stack, daq_dir):
     settings, workers = make_stack(workers=2, slices_per_message=4, start=False)
     workers.loglevel = "info"  # Faust logs its changelog recovery at info
     workers.start()
-    workers.wait_assigned()
+    wait_each_assigned(workers)
     victim = owner_of(workers, f"{settings.spectra_topic}/0")  # the run table's worker: the harshest case
     survivor = 1 - victim
     asyncio.run(produce_directory(settings, daq_dir, "kill9", "max", indices=range(8), progress=False))
