@@ -96,8 +96,9 @@ def test_metrics_doc_lists_exactly_the_metrics_the_processes_export():
     text = section(DOCS / "metrics.md", "## The metrics", "## Prometheus")
     documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`(quax_[a-z0-9_]+)(?![a-z0-9_/])", text)}
     registered = registered_metric_names()
-    assert not registered - documented, "metrics.py exports these; give each a row in docs/metrics.md"
-    assert not documented - registered, "docs/metrics.md lists metrics that metrics.py does not define"
+    undocumented, unknown = sorted(registered - documented), sorted(documented - registered)
+    assert not undocumented, f"metrics.py exports {undocumented}: give each a row in docs/metrics.md"
+    assert not unknown, f"docs/metrics.md lists {unknown}, which metrics.py does not define"
     for row in table_rows(text):  # the type column says what the code makes of each
         for name in re.findall(r"`(quax_[a-z0-9_]+)", row[0]):
             obj = next(o for o in vars(metrics).values() if getattr(o, "_name", None) == re.sub(r"_total$", "", name))
