@@ -175,3 +175,14 @@ def test_make_demo_prints_where_to_look():
                 "http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard"):
         assert url in banner
     assert "ops/demo.sh" in (REPO_DIR / "Makefile").read_text()
+
+
+def test_quax_topics_creates_the_topics_the_usage_summary_names():
+    from quax_faust.topics import topic_plan
+
+    summary = section(DOCS / "usage.md", "quax topics", "\n")
+    s = Settings()
+    assert "create slices / spectra / slices.rejected / candidates" in summary
+    assert topic_plan(s) == {s.slices_topic: s.partitions, s.spectra_topic: 1, "slices.rejected": 1,
+                             s.candidates_topic: 1}
+    assert (s.slices_topic, s.spectra_topic, s.candidates_topic) == ("slices", "spectra", "candidates")
