@@ -8,13 +8,15 @@ The workers search the run average after every file, so a week-long run (up to 1
   of N slices, so more and more blocks deviate as N grows (the noise-scale guard turns on);
 - white: the synthetic passband times Gamma(N, 1/N) per bin (pure noise of N slices).
 
-Each N is searched 7 times at N, N+1, ... (a new N every search, as live: no table is reused);
-the median is printed. Columns: this tree ("fast"), and the exact tail block by block ("exact",
-analysis._exact_local_significance, what the fast path approximates); --compare DIR adds the same
-measurement of another checkout (e.g. the tree before the exact tail). "error": the search
-raised (printed once below the table).
+Each N is searched 7 times at N, N+1, ... (white: N+7, N+8, ...; a new N every search, as live,
+so no tail table is reused);
+the median is printed. Columns: this tree ("now"), the exact tail block by block ("exact",
+analysis._exact_local_significance, what the fast path approximates), and with --compare DIR the
+same search in another checkout (e.g. the tree before the exact tail). The versions are loaded
+side by side in one process (each checkout's package under its own name) and take turns on every
+search, so a busy machine slows them alike. "error": the search raised (printed below).
 
-    .venv/bin/python bench/search_speed.py [--compare /tmp/oldtree] [--repeats 7]
+    .venv/bin/python bench/search_speed.py [--compare /tmp/oldtree ...] [--repeats 7]
 
 Not part of the test suite.
 """
@@ -22,11 +24,14 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import platform
-import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 N_VALUES = (8, 1208, 2408, 3608, 6008, 9608, 2730 * 10, 2730 * 1000, 2730 * 144_000)
 FS = 2e6
@@ -44,80 +49,67 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def measure(repeats: int, exact: bool) -> dict[str, dict[int, float | str]]:
-    """{spectrum: {N: median ms or an error message}} for the quax_faust on sys.path."""
-    import numpy as np
-
-    from quax_faust import analysis, dsp, synth
-    from quax_faust.settings import Settings
-
-    settings = Settings()
-    if exact:
-        analysis._local_significance = analysis._exact_local_significance
-    samples = synth.synth_file(0, L * 8, synth.SynthModel())
-    sums = dsp.power_sums(samples.reshape(8, L), FS)
-    nonavg = sums.power_sum / sums.n_slices
-    gain = synth.passband_power_gain(dsp.frequency_axis_hz(L, FS), synth.SynthModel()) * 2 / FS
-    rng = np.random.default_rng(1)
-    analysis.search_spectrum(nonavg, 8, FS, settings)  # imports, caches of the weights
-    out: dict[str, dict[int, float | str]] = {"nonavg": {}, "white": {}}
-    for n in N_VALUES:
-        for name in out:
-            times = []
-            for k in range(repeats):
-                mean = nonavg if name == "nonavg" else gain * rng.gamma(n + k, 1.0 / (n + k), L)
-                start = time.perf_counter()
-                try:
-                    analysis.search_spectrum(mean, n + k, FS, settings)
-                except ValueError as e:
-                    out[name][n] = f"error: {e}"
-                    break
-                times.append(time.perf_counter() - start)
-            else:
-                out[name][n] = 1e3 * float(np.median(times))
-    return out
+def load_analysis(package_dir: Path, alias: str, links: Path):
+    """quax_faust/analysis.py of a checkout, imported as package ``alias`` (a symlink in links)."""
+    (links / alias).symlink_to(package_dir.resolve(), target_is_directory=True)
+    return importlib.import_module(f"{alias}.analysis")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", metavar="DIR", help="another checkout to measure the same way")
+    parser.add_argument("--compare", metavar="DIR", action="append", default=[],
+                        help="another checkout to measure side by side (repeatable)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--tree", help=argparse.SUPPRESS)  # (internal: measure this checkout)
-    parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.tree:
-        sys.path.insert(0, args.tree)
-        print(json.dumps(measure(args.repeats, args.exact)))
-        return
 
-    def run(tree: str, exact: bool = False) -> dict:
-        cmd = [sys.executable, __file__, "--tree", tree, "--repeats", str(args.repeats)]
-        done = subprocess.run(cmd + (["--exact"] if exact else []), capture_output=True, text=True,
-                              check=True)
-        return json.loads(done.stdout)
+    here = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        links = Path(tmp)
+        sys.path.insert(0, str(links))
+        versions = {"now": load_analysis(here / "quax_faust", "qf_now", links),
+                    "exact": load_analysis(here / "quax_faust", "qf_exact", links)}
+        versions["exact"]._local_significance = versions["exact"]._exact_local_significance
+        for k, directory in enumerate(args.compare):
+            versions[Path(directory).name or f"compare{k}"] = load_analysis(
+                Path(directory) / "quax_faust", f"qf_compare{k}", links)
+        synth = importlib.import_module("qf_now.synth")
+        dsp = importlib.import_module("qf_now.dsp")
+        settings = importlib.import_module("qf_now.settings").Settings()
 
-    here = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
-    columns = {"fast": run(here), "exact": run(here, exact=True)}
-    if args.compare:
-        columns["compare"] = run(args.compare)
-    print(f"ms per search, 3072 bins, median of {args.repeats}; {cpu_name()}, "
-          f"python {platform.python_version()}")
-    header = "".join(f"{s + ' ' + c:>16}" for s in ("nonavg", "white") for c in columns)
-    print(f"{'N':>12}{header}")
-    errors = set()
-    for n in N_VALUES:
-        cells = []
-        for spectrum in ("nonavg", "white"):
-            for column in columns.values():
-                value = column[spectrum][str(n)]
-                if isinstance(value, str):
-                    errors.add(value)
-                    cells.append(f"{'error':>16}")
-                else:
-                    cells.append(f"{value:16.1f}")
-        print(f"{n:>12}" + "".join(cells))
-    for message in sorted(errors):
-        print(message)
+        samples = synth.synth_file(0, L * 8, synth.SynthModel())
+        sums = dsp.power_sums(samples.reshape(8, L), FS)
+        nonavg = sums.power_sum / sums.n_slices
+        gain = synth.passband_power_gain(dsp.frequency_axis_hz(L, FS), synth.SynthModel()) * 2 / FS
+        rng = np.random.default_rng(1)
+        for analysis in versions.values():
+            analysis.search_spectrum(nonavg, 8, FS, settings)  # imports, caches of the weights
+
+        print(f"ms per search, 3072 bins, median of {args.repeats}; {cpu_name()}, "
+              f"python {platform.python_version()}")
+        print(f"{'N':>12}" + "".join(f"{s + ' ' + v:>18}" for s in ("nonavg", "white") for v in versions))
+        errors = set()
+        for n in N_VALUES:
+            cells = []
+            for spectrum in ("nonavg", "white"):
+                times: dict[str, list[float]] = {v: [] for v in versions}
+                for k in range(args.repeats):
+                    nk = n + k + (args.repeats if spectrum == "white" else 0)  # a new N each time
+                    mean = nonavg if spectrum == "nonavg" else gain * rng.gamma(nk, 1.0 / nk, L)
+                    for name, analysis in versions.items():
+                        start = time.perf_counter()
+                        try:
+                            analysis.search_spectrum(mean, nk, FS, settings)
+                        except ValueError as e:
+                            errors.add(str(e))
+                            times[name].append(np.nan)
+                            continue
+                        times[name].append(time.perf_counter() - start)
+                for name in versions:
+                    median = float(np.median(times[name]))
+                    cells.append(f"{'error':>18}" if np.isnan(median) else f"{1e3 * median:18.1f}")
+            print(f"{n:>12}" + "".join(cells), flush=True)
+        for message in sorted(errors):
+            print("error:", message)
 
 
 if __name__ == "__main__":
