@@ -180,7 +180,7 @@ def broker_fault_drill(daq_dir, tmp_path, run: str, fault: str) -> None:
                                   producer_request_timeout_s=3.0)
         workers = Workers(settings, tmp_path / "logs-own").start()
         try:
-            workers.wait_assigned()
+            wait_each_assigned(workers)
             retries_before = producer_metric("quax_producer_send_retries_total")
             producer = produce_in_background(settings, daq_dir, run, seconds=14)
             # While data flows: files folded, the producer still sending.
@@ -293,7 +293,7 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
     equal to the Welch oracle."""
     settings, workers = make_stack(workers=3, slices_per_message=slices_per_message, start=False)
     workers.start([0])
-    workers.wait_assigned()
+    wait_each_assigned(workers)
     first_rebalances = rebalances_done(settings, 0)
     seen: dict[int, dict] = {}  # each worker's last metrics, for the report
     producer = produce_in_background(settings, daq_dir, run, seconds=seconds)
@@ -306,10 +306,10 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
             seen[k] = worker_metrics(settings, k)
             workers.stop(k)
         wait_until(lambda: rebalances_done(settings, 0) > before, 120, f"worker 0 rebalanced after {action} {k}")
-        workers.wait_assigned()
         folded = run_files(settings, run)
         print(f"{action} worker {k} at {at_files} files: rebalanced by {folded} of {n_files} files")
         assert folded < n_files, f"the rebalance after {action} {k} came after the run was complete"
+        wait_each_assigned(workers)
     producer.join(120)
     assert not producer.errors
     wait_for_run(settings, run, n_files, timeout_s=timeout_s)
@@ -325,7 +325,7 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
 
 
 def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
-    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=16,
+    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=24,
                     steps=[(2, "start", 1), (2, "start", 2)], timeout_s=180)
 
 
