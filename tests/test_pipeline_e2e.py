@@ -65,6 +65,10 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
         "quax_duplicate_slices_total", "quax_duplicate_files_total", "quax_slices_total",
         "quax_slice_messages_total", "quax_files_completed_total", "quax_files_folded_total",
         "quax_offset_rereads_total")}
+    assert rise["quax_offset_rereads_total"] == 0, (
+        "a worker read offsets again while the duplicates went through, so its counts include "
+        "redelivered messages. Known cause: faust_fixes.ProcessedOffsets.stalled counts a partition "
+        "without progress for 20 s as stalled the moment a new message raises its highwater")
     n_whole = N_SAMPLES // settings.slice_len
     n_messages = 2 * -(-n_whole // settings.slices_per_message) + 1  # files 3 and 7, file 5's overlap
     assert rise == {"quax_duplicate_slices_total": 2 * n_whole + 11, "quax_duplicate_files_total": 1,
@@ -155,9 +159,6 @@ def get_url(url: str) -> dict:
 
 def test_each_bad_message_is_rejected_counted_and_logged_once(make_stack, tmp_path):
     settings, workers = make_stack(workers=2, slices_per_message=8)
-    # Once, in a settled group: a message processed just before a rebalance is delivered again (at
-    # least once), and then rejected and logged again.
-    wait_settled(settings, workers)
     daq_dir = write_synthetic_run(tmp_path / "daq", 2, N_SAMPLES, seed=6)
     x = daq.whole_slices(daq.read_pair(daq.pair_paths(daq_dir, 0)), settings.slice_len)
     batch = wire.encode_slice_batch(wire.SliceBatch("junk", 0, 0, x.shape[0], N_SAMPLES % settings.slice_len,
@@ -170,9 +171,16 @@ def test_each_bad_message_is_rejected_counted_and_logged_once(make_stack, tmp_pa
         for key, value in bad.values():
             await send_raw_async(settings.broker, settings.slices_topic, key, value)
 
+    # Once, in a settled group that has already processed a file: a message processed during a
+    # rebalance (the one after the workers join comes up to seconds after wait_assigned) is
+    # delivered again (at least once), and then rejected, kept and logged again.
+    wait_settled(settings, workers)
+    first = asyncio.run(produce_directory(settings, daq_dir, "lg", "max", indices=[0], progress=False))
+    wait_for_run(settings, "lg", 1)
+    wait_processed(settings)
     asyncio.run(send_bad())
-    report = asyncio.run(produce_directory(settings, daq_dir, "lg", "max", progress=False))
-    assert report.files_sent == 2
+    second = asyncio.run(produce_directory(settings, daq_dir, "lg", "max", indices=[1], progress=False))
+    assert first.files_sent == second.files_sent == 1  # the run goes on after the bad messages
     wait_processed(settings)
 
     rejected = read_topic(settings.broker, f"{settings.slices_topic}.rejected")
