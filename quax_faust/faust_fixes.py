@@ -89,6 +89,8 @@ class _Partition:
     """When the current hole was first seen (the ProcessedOffsets clock, s)."""
     moved_at: float = field(default_factory=time.monotonic)
     """When ``next`` last moved, or counting started (the ProcessedOffsets clock, s)."""
+    waiting_since: float | None = None
+    """When messages were first seen waiting (highwater > next) since ``next`` last moved (s)."""
 
 
 class ProcessedOffsets:
@@ -148,12 +150,23 @@ class ProcessedOffsets:
 
     def stalled(self, highwaters: dict[TP, int], older_than_s: float,
                 now: float | None = None) -> dict[TP, tuple[int, int]]:
-        """Partitions with messages waiting (highwater > next) and no progress for ``older_than_s``:
-        {tp: (first, last) offset waiting}. The consumer stopped delivering them (a hole at the end)."""
+        """Partitions whose messages have waited (highwater > next) for ``older_than_s`` without
+        progress: {tp: (first, last) offset waiting}. The consumer stopped delivering them (a hole
+        at the end). The wait counts from when this call first saw messages waiting since the last
+        progress, not from the last progress: a partition idle for a while whose next message has
+        just arrived is not stalled (it was, falsely, and re-read what it had just processed)."""
         now = self._clock() if now is None else now
-        return {tp: (p.next, highwaters[tp] - 1) for tp, p in self._parts.items()
-                if highwaters.get(tp) is not None and highwaters[tp] > p.next
-                and now - p.moved_at >= older_than_s}
+        stalled = {}
+        for tp, p in self._parts.items():
+            highwater = highwaters.get(tp)
+            if highwater is None or highwater <= p.next:
+                p.waiting_since = None
+                continue
+            if p.waiting_since is None or p.waiting_since < p.moved_at:
+                p.waiting_since = max(now, p.moved_at)
+            if now - p.waiting_since >= older_than_s:
+                stalled[tp] = (p.next, highwater - 1)
+        return stalled
 
 
 _guarded: set[str] = set()
