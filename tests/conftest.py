@@ -106,17 +106,30 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.1):
 
 def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
     """Wait until every running worker has joined the group and finished rebalancing: each holds
-    partitions and together they hold every slices partition (Workers.wait_assigned alone may
-    return while the first worker holds everything and another is about to join)."""
+    partitions, together they hold every slices partition, each has completed a rebalance (table
+    recovery included), and none of that changed over a second. (Workers.wait_assigned alone may
+    return while the first worker holds everything and another is about to join; Faust's
+    rebalances-in-progress gauges can stay up after back-to-back rebalances, so they are not used.)"""
+    import time
+
     want = {f"{workers.settings.slices_topic}/{p}" for p in range(workers.settings.partitions)}
 
-    def joined() -> bool:
-        docs = [workers.health(k) for k in workers.procs]
-        if not (all(d and d["assigned"] for d in docs) and want <= {tp for d in docs for tp in d["assigned"]}):
-            return False
-        # ... and each has finished its rebalance, table recovery included (Faust's gauges).
-        found = [worker_metrics(workers.settings, k) for k in workers.procs]
-        return all(m.get("faust_rebalance_done_latency_count", 0) >= 1 and m.get("faust_total_rebalances", 1) == 0
-                   and m.get("faust_total_rebalances_recovering", 1) == 0 for m in found)
+    def snapshot():
+        docs = {k: workers.health(k) for k in workers.procs}
+        if not all(d and d["assigned"] for d in docs.values()):
+            return None
+        if not want <= {tp for d in docs.values() for tp in d["assigned"]}:
+            return None
+        done = {k: rebalances_done(workers.settings, k) for k in workers.procs}
+        if not all(n >= 1 for n in done.values()):
+            return None
+        return {k: (tuple(d["assigned"]), done[k]) for k, d in docs.items()}
 
-    wait_until(joined, timeout_s, f"each of workers {sorted(workers.procs)} assigned partitions", interval_s=0.5)
+    def at_rest() -> bool:
+        first = snapshot()
+        if first is None:
+            return False
+        time.sleep(1.0)
+        return snapshot() == first
+
+    wait_until(at_rest, timeout_s, f"each of workers {sorted(workers.procs)} assigned and at rest", interval_s=0.5)

@@ -288,7 +288,7 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
                     steps: list[tuple[int, str, int]], timeout_s: float, slices_per_message: int = 4) -> None:
     """Worker 0 alone, then the producer in the background and steps of (files folded, "start" |
     "stop", worker): once the run holds that many files, the worker joins or leaves, and the step
-    ends when worker 0 has completed a rebalance and the running workers own every partition. Each
+    ends when worker 0 has completed a rebalance and all running workers are at rest again. Each
     rebalance must complete while the run is still incomplete (data in flight); the run must end
     equal to the Welch oracle."""
     settings, workers = make_stack(workers=3, slices_per_message=slices_per_message, start=False)
@@ -309,7 +309,7 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
         folded = run_files(settings, run)
         print(f"{action} worker {k} at {at_files} files: rebalanced by {folded} of {n_files} files")
         assert folded < n_files, f"the rebalance after {action} {k} came after the run was complete"
-        wait_each_assigned(workers)
+        wait_each_assigned(workers, timeout_s=240)
     producer.join(120)
     assert not producer.errors
     wait_for_run(settings, run, n_files, timeout_s=timeout_s)
