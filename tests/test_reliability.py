@@ -54,6 +54,28 @@ def produce_in_background(settings, daq_dir, run, seconds: float | None, indices
     return thread
 
 
+def produce_held_back(settings, daq_dir, run, n_files: int, interval_s: float, hold_last: int,
+                      release: threading.Event) -> threading.Thread:
+    """Send file after file, one every interval_s, but the last hold_last files only once release
+    is set: whatever the load, the run is not over before the test's faults are."""
+    errors = []
+
+    def run_it():
+        try:
+            for k in range(n_files):
+                if k == n_files - hold_last:
+                    release.wait(600)
+                asyncio.run(produce_directory(settings, daq_dir, run, "max", indices=[k], progress=False))
+                time.sleep(interval_s)  # the pace, not a wait for anything
+        except Exception as exc:  # surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_it)
+    thread.errors = errors
+    thread.start()
+    return thread
+
+
 def owner_of(workers, tp: str) -> int:
     for k in workers.procs:
         health = workers.health(k)
@@ -285,7 +307,8 @@ def run_files(settings, run: str) -> int:
 
 
 def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float | None,
-                    steps: list[tuple[int, str, int]], timeout_s: float, slices_per_message: int = 4) -> None:
+                    steps: list[tuple[int, str, int]], timeout_s: float, slices_per_message: int = 4,
+                    hold_last: int = 0) -> None:
     """Worker 0 alone, then the producer in the background and steps of (files folded, "start" |
     "stop", worker): once the run holds that many files, the worker joins or leaves, and the step
     ends when worker 0 has completed a rebalance and all running workers are at rest again. Each
@@ -296,7 +319,11 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
     wait_each_assigned(workers)
     first_rebalances = rebalances_done(settings, 0)
     seen: dict[int, dict] = {}  # each worker's last metrics, for the report
-    producer = produce_in_background(settings, daq_dir, run, seconds=seconds)
+    release = threading.Event()
+    if hold_last:
+        producer = produce_held_back(settings, daq_dir, run, n_files, seconds / n_files, hold_last, release)
+    else:
+        producer = produce_in_background(settings, daq_dir, run, seconds=seconds)
     for at_files, action, k in steps:
         wait_until(lambda: run_files(settings, run) >= at_files, 120, f"{at_files} files folded")
         before = rebalances_done(settings, 0)
@@ -310,6 +337,7 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
         print(f"{action} worker {k} at {at_files} files: rebalanced by {folded} of {n_files} files")
         assert folded < n_files, f"the rebalance after {action} {k} came after the run was complete"
         wait_each_assigned(workers, timeout_s=240)
+    release.set()
     producer.join(120)
     assert not producer.errors
     wait_for_run(settings, run, n_files, timeout_s=timeout_s)
@@ -325,7 +353,8 @@ def rebalance_drill(make_stack, daq_dir, run: str, n_files: int, seconds: float 
 
 
 def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
-    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=24,
+    """Workers join while files flow, one a second; the last 4 files wait for the joins to end."""
+    rebalance_drill(make_stack, daq_dir, "join", 16, seconds=16, hold_last=4,
                     steps=[(2, "start", 1), (2, "start", 2)], timeout_s=180)
 
 
