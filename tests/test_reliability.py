@@ -40,11 +40,17 @@ def produce_in_background(settings, daq_dir, run, seconds: float | None, indices
     """Send the pairs spread over about `seconds` of wall time (None: as fast as they go)."""
     files = len(indices) if indices is not None else len(daq.scan_dir(daq_dir)[0])
     pace = "max" if seconds is None else files * N_SAMPLES / settings.sample_rate_hz / seconds
+    return in_background(lambda: asyncio.run(
+        produce_directory(settings, daq_dir, run, pace, indices=indices, progress=False)))
+
+
+def in_background(send) -> threading.Thread:
+    """Run send() in a started thread; what it raises is kept in the thread's .errors for the test."""
     errors = []
 
     def run_it():
         try:
-            asyncio.run(produce_directory(settings, daq_dir, run, pace, indices=indices, progress=False))
+            send()
         except Exception as exc:  # surfaced by the test
             errors.append(exc)
 
@@ -58,22 +64,15 @@ def produce_held_back(settings, daq_dir, run, n_files: int, interval_s: float, h
                       release: threading.Event) -> threading.Thread:
     """Send file after file, one every interval_s, but the last hold_last files only once release
     is set: whatever the load, the run is not over before the test's faults are."""
-    errors = []
 
-    def run_it():
-        try:
-            for k in range(n_files):
-                if k == n_files - hold_last:
-                    release.wait(600)
-                asyncio.run(produce_directory(settings, daq_dir, run, "max", indices=[k], progress=False))
-                time.sleep(interval_s)  # the pace, not a wait for anything
-        except Exception as exc:  # surfaced by the test
-            errors.append(exc)
+    def send():
+        for k in range(n_files):
+            if k == n_files - hold_last:
+                release.wait(600)
+            asyncio.run(produce_directory(settings, daq_dir, run, "max", indices=[k], progress=False))
+            time.sleep(interval_s)  # the pace, not a wait for anything
 
-    thread = threading.Thread(target=run_it)
-    thread.errors = errors
-    thread.start()
-    return thread
+    return in_background(send)
 
 
 def owner_of(workers, tp: str) -> int:
