@@ -360,7 +360,9 @@ def test_workers_joining_mid_run_rebalance_without_loss(make_stack, daq_dir):
 def test_rebalances_with_a_backlog_lose_nothing(make_stack, tmp_path):
     """Workers join and leave while a backlog fills the agents' queues, which each rebalance clears
     (faust_fixes.py, fix 2): still every slice exactly once. One slice per message: the workers
-    fall behind the producer for long enough that all four rebalances land on a backlog."""
+    fall behind the producer (32 files at max pace) for long enough that the rebalances land on a
+    backlog; the last 8 files are sent once the four steps are over, so that on a fast box too the
+    last rebalance completes before the run does (it came after it once in a full quiet run)."""
     daq_dir = write_synthetic_run(tmp_path / "backlog", 40, 3072 * 300 + 100, seed=5)
-    rebalance_drill(make_stack, daq_dir, "churn", 40, seconds=None, slices_per_message=1,
+    rebalance_drill(make_stack, daq_dir, "churn", 40, seconds=0.0, slices_per_message=1, hold_last=8,
                     steps=[(1, "start", 1), (1, "start", 2), (1, "stop", 1), (1, "start", 1)], timeout_s=240)
