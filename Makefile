@@ -14,7 +14,7 @@ demo: setup
 
 ## The test suite, against a real broker the fixtures start on 127.0.0.1.
 test: setup
-	$(VENV)/python -m pytest -ra $(PYTEST_ARGS)
+	$(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 ## Everything but the tests marked slow (fault drills, memory soak, cluster, Spark, browser):
 ## the unit tests and the short broker tests, a few minutes.
