@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -21,32 +22,33 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-def keep_freed_memory(mmap_threshold_bytes: int = 256 << 20, trim_threshold_bytes: int = 1 << 30) -> bool:
-    """Blocks below mmap_threshold_bytes come from the heap, and up to trim_threshold_bytes of
-    freed heap stay mapped; all threads share the main heap (the reader thread of the producer,
-    Faust's consumer thread: a thread's own arena is capped at 64 MiB, smaller than one file, and
-    would map it afresh each time). Returns False where glibc's mallopt is missing."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        log.info("no glibc mallopt here: large buffers are mapped and unmapped per use")
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes)
-                and mallopt(M_TRIM_THRESHOLD, trim_threshold_bytes))
-
-
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
         "keepcost")]
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    """The C library, loaded once (the workers' memory timer asks for it every few seconds)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+def keep_freed_memory(mmap_threshold_bytes: int = 256 << 20, trim_threshold_bytes: int = 1 << 30) -> bool:
+    """Blocks below mmap_threshold_bytes come from the heap, and up to trim_threshold_bytes of
+    freed heap stay mapped; all threads share the main heap (the reader thread of the producer,
+    Faust's consumer thread: a thread's own arena is capped at 64 MiB, smaller than one file, and
+    would map it afresh each time). Returns False where glibc's mallopt is missing."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
+        log.info("no glibc mallopt here: large buffers are mapped and unmapped per use")
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes)
+                and mallopt(M_TRIM_THRESHOLD, trim_threshold_bytes))
 
 
 def release_free_memory(pad_bytes: int = 0) -> bool:
