@@ -34,7 +34,9 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from quax_faust import analysis, dsp, synth
+from quax_faust.search import analysis
+
+from quax_faust.core import dsp, synth
 from quax_faust.settings import Settings
 
 GLOBAL_THRESHOLDS = (1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)

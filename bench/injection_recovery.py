@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quax_faust import analysis, candidates, dsp, synth
+from quax_faust.search import analysis, candidates
+
+from quax_faust.core import dsp, synth
 from quax_faust.settings import REPO_DIR, Settings
 
 TONE_HZ = 250_000.0

@@ -50,7 +50,7 @@ def cpu_name() -> str:
 
 
 def load_analysis(package_dir: Path, alias: str, links: Path):
-    """quax_faust/analysis.py of a checkout, imported as package ``alias`` (a symlink in links)."""
+    """quax_faust/search/analysis.py of a checkout, imported as package ``alias`` (a symlink in links)."""
     (links / alias).symlink_to(package_dir.resolve(), target_is_directory=True)
     return importlib.import_module(f"{alias}.analysis")
 

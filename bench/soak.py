@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import daq, synth
-from quax_faust.launch import Broker, Workers, free_port, wait_for_run
-from quax_faust.producer import produce_directory
+from quax_faust.core import daq, synth
+from quax_faust.tools.launch import Broker, Workers, free_port, wait_for_run
+from quax_faust.ingest.producer import produce_directory
 from quax_faust.settings import Settings
 
 

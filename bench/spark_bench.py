@@ -26,11 +26,11 @@ import numpy as np
 import psutil
 from aiokafka import AIOKafkaProducer
 
-from quax_faust import daq, synth, wire
-from quax_faust.launch import Broker, free_port
-from quax_faust.producer import produce_directory
+from quax_faust.core import daq, synth, wire
+from quax_faust.tools.launch import Broker, free_port
+from quax_faust.ingest.producer import produce_directory
 from quax_faust.settings import Settings
-from quax_faust.topics import ensure_topics
+from quax_faust.stream.topics import ensure_topics
 
 SAMPLES_PER_FILE = 1 << 23
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from quax_faust.export import TablesUnavailable, get_json
+from quax_faust.client import TablesUnavailable, get_json
 from quax_faust.settings import Settings
 
 from . import shaping

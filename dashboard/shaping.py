@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import analysis
+from quax_faust.search import analysis
 from quax_faust.settings import Settings
 
 # --- runs and files ------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
     """The run mean's baseline and normalised excess, exactly as the candidate search sees them.
 
     mean: (n_bins,) run mean P over n_slices slices, V**2/Hz, fftshifted. Runs
-    quax_faust.analysis.search_spectrum (knobs baseline_window_hz, baseline_polyorder,
+    quax_faust.search.analysis.search_spectrum (knobs baseline_window_hz, baseline_polyorder,
     line_width_hz, search_band_fraction, dc_exclude_hz) and spreads its per-block standardised
     excess (P - B)/B * sqrt(N), fit noise included, over the bins of each block; the DC bins and
     the band edges are not searched and stay NaN. If the search refuses the spectrum (e.g. some

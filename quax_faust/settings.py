@@ -75,7 +75,7 @@ class Settings:
     """Messages buffered per partition inside a worker (each up to a few MiB)."""
     table_memtable_budget_bytes: int = 32 << 20
     """RocksDB memtables of all tables of one worker together stay under this (bytes;
-    quax_faust/table_store.py)."""
+    quax_faust/stream/table_store.py)."""
     table_block_cache_budget_bytes: int = 32 << 20
     """One RocksDB block cache per worker, shared by all its tables, index and filter blocks
     included (bytes)."""
@@ -85,7 +85,7 @@ class Settings:
     var_dir: Path = REPO_DIR / "var"
     """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
 
-    # --- metrics (quax_faust/metrics.py, ops/prometheus/, docs/metrics.md) ------------------------
+    # --- metrics (quax_faust/stream/metrics.py, ops/prometheus/, docs/metrics.md) ------------------------
     producer_metrics_port: int = 9464
     """`quax produce` serves its Prometheus metrics on web_host:this/metrics (0: not at all)."""
     consumer_lag_interval_s: float = 1.0
@@ -95,7 +95,7 @@ class Settings:
     prometheus_scrape_interval_s: float = 5.0
     """How often Prometheus scrapes the workers and the producer (s); rules use 1 m windows."""
 
-    # --- the candidate search (quax_faust/analysis.py, docs/analysis.md) --------------------------
+    # --- the candidate search (quax_faust/search/analysis.py, docs/analysis.md) --------------------------
     candidates_topic: str = "candidates"
     """Topic (1 partition, key run) of new and updated candidates, JSON."""
     baseline_window_hz: float = 65_000.0

@@ -5,7 +5,7 @@ startingOffsets/endingOffsets; the result records them, so a reprocessing says e
 records it read (and a rerun over the same offsets reads the same records).
 
 Both the offset lookup (aiokafka) and Spark's Kafka source (the Java client) connect with the live
-chain's security settings (quax_faust/broker_auth.py): TLS, SASL/SCRAM.
+chain's security settings (quax_faust/connection.py): TLS, SASL/SCRAM.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from quax_faust import broker_auth
+from quax_faust import connection
 from quax_faust.settings import Settings
-from quax_faust.topics import partition_counts
+from quax_faust.connection import partition_counts
 
 RECEIVE_BUFFER_BYTES = 4 << 20
 """Socket buffer of Spark's Kafka consumer: the 64 KiB default throttles MiB-sized records."""
@@ -32,7 +32,7 @@ async def _topic_bounds(settings: Settings, topic: str) -> Bounds:
     n_partitions = (await partition_counts(settings, [topic])).get(topic)
     if not n_partitions:
         raise RuntimeError(f"topic {topic!r} does not exist on {settings.broker}")
-    consumer = AIOKafkaConsumer(**broker_auth.client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(n_partitions)]
@@ -57,7 +57,7 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
     # The JAAS line holds the password. The plan does not show the source's options; where Spark
     # prints options it redacts those whose key or value matches spark.redaction.regex ("password"
     # in the default), and Kafka's client logs sasl.jaas.config as [hidden].
-    connection = {f"kafka.{key}": value for key, value in broker_auth.java_client_properties(settings).items()}
+    connection = {f"kafka.{key}": value for key, value in connection.java_client_properties(settings).items()}
     df = (spark.read.format("kafka")
           .options(**connection)
           .option("assign", json.dumps({topic: sorted(bounds)}))

@@ -1,6 +1,6 @@
 """``quax reprocess`` and ``quax verify``: the Spark batch job from the command line.
 
-Registered into the ``quax`` parser by quax_faust/cli.py; pyspark is imported only when one of
+Registered into the ``quax`` parser by quax_faust/tools/cli.py; pyspark is imported only when one of
 these two commands runs.
 """
 
@@ -35,7 +35,7 @@ def cmd_reprocess(args, settings: Settings) -> int:
 
 
 def cmd_verify(args, settings: Settings) -> int:
-    from quax_faust.export import fetch_run
+    from quax_faust.client import fetch_run
 
     from .job import reprocess
     from .verify import compare

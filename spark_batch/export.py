@@ -1,4 +1,4 @@
-"""The batch result in the layout of ``quax export`` (quax_faust/export.py), built from files.parquet.
+"""The batch result in the layout of ``quax export`` (quax_faust/client.py), built from files.parquet.
 
 The per-file spectra are streamed from the Parquet written by Spark into memory-mapped .npy files
 (so a week-long run -- 144,000 files, 3.5 GB per array -- needs no driver memory), then stored in

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from quax_faust import wire
+from quax_faust.core import wire
 
 from . import recompute
 from .recompute import FileSums, RecordError

@@ -6,7 +6,7 @@
 Output directory:
     files.parquet/  one row per file seen (fold.FILE_SCHEMA), incomplete ones too
     run.parquet     one row: the run average (mean, std, sem per bin) and its counts
-    run.npz         the layout of ``quax export`` (quax_faust/export.py fetch_run)
+    run.npz         the layout of ``quax export`` (quax_faust/client.py fetch_run)
     report.json     offsets read, malformed records, duplicates, incomplete files, timing
 """
 
@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from quax_faust import wire
+from quax_faust.core import wire
 from quax_faust.settings import Settings
 
 from . import archive, export, fold, recompute

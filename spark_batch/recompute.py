@@ -1,7 +1,7 @@
 """The audit's own numerics: a run's spectra recomputed from their definition. Pure numpy/scipy.
 
-Written apart from the live workers' code on purpose: nothing here comes from quax_faust.dsp or
-quax_faust.accumulators, so a bug in those shows up as a difference in ``quax verify`` instead of
+Written apart from the live workers' code on purpose: nothing here comes from quax_faust.core.dsp or
+quax_faust.core.accumulators, so a bug in those shows up as a difference in ``quax verify`` instead of
 being repeated by the recompute (docs/spark.md, "An independent audit").
 
 The definition (the same one tests/test_dsp.py holds the live chain to):
@@ -64,7 +64,7 @@ def frequency_axis_hz(slice_len: int, sample_rate_hz: float, lo_frequency_hz: fl
 class FileSums:
     """One file's whole slices, each slice index counted once: sums of their periodograms.
 
-    A slice message is anything with the attributes of quax_faust.wire.SliceBatch: first_slice,
+    A slice message is anything with the attributes of quax_faust.core.wire.SliceBatch: first_slice,
     slices_in_file, tail_samples, sample_rate_hz, produced_at_s and samples (slice_count,
     slice_len). The first copy of a slice index counts; later copies only add to duplicate_slices.
     """

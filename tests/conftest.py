@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quax_faust import daq, synth
-from quax_faust.launch import Broker, Workers, free_port
+from quax_faust.core import daq, synth
+from quax_faust.tools.launch import Broker, Workers, free_port
 from quax_faust.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

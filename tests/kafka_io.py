@@ -7,7 +7,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from quax_faust.topics import partition_counts
+from quax_faust.connection import partition_counts
 
 
 async def read_topic_async(bootstrap: str, topic: str, max_bytes: int = 16 << 20) -> list:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quax_faust import daq
-from quax_faust.export import fetch_run
+from quax_faust.core import daq
+from quax_faust.client import fetch_run
 from quax_faust.settings import Settings
 from tests.test_dsp import welch_oracle
 

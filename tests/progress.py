@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from quax_faust.settings import Settings
-from quax_faust.topics import partition_counts
+from quax_faust.connection import partition_counts
 
 
 async def unprocessed_async(settings: Settings) -> dict[str, tuple[int, int]]:

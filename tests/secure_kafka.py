@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from quax_faust.launch import Broker, free_port
+from quax_faust.tools.launch import Broker, free_port
 
 USERNAME, PASSWORD = "quax", "correct-horse"
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from quax_faust import dsp, wire
-from quax_faust.accumulators import COMPLETE, FileAccumulator, IndexSet, RunAccumulator, StateError
+from quax_faust.core import dsp, wire
+from quax_faust.core.accumulators import COMPLETE, FileAccumulator, IndexSet, RunAccumulator, StateError
 
 L, FS = 256, 2e6
 

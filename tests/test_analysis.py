@@ -17,9 +17,11 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
-from quax_faust import analysis, candidates, daq, dsp, synth
-from quax_faust.cli import main as quax
-from quax_faust.export import write_export
+from quax_faust.search import analysis, candidates
+
+from quax_faust.core import daq, dsp, synth
+from quax_faust.tools.cli import main as quax
+from quax_faust.client import write_export
 from quax_faust.settings import Settings
 
 FS = 2e6

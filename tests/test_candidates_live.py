@@ -13,10 +13,12 @@ import uuid
 import numpy as np
 import pytest
 
-from quax_faust import candidates, daq, synth
-from quax_faust.export import TablesUnavailable, get_json
-from quax_faust.launch import wait_for_run
-from quax_faust.producer import produce_directory
+from quax_faust.search import candidates
+
+from quax_faust.core import daq, synth
+from quax_faust.client import TablesUnavailable, get_json
+from quax_faust.tools.launch import wait_for_run
+from quax_faust.ingest.producer import produce_directory
 from tests.kafka_io import read_topic
 
 pytestmark = pytest.mark.broker

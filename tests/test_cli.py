@@ -7,7 +7,7 @@ from quax_faust.settings import Settings
 
 
 def quax(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "quax_faust.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from quax_faust import daq, producer, synth
+from quax_faust.core import daq, synth
+
+from quax_faust.ingest import producer
 from quax_faust.settings import Settings
 
 L = 3072

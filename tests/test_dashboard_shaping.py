@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dashboard import shaping
-from quax_faust import dsp, synth
+from quax_faust.core import dsp, synth
 from quax_faust.settings import Settings
 
 SETTINGS = Settings()

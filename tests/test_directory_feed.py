@@ -8,8 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from quax_faust import daq, producer
-from quax_faust.producer import Checkpoint, DirectoryFeed
+from quax_faust.core import daq
+
+from quax_faust.ingest import producer
+from quax_faust.ingest.producer import Checkpoint, DirectoryFeed
 
 L = 3072
 

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
-from quax_faust import cli, metrics, producer
+from quax_faust.tools import cli
+
+from quax_faust.stream import metrics
+
+from quax_faust.ingest import producer
 from quax_faust.settings import REPO_DIR, Settings
 
 DOCS = REPO_DIR / "docs"
@@ -115,8 +119,8 @@ def test_wire_format_names_every_rejection_reason_and_no_other():
     documented = set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejection reasons", "## `spectra`")))
     documented |= set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejections of", "## Compatibility")))
     code = REPO_DIR / "quax_faust"
-    raised = (raised_reasons(code / "wire.py", "WireError") | raised_reasons(code / "app.py", "WireError")
-              | raised_reasons(code / "accumulators.py", "StateError"))
+    raised = (raised_reasons(code / "core" / "wire.py", "WireError") | raised_reasons(code / "stream" / "app.py", "WireError")
+              | raised_reasons(code / "core" / "accumulators.py", "StateError"))
     # file_complete cannot reach the dead-letter topic: fold_slice_batch counts a complete file's
     # slices as duplicates before adding anything.
     assert documented == raised - {"file_complete"}
@@ -178,7 +182,7 @@ def test_make_demo_prints_where_to_look():
 
 
 def test_quax_topics_creates_the_topics_the_usage_summary_names():
-    from quax_faust.topics import topic_plan
+    from quax_faust.stream.topics import topic_plan
 
     summary = section(DOCS / "usage.md", "quax topics", "\n")
     s = Settings()

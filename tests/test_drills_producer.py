@@ -18,9 +18,9 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from quax_faust import wire
-from quax_faust.launch import free_port, settings_env, wait_for_run
-from quax_faust.producer import Checkpoint
+from quax_faust.core import wire
+from quax_faust.tools.launch import free_port, settings_env, wait_for_run
+from quax_faust.ingest.producer import Checkpoint
 from quax_faust.settings import REPO_DIR
 from tests.conftest import rebalances_done, wait_each_assigned, worker_metrics, write_synthetic_run
 from tests.kafka_io import read_topic
@@ -36,7 +36,7 @@ MESSAGES_PER_FILE = SLICES_PER_FILE // SLICES_PER_MESSAGE
 def produce_command(settings, daq_dir, run: str) -> tuple[list[str], dict]:
     import os
 
-    command = [sys.executable, "-m", "quax_faust.cli", "produce", "--source", str(daq_dir), "--run", run,
+    command = [sys.executable, "-m", "quax_faust.tools.cli", "produce", "--source", str(daq_dir), "--run", run,
                "--pace", "max"]
     return command, {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from quax_faust import dsp
+from quax_faust.core import dsp
 
 FS = 2e6
 L = 3072

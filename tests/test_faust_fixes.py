@@ -1,4 +1,4 @@
-"""The fixes to faust-streaming 0.15.3 in quax_faust/faust_fixes.py, and install()'s version guard.
+"""The fixes to faust-streaming 0.15.3 in quax_faust/stream/faust_fixes.py, and install()'s version guard.
 
 1. Flush before commit: Faust's own ProducerBuffer, with a channel slower to accept a record than
    Faust's 0.1 s patience; then Faust's own Consumer.commit, which must hand the buffered changelog
@@ -26,8 +26,8 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage, FutureMessage, PendingMessage
 
-from quax_faust import faust_fixes
-from quax_faust.faust_fixes import ProcessedOffsets
+from quax_faust.stream import faust_fixes
+from quax_faust.stream.faust_fixes import ProcessedOffsets
 
 TOPIC = "slices-guard-test"
 TP2 = TP(TOPIC, 2)
@@ -93,7 +93,7 @@ FIXES = (faust_fixes._send_pending, faust_fixes._flush, faust_fixes._filter_comm
 
 @pytest.fixture
 def unpatched(monkeypatch):
-    """Faust's own methods, whatever was installed before (importing quax_faust.app installs), and
+    """Faust's own methods, whatever was installed before (importing quax_faust.stream.app installs), and
     no topic guarded; the classes and faust_fixes' guarded topics and count are restored on teardown."""
     monkeypatch.setattr(faust_fixes, "_guarded", set())
     monkeypatch.setattr(faust_fixes, "offsets", ProcessedOffsets())

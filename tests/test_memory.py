@@ -1,7 +1,7 @@
 """A worker's memory is bounded by construction (docs/reliability.md, "Memory").
 
 What could grow with a run's length is capped: the tables' RocksDB memtables and block cache by
-one budget per worker (quax_faust/table_store.py), the heap's free pages by a periodic trim
+one budget per worker (quax_faust/stream/table_store.py), the heap's free pages by a periodic trim
 (malloc.release_free_memory). The check cannot pass or fail by luck: RSS is read while the workers
 are idle, as the minimum of several samples spread over more than one trim period, after each of
 many rounds; after warm-up it must not grow by more than what the caps still allowed (about 22 MiB here,
@@ -20,9 +20,9 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import daq, synth
-from quax_faust.launch import wait_for_run
-from quax_faust.producer import produce_directory
+from quax_faust.core import daq, synth
+from quax_faust.tools.launch import wait_for_run
+from quax_faust.ingest.producer import produce_directory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -24,10 +24,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import daq, metrics, synth, wire
-from quax_faust.launch import free_port, wait_for_run
-from quax_faust.producer import DaqProducer, produce_directory
-from quax_faust.prometheus import CONFIG, OPS_DIR, Prometheus, render_config
+from quax_faust.core import daq, synth, wire
+
+from quax_faust.stream import metrics
+from quax_faust.tools.launch import free_port, wait_for_run
+from quax_faust.ingest.producer import DaqProducer, produce_directory
+from quax_faust.tools.prometheus import CONFIG, OPS_DIR, Prometheus, render_config
 from quax_faust.settings import REPO_DIR, Settings
 from tests.kafka_io import send_raw_async
 

@@ -14,10 +14,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from quax_faust import daq, wire
-from quax_faust.export import fetch_run
-from quax_faust.launch import wait_for_run
-from quax_faust.producer import DaqProducer, produce_directory
+from quax_faust.core import daq, wire
+from quax_faust.client import fetch_run
+from quax_faust.tools.launch import wait_for_run
+from quax_faust.ingest.producer import DaqProducer, produce_directory
 from tests.conftest import write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async
 from tests.oracle import assert_run_matches_oracle
@@ -137,7 +137,7 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
     flags = ["--run", "e2e", "--broker", settings.broker, "--web-port-base", str(settings.web_port_base),
              "--workers", str(settings.workers)]
     for suffix in (".npz", ".csv"):
-        subprocess.run([sys.executable, "-m", "quax_faust.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}")],
+        subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}")],
                        check=True, capture_output=True, timeout=120)
     npz = np.load(tmp_path / "run.npz")
     assert set(npz.files) == {"frequency_hz", "run_mean", "run_std", "run_sem", "n_slices_total", "file_index",

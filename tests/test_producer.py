@@ -13,8 +13,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from quax_faust import daq, metrics, synth, wire
-from quax_faust.producer import DirectoryFeed, produce_directory
+from quax_faust.core import daq, synth, wire
+
+from quax_faust.stream import metrics
+from quax_faust.ingest.producer import DirectoryFeed, produce_directory
 from tests.conftest import stack_settings
 from tests.kafka_io import read_topic
 
@@ -195,7 +197,7 @@ def test_quax_produce_strict_quarantine_dir_checkpoint_and_no_checkpoint(broker,
              "--slices-per-message", "4", "--producer-metrics-port", "0"]
 
     def quax_produce(*more):
-        return subprocess.run([sys.executable, "-m", "quax_faust.cli", "produce", *flags, *more],
+        return subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "produce", *flags, *more],
                               capture_output=True, text=True, timeout=120)
 
     first = quax_produce("--strict", "--quarantine", str(elsewhere))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from aiokafka import errors
 
-from quax_faust import metrics
-from quax_faust.launch import Broker, Workers, free_port, wait_for_run
-from quax_faust.producer import (Checkpoint, DaqProducer, ProduceReport, _FileInFlight, _Sending,
+from quax_faust.stream import metrics
+from quax_faust.tools.launch import Broker, Workers, free_port, wait_for_run
+from quax_faust.ingest.producer import (Checkpoint, DaqProducer, ProduceReport, _FileInFlight, _Sending,
                                  backoff_s, is_retriable, produce_directory)
 from tests.conftest import stack_settings, wait_until, write_synthetic_run
 from tests.oracle import assert_run_matches_oracle

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from aiokafka import errors
 
-from quax_faust import metrics
-from quax_faust.producer import Checkpoint, ProduceReport, _FileInFlight, _Sending
+from quax_faust.stream import metrics
+from quax_faust.ingest.producer import Checkpoint, ProduceReport, _FileInFlight, _Sending
 from quax_faust.settings import Settings
 
 

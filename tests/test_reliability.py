@@ -19,9 +19,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust import daq, metrics, synth, wire
-from quax_faust.launch import Broker, Workers, _group_positions, free_port, wait_for_run
-from quax_faust.producer import batches_of_file, produce_directory
+from quax_faust.core import daq, synth, wire
+
+from quax_faust.stream import metrics
+from quax_faust.tools.launch import Broker, Workers, _group_positions, free_port, wait_for_run
+from quax_faust.ingest.producer import batches_of_file, produce_directory
 from tests.conftest import (rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
                             write_synthetic_run)
 from tests.kafka_io import read_topic, send_raw_async, wait_records
@@ -297,7 +299,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_run_goes_on(make_stack
 
 def run_files(settings, run: str) -> int:
     """Files folded into the run so far (0 while the run table does not answer)."""
-    from quax_faust.export import TablesUnavailable, get_json
+    from quax_faust.client import TablesUnavailable, get_json
 
     try:
         return {r["run"]: r for r in get_json(settings, "/quax/runs/")["runs"]}.get(run, {}).get("n_files", 0)

@@ -8,10 +8,11 @@ import ipaddress
 import psutil
 import pytest
 
-from quax_faust import daq, synth
-from quax_faust.launch import Workers, wait_for_run
-from quax_faust.producer import produce_directory
-from quax_faust.topics import ensure_topics, partition_counts
+from quax_faust.core import daq, synth
+from quax_faust.tools.launch import Workers, wait_for_run
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.connection import partition_counts
+from quax_faust.stream.topics import ensure_topics
 from tests.conftest import stack_settings
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings

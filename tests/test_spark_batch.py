@@ -22,10 +22,14 @@ import scipy.signal
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from quax_faust import broker_auth, cli, daq, synth, wire
-from quax_faust.export import fetch_run
-from quax_faust.launch import Workers, wait_for_run
-from quax_faust.producer import DaqProducer, produce_directory
+from quax_faust import connection
+
+from quax_faust.tools import cli
+
+from quax_faust.core import daq, synth, wire
+from quax_faust.client import fetch_run
+from quax_faust.tools.launch import Workers, wait_for_run
+from quax_faust.ingest.producer import DaqProducer, produce_directory
 from quax_faust.settings import Settings
 from spark_batch import archive, fold
 from spark_batch.verify import compare
@@ -156,30 +160,30 @@ def test_verdict_names_the_files_that_differ():
 
 
 def test_spark_connects_with_the_live_chains_security_settings():
-    assert broker_auth.java_client_properties(Settings(broker="daq1:9092")) == {
+    assert connection.java_client_properties(Settings(broker="daq1:9092")) == {
         "bootstrap.servers": "daq1:9092", "security.protocol": "PLAINTEXT"}
     secure = Settings(broker="k1:9094,k2:9094", security_protocol="sasl_ssl", sasl_username="quax",
                       sasl_password='p"w\\d', ssl_cafile="/etc/quax/kafka-ca.pem")
-    assert broker_auth.java_client_properties(secure) == {
+    assert connection.java_client_properties(secure) == {
         "bootstrap.servers": "k1:9094,k2:9094", "security.protocol": "SASL_SSL",
         "ssl.truststore.type": "PEM", "ssl.truststore.location": "/etc/quax/kafka-ca.pem",
         "ssl.endpoint.identification.algorithm": "https",  # the broker's name is checked, as in ssl_context
         "sasl.mechanism": "SCRAM-SHA-256",
         "sasl.jaas.config": 'org.apache.kafka.common.security.scram.ScramLoginModule required '
                             'username="quax" password="p\\"w\\\\d";'}
-    plain_login = broker_auth.java_client_properties(secure.replace(security_protocol="SASL_PLAINTEXT",
+    plain_login = connection.java_client_properties(secure.replace(security_protocol="SASL_PLAINTEXT",
                                                                     sasl_mechanism="PLAIN"))
     assert plain_login["sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.PlainLoginModule ")
     assert not any(k.startswith("ssl.") for k in plain_login)
-    assert set(broker_auth.java_client_properties(secure.replace(security_protocol="SSL"))) == {
+    assert set(connection.java_client_properties(secure.replace(security_protocol="SSL"))) == {
         "bootstrap.servers", "security.protocol", "ssl.truststore.type", "ssl.truststore.location",
         "ssl.endpoint.identification.algorithm"}
     with pytest.raises(ValueError, match="needs ssl_cafile"):
-        broker_auth.java_client_properties(secure.replace(ssl_cafile=""))
+        connection.java_client_properties(secure.replace(ssl_cafile=""))
     with pytest.raises(ValueError, match="needs sasl_username"):
-        broker_auth.java_client_properties(secure.replace(sasl_username=""))
+        connection.java_client_properties(secure.replace(sasl_username=""))
     with pytest.raises(ValueError, match="sasl_mechanism 'GSSAPI'"):
-        broker_auth.java_client_properties(secure.replace(sasl_mechanism="GSSAPI"))
+        connection.java_client_properties(secure.replace(sasl_mechanism="GSSAPI"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ def test_reprocess_reads_a_cluster_that_requires_sasl_scram_over_tls(spark, tmp_
     # The JAAS line Spark hands to Kafka's client reads back, by Kafka's own parser, as the password
     # it was made from, whatever the password holds.
     for password in ('say "friend"', "back\\slash\\", "two\nlines\r", "ünï €", "semi;colon // /* */ \\1"):
-        jaas = broker_auth.java_client_properties(settings.replace(sasl_password=password))["sasl.jaas.config"]
+        jaas = connection.java_client_properties(settings.replace(sasl_password=password))["sasl.jaas.config"]
         entries = spark._jvm.org.apache.kafka.common.security.JaasConfig("KafkaClient", jaas) \
             .getAppConfigurationEntry("KafkaClient")
         assert len(entries) == 1

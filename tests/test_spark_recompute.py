@@ -1,7 +1,7 @@
 """The Spark audit is an independent implementation of the spectrum's definition (no Spark here).
 
 spark_batch/recompute.py and the task functions of spark_batch/fold.py must (1) import nothing of
-the live chain's numerics (quax_faust.dsp, quax_faust.accumulators, pyfftw), and (2) equal
+the live chain's numerics (quax_faust.core.dsp, quax_faust.core.accumulators, pyfftw), and (2) equal
 scipy.signal.welch / scipy.signal.spectrogram directly, slice for slice, whatever duplicated or
 partially overlapping slice messages the archive holds.
 """
@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 import pytest
 import scipy.signal
 
-from quax_faust import wire
+from quax_faust.core import wire
 from spark_batch import fold, recompute
 from spark_batch.recompute import FileSums, RecordError
 
 REPO = Path(__file__).resolve().parents[1]
 FS, L, TAIL = 1e3, 64, 5
-LIVE_NUMERICS = {"quax_faust.dsp", "quax_faust.accumulators", "pyfftw"}
+LIVE_NUMERICS = {"quax_faust.core.dsp", "quax_faust.core.accumulators", "pyfftw"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,11 +43,11 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-ALLOWED_LIVE = {"quax_faust.wire", "quax_faust.settings"}
+ALLOWED_LIVE = {"quax_faust.core.wire", "quax_faust.settings"}
 """All that spark_batch may take from the live package: the message decoder and the settings."""
 CONNECTION_ONLY = {
-    "archive.py": {"quax_faust.broker_auth", "quax_faust.topics"},  # how to log in to the broker
-    "cli.py": {"quax_faust.export"},  # fetch_run: reading the live tables, the side being audited
+    "archive.py": {"quax_faust.connection"},  # how to log in to the broker
+    "cli.py": {"quax_faust.client"},  # fetch_run: reading the live tables, the side being audited
 }
 """Live modules that compute no spectrum, allowed where named (they import no dsp: checked below)."""
 
@@ -56,9 +56,9 @@ def test_spark_batch_imports_nothing_of_the_live_numerics():
     seen = {}
     for path in sorted((REPO / "spark_batch").glob("*.py")):
         live = {n for n in _imports(path) if n == "pyfftw" or n.startswith("quax_faust")}
-        live = {n for n in live if n != "quax_faust" and not any(n.startswith(f"{m}.") for m in ALLOWED_LIVE)}
+        live = {n for n in live if n not in {"quax_faust", "quax_faust.core"} and not any(n.startswith(f"{m}.") for m in ALLOWED_LIVE)}
         live = {n.rsplit(".", 1)[0] if n.rsplit(".", 1)[0] in CONNECTION_ONLY.get(path.name, set()) else n
-                for n in live}  # "quax_faust.export.fetch_run" -> its module
+                for n in live}  # "quax_faust.client.fetch_run" -> its module
         seen[path.name] = live - ALLOWED_LIVE - CONNECTION_ONLY.get(path.name, set())
     assert seen.get("recompute.py") == set() and seen.get("fold.py") == set()
     assert not {name: extra for name, extra in seen.items() if extra}, "spark_batch imports live code"
@@ -66,14 +66,14 @@ def test_spark_batch_imports_nothing_of_the_live_numerics():
 
 def test_running_the_audit_loads_no_live_numerics():
     """In a fresh interpreter: every spark_batch module, the live-table reader, and a whole task
-    fold; quax_faust.dsp, quax_faust.accumulators and pyfftw stay unloaded."""
+    fold; quax_faust.core.dsp, quax_faust.core.accumulators and pyfftw stay unloaded."""
     script = """
 import sys
 import numpy as np, pyarrow as pa
 import spark_batch.archive, spark_batch.cli, spark_batch.export, spark_batch.job, spark_batch.session
-import spark_batch.verify, quax_faust.export
+import spark_batch.verify, quax_faust.client
 from spark_batch import fold
-from quax_faust import wire
+from quax_faust.core import wire
 x = np.ones((4, 8), np.complex64)
 value = wire.encode_slice_batch(wire.SliceBatch("r", 0, 0, 4, 0, 1e3, 1.0, x))
 batch = pa.RecordBatch.from_pydict({"key": pa.array([wire.file_key("r", 0)]), "value": pa.array([value]),
@@ -85,21 +85,22 @@ print(",".join(sorted(m for m in sys.modules if m.startswith(("quax_faust", "pyf
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     loaded = set(out.stdout.strip().split(","))
-    assert "quax_faust.wire" in loaded and not loaded & LIVE_NUMERICS, loaded
+    assert "quax_faust.core.wire" in loaded and not loaded & LIVE_NUMERICS, loaded
 
 
 def test_a_cluster_gets_only_the_decoder_and_settings_of_the_live_package():
     from spark_batch.session import shipped_files
 
-    live = sorted(p.name for p in shipped_files() if p.parent.name == "quax_faust")
-    assert live == ["__init__.py", "settings.py", "wire.py"]
+    live = sorted(p.relative_to(REPO / "quax_faust").as_posix() for p in shipped_files()
+                  if p.is_relative_to(REPO / "quax_faust"))
+    assert live == ["__init__.py", "core/__init__.py", "core/wire.py", "settings.py"]
     assert all(p.is_file() for p in shipped_files())
     assert REPO / "spark_batch" / "recompute.py" in shipped_files()
 
 
 def test_a_bug_in_the_live_numerics_does_not_reach_the_recompute(monkeypatch):
     """Break the live chain's spectrum: the audit's result does not move (so verify would differ)."""
-    from quax_faust import accumulators, dsp
+    from quax_faust.core import accumulators, dsp
 
     x = _noise(3, 12)
     before = _fold_one_file(x, [(0, 12)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rocksdict
 
-from quax_faust import malloc, table_store
+from quax_faust.stream import malloc, table_store
 
 
 def test_one_budget_per_caps_shared_by_every_database(tmp_path):

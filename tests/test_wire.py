@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from quax_faust import wire
+from quax_faust.core import wire
 
 L = 3072
 

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from quax_faust import wire
+from quax_faust.core import wire
 
 GOOD = wire.encode_slice_batch(wire.SliceBatch(
     "fuzz", 3, 2, 10, 7, 2e6, 1.0, (np.arange(2 * 16) * (1 + 1j)).astype(np.complex64).reshape(2, 16)))

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from quax_faust import wire
-from quax_faust.accumulators import FileAccumulator, RunAccumulator
+from quax_faust.core import wire
+from quax_faust.core.accumulators import FileAccumulator, RunAccumulator
 
 RUN = "run42"
 

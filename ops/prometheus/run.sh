@@ -4,4 +4,4 @@
 # of the QUAX_* settings, with ops/prometheus/rules.yml; data under var/prometheus/<port>/.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-exec "$repo/.venv/bin/python" -m quax_faust.prometheus run
+exec "$repo/.venv/bin/python" -m quax_faust.tools.prometheus run

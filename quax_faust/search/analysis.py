@@ -38,8 +38,8 @@ from collections import OrderedDict
 import scipy.signal
 from scipy import special
 
-from .dsp import frequency_axis_hz
-from .settings import Settings
+from quax_faust.core.dsp import frequency_axis_hz
+from quax_faust.settings import Settings
 
 # The standard error of a MAD-based scale estimate of n normal values is 1.166/sqrt(n) (relative).
 _MAD_TO_SIGMA = 1.4826

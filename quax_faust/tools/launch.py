@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import ENV_PREFIX, REPO_DIR, Settings
+from quax_faust.settings import ENV_PREFIX, REPO_DIR, Settings
 
 BROKER_SCRIPT = REPO_DIR / "ops" / "kafka" / "broker.sh"
 
@@ -115,7 +115,7 @@ class Workers:
         for k in range(self.settings.workers) if indices is None else indices:
             log = open(self.log_dir / f"worker-{k}.log", "ab")
             self.procs[k] = subprocess.Popen(
-                [sys.executable, "-m", "quax_faust.cli", "worker", "--index", str(k), "--loglevel", self.loglevel],
+                [sys.executable, "-m", "quax_faust.tools.cli", "worker", "--index", str(k), "--loglevel", self.loglevel],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
         return self
 
@@ -160,7 +160,7 @@ class Workers:
 
 def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 120.0) -> dict:
     """Poll the workers' views until the run has n_files folded; return the run summary."""
-    from .export import TablesUnavailable, get_json
+    from quax_faust.client import TablesUnavailable, get_json
 
     deadline = time.monotonic() + timeout_s
     last: dict | str = "no answer"
@@ -181,8 +181,8 @@ def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 
 
 def _file_states(settings: Settings, run: str, n_files: int) -> list:
     """Diagnosis of a stuck run: the live state of files 0..n_files-1 in the files table."""
-    from .export import TablesUnavailable, get_json
-    from .wire import file_key
+    from quax_faust.client import TablesUnavailable, get_json
+    from quax_faust.core.wire import file_key
 
     states = []
     for k in range(n_files):
@@ -202,7 +202,7 @@ def _group_positions(settings: Settings) -> dict | str:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from .broker_auth import client_options
+    from quax_faust.connection import client_options
 
     async def positions() -> dict:
         admin = AIOKafkaAdminClient(**client_options(settings))

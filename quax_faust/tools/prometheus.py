@@ -5,7 +5,7 @@ copy with the ports of any Settings (workers at web_port_base + k, the producer 
 producer_metrics_port), and ``Prometheus`` runs the server on 127.0.0.1 with its data under var/.
 The rules (ops/prometheus/rules.yml) are used in place. docs/metrics.md explains the metrics.
 
-    python -m quax_faust.prometheus run      # what ops/prometheus/run.sh (Procfile) does
+    python -m quax_faust.tools.prometheus run      # what ops/prometheus/run.sh (Procfile) does
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .settings import REPO_DIR, Settings
+from quax_faust.settings import REPO_DIR, Settings
 
 OPS_DIR = REPO_DIR / "ops" / "prometheus"
 CONFIG = OPS_DIR / "prometheus.yml"
@@ -163,7 +163,7 @@ class Prometheus:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["run"]:
-        print("usage: python -m quax_faust.prometheus run   (settings from QUAX_* variables)", file=sys.stderr)
+        print("usage: python -m quax_faust.tools.prometheus run   (settings from QUAX_* variables)", file=sys.stderr)
         return 2
     settings = Settings.from_env()
     server = Prometheus(settings, Path(settings.var_dir) / "prometheus" / str(settings.prometheus_port))

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dsp
-from .wire import FileSpectrum, SliceBatch
+from quax_faust.core import dsp
+from quax_faust.core.wire import FileSpectrum, SliceBatch
 
 FILLING, COMPLETE = 0, 1
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from . import dsp
-from .accumulators import RunAccumulator
-from .wire import FileSpectrum
+from quax_faust.core import dsp
+from quax_faust.core.accumulators import RunAccumulator
+from quax_faust.core.wire import FileSpectrum
 
 
 def floats(values: np.ndarray) -> list[float | None]:

@@ -1,19 +1,27 @@
 """How every Kafka client of quax-stream connects: plaintext, TLS, SASL/SCRAM, from the settings.
 
 One place for the broker connection options, used by the producer, the admin client (topics), the
-Faust workers and the test readers. Defaults: PLAINTEXT to 127.0.0.1 (a single-machine setup).
+Faust workers, the Spark archive reader and the test readers; and the admin connection that tells a
+refused login from a broker still starting. Defaults: PLAINTEXT to 127.0.0.1 (a single-machine setup).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
-from .settings import Settings
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
+
+from quax_faust.settings import Settings
 
 if TYPE_CHECKING:  # faust is imported only by the workers: importing it reads sys.argv (--loop!)
     import faust
 
+log = logging.getLogger(__name__)
 PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 
 
@@ -98,3 +106,71 @@ def _jaas_quote(value: str) -> str:
     undoes backslash escapes and would end the string at a raw line break)."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
+
+
+# --- the admin connection: partition counts, a refused login told from a broker still starting
+
+class RefusalCatcher(logging.Handler):
+    """Keeps the reason aiokafka logs when the broker refuses us (bad password, TLS) rather than
+    being down: retrying cannot help then."""
+
+    FATAL = ("Authentication", "SSL", "certificate", "UnsupportedSaslMechanism")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.refusal: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(word in message for word in self.FATAL):
+            self.refusal = message
+
+
+async def connect_admin(settings: Settings, wait_s: float) -> AIOKafkaAdminClient:
+    """An admin client, retrying while the broker is still starting (up to wait_s seconds)."""
+    deadline = time.monotonic() + wait_s
+    client_log = logging.getLogger("aiokafka")
+    catcher = RefusalCatcher()
+    client_log.addHandler(catcher)
+    client_log.propagate = False  # one line per retry is enough
+    try:
+        while True:
+            admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=30000)
+            try:
+                await admin.start()
+                return admin
+            except KafkaConnectionError:
+                await admin.close()
+                if catcher.refusal:
+                    raise RuntimeError(f"the broker at {settings.broker} refused the connection: "
+                                       f"{catcher.refusal}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no Kafka broker answers at {settings.broker} after {wait_s:.0f} s "
+                                       f"(is it up? is security_protocol {settings.security_protocol} "
+                                       "what it expects?)") from None
+                log.info("waiting for the broker at %s", settings.broker)
+                await asyncio.sleep(1.0)
+    finally:
+        client_log.removeHandler(catcher)
+        client_log.propagate = True
+
+
+async def partition_counts(broker: str | Settings, names, wait_s: float = 10.0) -> dict[str, int]:
+    """Partition count of each named topic that exists (broker: settings or a plaintext host:port).
+    A refused login or TLS handshake, or no broker within wait_s seconds: RuntimeError saying so."""
+    settings = broker if isinstance(broker, Settings) else Settings(broker=broker)
+    admin = await connect_admin(settings, wait_s)
+    try:
+        return await existing_partition_counts(admin, names)
+    finally:
+        await admin.close()
+
+
+async def existing_partition_counts(admin: AIOKafkaAdminClient, names) -> dict[str, int]:
+    listed = set(await admin.list_topics())
+    wanted = [n for n in names if n in listed]
+    if not wanted:
+        return {}
+    described = await admin.describe_topics(wanted)
+    return {t["topic"]: len(t["partitions"]) for t in described
+            if not t.get("error_code") and t.get("partitions")}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .settings import Settings
+from quax_faust.settings import Settings
 
 
 class TablesUnavailable(RuntimeError):

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import SearchResult, search_spectrum
-from .settings import Settings
+from quax_faust.search.analysis import SearchResult, search_spectrum
+from quax_faust.settings import Settings
 
 MAX_RECORDS = 100
 """Candidates kept per run: all those above threshold first, then faded ones by peak significance."""
@@ -200,7 +200,7 @@ def cmd_analyse(args, settings: Settings) -> int:
         if args.run is not None and str(data.get("run")) != args.run:
             raise ValueError(f"{args.from_export} holds run {str(data.get('run'))!r}, not {args.run!r}")
     elif args.run is not None:
-        from .export import fetch_run
+        from quax_faust.client import fetch_run
 
         data = fetch_run(settings, args.run)
     else:

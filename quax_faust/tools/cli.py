@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .settings import ENV_PREFIX, Settings
+from quax_faust.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("quax")
 
@@ -39,7 +39,7 @@ def _apply_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_synth(args, settings: Settings) -> int:
-    from . import daq, synth
+    from quax_faust.core import daq, synth
 
     tones = tuple(zip(args.tone_hz or [], args.tone_amplitude or []))
     if len(args.tone_hz or []) != len(args.tone_amplitude or []):
@@ -53,7 +53,7 @@ def cmd_synth(args, settings: Settings) -> int:
 
 
 def cmd_topics(args, settings: Settings) -> int:
-    from .topics import ensure_topics
+    from quax_faust.stream.topics import ensure_topics
 
     for name, n in asyncio.run(ensure_topics(settings)).items():
         print(f"{name}: {n} partitions")
@@ -61,8 +61,8 @@ def cmd_topics(args, settings: Settings) -> int:
 
 
 def cmd_produce(args, settings: Settings) -> int:
-    from .metrics import serve_producer_metrics
-    from .producer import produce_directory
+    from quax_faust.stream.metrics import serve_producer_metrics
+    from quax_faust.ingest.producer import produce_directory
 
     serve_producer_metrics(settings.producer_metrics_port, settings.web_host)  # /metrics (docs/metrics.md)
     report = asyncio.run(produce_directory(
@@ -80,13 +80,13 @@ def cmd_produce(args, settings: Settings) -> int:
 
 
 def cmd_worker(args, settings: Settings) -> int:
-    from .topics import ensure_topics
+    from quax_faust.stream.topics import ensure_topics
 
     datadir = Path(settings.var_dir) / "workers" / str(args.index)
     datadir.mkdir(parents=True, exist_ok=True)
     # Faust subscribes only to topics that exist: create ours first (idempotent).
     asyncio.run(ensure_topics(settings))
-    from .app import app
+    from quax_faust.stream.app import app
 
     app.conf.datadir = datadir
     sys.argv = ["quax-worker", "worker", "--loglevel", args.loglevel,
@@ -96,7 +96,7 @@ def cmd_worker(args, settings: Settings) -> int:
 
 
 def cmd_export(args, settings: Settings) -> int:
-    from .export import fetch_run, write_export
+    from quax_faust.client import fetch_run, write_export
 
     data = fetch_run(settings, args.run)
     out = write_export(data, args.out)
@@ -162,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
-    from . import candidates
+    from quax_faust.search import candidates
     candidates.register(sub, common)  # quax analyse
-    from . import bench
+    from quax_faust.tools import bench
     bench.register(sub, common)  # quax bench
     import spark_batch.cli
     spark_batch.cli.register(sub, common)  # quax reprocess, quax verify (Spark imported only there)

@@ -45,7 +45,7 @@ from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
 
-from . import metrics
+from quax_faust.stream import metrics
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def check_faust() -> None:
     installed = installed_faust_version()
     if installed != FAUST_VERSION:
         raise RuntimeError(
-            f"quax_faust/faust_fixes.py patches private parts of faust-streaming {FAUST_VERSION}, but "
+            f"quax_faust/stream/faust_fixes.py patches private parts of faust-streaming {FAUST_VERSION}, but "
             f"{'no faust-streaming' if installed is None else f'faust-streaming {installed}'} is "
             f"installed. Install faust-streaming=={FAUST_VERSION} (pyproject.toml), or check each fix "
             f"against the new version's source (docs/reliability.md, \"What Faust gets wrong\"), run "
@@ -323,7 +323,7 @@ def check_faust() -> None:
     missing = [f"{cls.__name__}.{name}" for cls, name in _PRIVATE_PARTS if not _has(cls, name)]
     if missing:
         raise RuntimeError(
-            f"quax_faust/faust_fixes.py: faust-streaming {installed} lacks {', '.join(missing)}, which "
+            f"quax_faust/stream/faust_fixes.py: faust-streaming {installed} lacks {', '.join(missing)}, which "
             f"the patches replace or read; see docs/reliability.md, \"What Faust gets wrong\".")
 
 

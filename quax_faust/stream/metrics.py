@@ -29,9 +29,9 @@ MESSAGES = Counter("quax_slice_messages_total", "Slice messages processed")
 DUPLICATE_SLICES = Counter("quax_duplicate_slices_total", "Slices received again and ignored")
 REJECTED = Counter("quax_rejected_messages_total", "Messages rejected, by reason", ["topic", "reason"])
 OFFSET_HOLES = Counter("quax_offset_holes_total", "Offsets the consumer skipped before an agent saw them; "
-                       "not committed, read again (quax_faust/faust_fixes.py)", ["topic"])
+                       "not committed, read again (quax_faust/stream/faust_fixes.py)", ["topic"])
 OFFSET_REREADS = Counter("quax_offset_rereads_total", "Seeks back to the committed offsets to read skipped "
-                         "offsets again (quax_faust/faust_fixes.py)")
+                         "offsets again (quax_faust/stream/faust_fixes.py)")
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")

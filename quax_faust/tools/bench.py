@@ -35,10 +35,10 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from . import daq, dsp, synth, wire
-from .launch import Broker, Workers, free_port, settings_env
-from .prometheus import Prometheus
-from .settings import REPO_DIR, Settings
+from quax_faust.core import daq, dsp, synth, wire
+from quax_faust.tools.launch import Broker, Workers, free_port, settings_env
+from quax_faust.tools.prometheus import Prometheus
+from quax_faust.settings import REPO_DIR, Settings
 
 SAMPLES_PER_FILE = 1 << 23  # a real DAQ file: 4.194 s at 2 MS/s
 RESULTS_DIR = REPO_DIR / "bench" / "results"
@@ -176,7 +176,7 @@ class Stack:
         """`quax produce` in its own process, serving its /metrics on producer_metrics_port."""
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         log = open(self.work_dir / f"producer-{run}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "quax_faust.cli", "produce", "--source", str(source),
+        proc = subprocess.Popen([sys.executable, "-m", "quax_faust.tools.cli", "produce", "--source", str(source),
                                  "--run", run, "--pace", pace, "--loop", str(loops), "--no-checkpoint"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
         self.processes["producer"] = psutil.Process(proc.pid)

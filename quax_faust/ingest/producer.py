@@ -33,10 +33,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (BrokerNotAvailableError, KafkaError, KafkaTimeoutError,
                              MessageSizeTooLargeError, RecordTooLargeError)
 
-from . import broker_auth, daq, malloc, metrics, wire
-from .accumulators import IndexSet
-from .settings import Settings
-from .topics import _RefusalCatcher, ensure_topics
+from quax_faust import connection
+from quax_faust.stream import malloc, metrics
+
+from quax_faust.core import daq, wire
+from quax_faust.core.accumulators import IndexSet
+from quax_faust.settings import Settings
+from quax_faust.connection import RefusalCatcher
+from quax_faust.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def is_retriable(exc: BaseException) -> bool:
                                                                               BrokerNotAvailableError)))
 
 
-class _LoginRefusal(_RefusalCatcher):
+class _LoginRefusal(RefusalCatcher):
     """The reason aiokafka logs when the broker refuses our login (it then raises a plain, retriable
     KafkaConnectionError). Narrower than at start-up: TLS errors can be a broker going down."""
 
@@ -114,14 +118,14 @@ class DaqProducer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        malloc.keep_freed_memory()  # reuse the big buffers of each file (quax_faust/malloc.py)
+        malloc.keep_freed_memory()  # reuse the big buffers of each file (quax_faust/stream/malloc.py)
         self.producer = self._client()
         self.refusal = _LoginRefusal()
 
     def _client(self) -> AIOKafkaProducer:
         settings = self.settings
         return AIOKafkaProducer(
-            **broker_auth.client_options(settings), max_request_size=settings.max_message_bytes,
+            **connection.client_options(settings), max_request_size=settings.max_message_bytes,
             acks="all", linger_ms=2, request_timeout_ms=round(settings.producer_request_timeout_s * 1000),
             # Not idempotent: an idempotent aiokafka producer retries a batch for ever while the
             # broker is away and its stop() waits for it (aio-libs/aiokafka#1101), and after an

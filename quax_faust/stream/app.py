@@ -21,9 +21,14 @@ from faust.web import Request, Response, View
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import broker_auth, candidates, dsp, faust_fixes, malloc, metrics, table_store, views, wire
-from .accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
-from .settings import Settings
+from quax_faust import connection
+from quax_faust.stream import faust_fixes, malloc, metrics, table_store, views
+
+from quax_faust.search import candidates
+
+from quax_faust.core import dsp, wire
+from quax_faust.core.accumulators import COMPLETE, FileAccumulator, RunAccumulator, StateError
+from quax_faust.settings import Settings
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -41,7 +46,7 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2,
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
-    broker_credentials=broker_auth.faust_credentials(settings),
+    broker_credentials=connection.faust_credentials(settings),
     store=f"{table_store.URL_SCHEME}://",
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
@@ -219,7 +224,7 @@ async def export_consumer_lag() -> None:
 
 # End of the consumer-lag section.
 # ---------------------------------------------------------------------------------------------
-# Candidate search (quax_faust/analysis.py, candidates.py, docs/analysis.md): after each file is
+# Candidate search (quax_faust/search/analysis.py, candidates.py, docs/analysis.md): after each file is
 # folded into a run, its new average is searched; the run's candidates document lives in the
 # `candidates` table (JSON, key run) and what changed goes to the `candidates` topic.
 
