@@ -73,8 +73,8 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
     return spark
 
 
-SHIPPED_LIVE_MODULES = ("__init__.py", "core/__init__.py", "core/wire.py", "settings.py")
-"""All of quax_faust the executors get: the message decoder and the settings. Not dsp, not the
+SHIPPED_LIVE_MODULES = ("__init__.py", "core/__init__.py", "core/errors.py", "core/wire.py", "settings.py")
+"""All of quax_faust the executors get: the message decoder (and its error type) and the settings. Not dsp, not the
 accumulators: the recompute must not be able to reuse the live chain's numerics (recompute.py)."""
 
 

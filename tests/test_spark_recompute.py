@@ -43,8 +43,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-ALLOWED_LIVE = {"quax_faust.core.wire", "quax_faust.settings"}
-"""All that spark_batch may take from the live package: the message decoder and the settings."""
+ALLOWED_LIVE = {"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.settings"}
+"""All that spark_batch may take from the live package: the message decoder (and its error type)
+and the settings."""
 CONNECTION_ONLY = {
     "archive.py": {"quax_faust.connection"},  # how to log in to the broker
     "cli.py": {"quax_faust.client"},  # fetch_run: reading the live tables, the side being audited
@@ -93,7 +94,7 @@ def test_a_cluster_gets_only_the_decoder_and_settings_of_the_live_package():
 
     live = sorted(p.relative_to(REPO / "quax_faust").as_posix() for p in shipped_files()
                   if p.is_relative_to(REPO / "quax_faust"))
-    assert live == ["__init__.py", "core/__init__.py", "core/wire.py", "settings.py"]
+    assert live == ["__init__.py", "core/__init__.py", "core/errors.py", "core/wire.py", "settings.py"]
     assert all(p.is_file() for p in shipped_files())
     assert REPO / "spark_batch" / "recompute.py" in shipped_files()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quax_faust.core import dsp
+from quax_faust.core.errors import QuaxError
 from quax_faust.core.wire import FileSpectrum, SliceBatch
 
 FILLING, COMPLETE = 0, 1
@@ -71,12 +72,9 @@ class IndexSet:
         return np.array(list(zip(self._starts, self._stops)), dtype=np.uint32).reshape(-1, 2)
 
 
-class StateError(ValueError):
-    """A message that does not fit the state it would update (e.g. another slice length)."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+class StateError(QuaxError):
+    """A message that does not fit the state it would update (e.g. another slice length), or a
+    stored table value that cannot be read (reason ``bad_table_value``)."""
 
 
 # magic, version, status, run_len, file_index, slices_in_file, slice_len, tail_samples, n_counted,

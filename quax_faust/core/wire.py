@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quax_faust.core.errors import QuaxError
+
 SLICE_MAGIC = b"QXSB"
 SPECTRUM_MAGIC = b"QXSP"
 VERSION = 1
@@ -34,12 +36,8 @@ _SLICE_HEAD = struct.Struct("<4sHHHHIIIIIIdd")
 _SPECTRUM_HEAD = struct.Struct("<4sHHHHIIIIdddd")
 
 
-class WireError(ValueError):
+class WireError(QuaxError):
     """A message that cannot be decoded; ``reason`` is a short tag such as 'bad_magic'."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 def check_run_id(run: str) -> str:
