@@ -76,24 +76,6 @@ def plan_fft(slice_len: int, block_rows: int = 64, threads: int = 1) -> None:
     _plan(block_rows, slice_len, threads)
 
 
-def slice_power(slices: np.ndarray, *, block_rows: int = 64, threads: int = 1) -> np.ndarray:
-    """|FFT|**2 of each slice, unscaled and unshifted.
-
-    slices: (n_slices, slice_len) complex64 (any other complex dtype is converted).
-    Returns (n_slices, slice_len) float32.
-    """
-    slices = _as_slices(slices)
-    n, slice_len = slices.shape
-    plan = _plan(block_rows, slice_len, threads)
-    power = np.empty((n, slice_len), dtype=np.float32)
-    for start in range(0, n, block_rows):
-        rows = min(block_rows, n - start)
-        plan.inp[:rows] = slices[start:start + rows]
-        plan.fft()
-        power[start:start + rows] = plan.block_power(rows)
-    return power
-
-
 def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray | None = None,
                block_rows: int = 64, threads: int = 1) -> PowerSums:
     """Sum and sum of squares of the slices' periodograms (V**2/Hz), fftshifted.
