@@ -80,6 +80,22 @@ def test_run_average_is_the_mean_over_all_slices_and_repeats_are_ignored():
     assert run.tail_samples_total == 20
 
 
+def test_run_scatter_is_that_of_all_slices_and_unknown_from_one():
+    p = np.random.default_rng(0).exponential(size=(1, L))
+    spec = wire.FileSpectrum("r", 0, 1, 5, FS, 0, 0, 0.0, p[0], np.zeros(L))  # a file's std for one slice
+    run = RunAccumulator.for_spectrum(spec)
+    run.fold(spec)
+    assert np.isnan(run.std).all() and np.isnan(run.sem).all()  # the views show null
+    rows = [p]
+    for index, n in [(1, 9), (2, 4)]:
+        spec, p = spectrum(index, n, seed=index)
+        run.fold(spec)
+        rows.append(p)
+    allp = np.vstack(rows)
+    np.testing.assert_allclose(run.std, allp.std(0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(run.sem, run.std / np.sqrt(14), rtol=1e-12)
+
+
 def test_run_refuses_another_slice_length():
     spec, _ = spectrum(0, 4, 0)
     run = RunAccumulator.for_spectrum(spec)

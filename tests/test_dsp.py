@@ -87,12 +87,44 @@ def test_merge_moments_equals_pooled_statistics():
     rng = np.random.default_rng(1)
     a, b = rng.exponential(size=(30, 5)), rng.exponential(size=(55, 5))
     m2 = lambda x: ((x - x.mean(0)) ** 2).sum(0)
-    n, mean, merged = dsp.merge_moments(30, a.mean(0), m2(a), 55, b.mean(0), m2(b))
+    merged = dsp.Moments(30, a.mean(0), m2(a)).merge(dsp.Moments(55, b.mean(0), m2(b)))
     both = np.vstack([a, b])
-    assert n == 85
-    np.testing.assert_allclose(mean, both.mean(0))
-    np.testing.assert_allclose(merged, m2(both))
-    np.testing.assert_allclose(dsp.standard_error(merged, n), both.std(0, ddof=1) / np.sqrt(85))
+    assert merged.n == 85
+    np.testing.assert_allclose(merged.mean, both.mean(0))
+    np.testing.assert_allclose(merged.m2, m2(both))
+    np.testing.assert_allclose(merged.sem(), both.std(0, ddof=1) / np.sqrt(85))
+
+
+def test_moments_from_sums_and_from_std_are_numpys_sample_statistics():
+    rng = np.random.default_rng(2)
+    p = rng.exponential(size=(40, 6))
+    from_sums = dsp.Moments.from_sums(40, p.sum(0), (p * p).sum(0))
+    np.testing.assert_allclose(from_sums.mean, p.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(from_sums.std(), p.std(0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(from_sums.sem(), p.std(0, ddof=1) / np.sqrt(40), rtol=1e-10)
+    from_std = dsp.Moments.from_std(40, p.mean(0), p.std(0, ddof=1))
+    np.testing.assert_allclose(from_std.m2, from_sums.m2, rtol=1e-10)
+    # Merging into nothing is the identity, and copies (the run owns its arrays).
+    empty = dsp.Moments(0, np.zeros(6), np.zeros(6))
+    alone = empty.merge(from_std)
+    assert alone.n == 40 and alone.mean is not from_std.mean
+    np.testing.assert_array_equal(alone.m2, from_std.m2)
+
+
+def test_one_periodogram_has_no_scatter_estimate():
+    one = dsp.Moments.from_sums(1, np.full(3, 2.0), np.full(3, 4.0))
+    assert np.isnan(one.std()).all() and np.isnan(one.sem()).all()
+    # ... but a one-slice file's spectrum says std 0: the spectra topic carries finite numbers only.
+    mean, std = dsp.mean_and_std(np.full(3, 2.0), np.full(3, 4.0), 1)
+    np.testing.assert_array_equal(mean, 2.0)
+    np.testing.assert_array_equal(std, 0.0)
+    # Identical slices: sumsq - n*mean**2 cancels to a few ulp either side of 0, never a NaN std.
+    p = np.full((3, 3), 0.1)
+    cancelled = dsp.Moments.from_sums(3, p.sum(0), (p * p).sum(0))
+    assert (cancelled.m2 < 0).all()
+    np.testing.assert_array_equal(cancelled.std(), 0.0)
+    with pytest.raises(ValueError, match="no slices"):
+        dsp.Moments.from_sums(0, np.zeros(3), np.zeros(3))
 
 
 def test_rejects_real_or_1d_input():

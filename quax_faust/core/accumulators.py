@@ -230,9 +230,8 @@ class RunAccumulator:
         if not self.files.add(spec.file_index):
             self.duplicate_files += 1
             return False
-        m2_file = spec.std * spec.std * (spec.n_slices - 1)
-        self.n_slices, self.mean, self.m2 = dsp.merge_moments(
-            self.n_slices, self.mean, self.m2, spec.n_slices, spec.mean, m2_file)
+        merged = self.moments.merge(dsp.Moments.from_std(spec.n_slices, spec.mean, spec.std))
+        self.n_slices, self.mean, self.m2 = merged.n, merged.mean, merged.m2
         self.latest_file_index = spec.file_index if self.n_files == 1 else max(self.latest_file_index, spec.file_index)
         self.tail_samples_total += spec.tail_samples
         self.first_completed_at_s = min(self.first_completed_at_s, spec.completed_at_s)
@@ -240,9 +239,19 @@ class RunAccumulator:
         return True
 
     @property
+    def moments(self) -> dsp.Moments:
+        """The run's per-bin count, mean and M2 (the arrays are shared, not copied)."""
+        return dsp.Moments(self.n_slices, self.mean, self.m2)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Scatter of one slice's periodogram per bin, sample std (ddof=1), V**2/Hz; NaN if N < 2."""
+        return self.moments.std()
+
+    @property
     def sem(self) -> np.ndarray:
-        """Standard error of the run mean per bin, sigma/sqrt(N) (V**2/Hz)."""
-        return dsp.standard_error(self.m2, self.n_slices)
+        """Standard error of the run mean per bin, sigma/sqrt(N) (V**2/Hz); NaN if N < 2."""
+        return self.moments.sem()
 
     def to_bytes(self) -> bytes:
         run = self.run.encode()

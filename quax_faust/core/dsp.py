@@ -126,34 +126,66 @@ def _sum_rows_pairwise(block: np.ndarray) -> np.ndarray:
     return block[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Moments:
+    """Per-bin count, mean and M2 (sum of squared deviations from the mean) of n periodograms.
+
+    mean: (slice_len,) float64 in V**2/Hz; m2: (slice_len,) float64 in (V**2/Hz)**2. A file's
+    moments come from its sums (``from_sums``) or its spectrum (``from_std``); a run's are its files'
+    merged with ``merge``, so they are those of all its slices whatever order the files come in.
+    """
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def from_sums(cls, n: int, power_sum: np.ndarray, power_sumsq: np.ndarray) -> "Moments":
+        """From the sum and the sum of squares of n periodograms (``PowerSums``, a file's table value).
+
+        The cancellation in sumsq - n*mean**2 can leave M2 a few ulp below zero: ``variance`` clamps.
+        """
+        if n <= 0:
+            raise ValueError("no slices counted")
+        mean = power_sum / n
+        return cls(n, mean, power_sumsq - n * mean * mean)
+
+    @classmethod
+    def from_std(cls, n: int, mean: np.ndarray, std: np.ndarray) -> "Moments":
+        """From a mean and a sample standard deviation (ddof=1), as a ``FileSpectrum`` carries them."""
+        return cls(n, mean, std * std * (n - 1))
+
+    def merge(self, other: "Moments") -> "Moments":
+        """The moments of both sets of periodograms together (Chan et al.'s parallel formula)."""
+        if self.n == 0:
+            return Moments(other.n, other.mean.copy(), other.m2.copy())
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / n)
+        return Moments(n, mean, m2)
+
+    def variance(self) -> np.ndarray:
+        """Sample variance per bin (ddof=1), (V**2/Hz)**2; NaN where it is undefined (n < 2)."""
+        if self.n < 2:
+            return np.full_like(self.mean, np.nan)
+        return np.maximum(self.m2 / (self.n - 1), 0.0)
+
+    def std(self) -> np.ndarray:
+        """Sample standard deviation of one periodogram per bin (ddof=1), V**2/Hz; NaN if n < 2."""
+        return np.sqrt(self.variance())
+
+    def sem(self) -> np.ndarray:
+        """Standard error of the mean per bin, std/sqrt(n), V**2/Hz; NaN if n < 2."""
+        return np.sqrt(self.variance() / self.n)
+
+
 def mean_and_std(power_sum: np.ndarray, power_sumsq: np.ndarray, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin mean and sample standard deviation (ddof=1) from sums over n_slices periodograms."""
-    if n_slices <= 0:
-        raise ValueError("no slices counted")
-    mean = power_sum / n_slices
-    if n_slices == 1:
-        return mean, np.zeros_like(mean)
-    var = (power_sumsq - n_slices * mean * mean) / (n_slices - 1)
-    return mean, np.sqrt(np.maximum(var, 0.0))
-
-
-def merge_moments(n_a: int, mean_a: np.ndarray, m2_a: np.ndarray,
-                  n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Chan et al.'s parallel merge of (count, mean, sum of squared deviations) per bin."""
-    n = n_a + n_b
-    if n_a == 0:
-        return n_b, mean_b.copy(), m2_b.copy()
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / n)
-    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
-    return n, mean, m2
-
-
-def standard_error(m2: np.ndarray, n_slices: int) -> np.ndarray:
-    """Standard error of the mean per bin, sigma/sqrt(N), from the sum of squared deviations."""
-    if n_slices < 2:
-        return np.full_like(m2, np.nan)
-    return np.sqrt(m2 / (n_slices - 1) / n_slices)
+    """A file's per-bin mean and sample std (ddof=1) from the sums over its n_slices periodograms,
+    as its spectrum carries them: one slice has std 0 (no scatter seen; the spectra topic carries
+    finite numbers only)."""
+    moments = Moments.from_sums(n_slices, power_sum, power_sumsq)
+    return moments.mean, moments.std() if n_slices > 1 else np.zeros_like(moments.mean)
 
 
 def _as_slices(slices: np.ndarray) -> np.ndarray:

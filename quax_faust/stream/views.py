@@ -36,13 +36,12 @@ def run_summary(acc: RunAccumulator) -> dict[str, Any]:
 
 def run_document(acc: RunAccumulator, lo_frequency_hz: float) -> dict[str, Any]:
     """Run average with its standard error sigma/sqrt(N), all per bin in V**2/Hz."""
-    std = np.sqrt(acc.m2 / (acc.n_slices - 1)) if acc.n_slices > 1 else np.full(acc.slice_len, np.nan)
     return {
         **run_summary(acc),
         "file_indices": [int(i) for i in acc.files],
         "frequency_hz": floats(dsp.frequency_axis_hz(acc.slice_len, acc.sample_rate_hz, lo_frequency_hz)),
         "mean": floats(acc.mean),
-        "std": floats(std),
+        "std": floats(acc.std),
         "sem": floats(acc.sem),
     }
 
