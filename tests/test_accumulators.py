@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from quax_faust.core import dsp, wire
-from quax_faust.core.accumulators import COMPLETE, FileAccumulator, IndexSet, RunAccumulator, StateError
+from quax_faust.core.accumulators import (COMPLETE, BatchFold, FileAccumulator, IndexSet, RunAccumulator,
+                                          StateError)
 
 L, FS = 256, 2e6
 
@@ -47,6 +48,57 @@ def test_spectrum_and_completion():
     back = FileAccumulator.from_bytes(acc.to_bytes())
     assert back.status == COMPLETE and back.power_sum is None and back.n_counted == 20
     assert len(acc.to_bytes()) < 100  # finished files leave the hot state small
+
+
+def batch(x, first, count):
+    return wire.SliceBatch("r", 7, first, x.shape[0], 5, FS, 1.0, x[first:first + count])
+
+
+def test_fold_counts_new_slices_with_the_power_sums_of_dsp():
+    x = file_slices()
+    acc = FileAccumulator.for_batch(batch(x, 0, 8))
+    folded = acc.fold(batch(x, 0, 8), block_rows=3, threads=1)
+    ref = dsp.power_sums(x[0:8], FS, block_rows=3)
+    np.testing.assert_array_equal(acc.power_sum, ref.power_sum)
+    np.testing.assert_array_equal(acc.power_sumsq, ref.power_sumsq)
+    assert (folded.n_new_slices, folded.n_duplicate_slices) == (8, 0)
+    assert folded.sample_bytes == x[0:8].nbytes and folded.data_seconds == 8 * L / FS
+    assert folded.fft_seconds > 0
+    assert acc.n_counted == 8 and acc.counted[:8].all() and not acc.counted[8:].any()
+
+
+def test_fold_of_an_overlapping_repeat_adds_only_the_new_slices():
+    x = file_slices()
+    acc = FileAccumulator.for_batch(batch(x, 0, 8))
+    acc.fold(batch(x, 0, 8), block_rows=64, threads=1)
+    first = acc.power_sum.copy(), acc.power_sumsq.copy()
+    folded = acc.fold(batch(x, 4, 8), block_rows=64, threads=1)  # slices 4..7 again, 8..11 new
+    assert (folded.n_new_slices, folded.n_duplicate_slices) == (4, 4)
+    assert folded.sample_bytes == x[4:12].nbytes  # the whole batch went through the FFT
+    assert folded.data_seconds == 4 * L / FS
+    ref = dsp.power_sums(x[8:12], FS)
+    np.testing.assert_allclose(acc.power_sum, first[0] + ref.power_sum, rtol=1e-12)
+    np.testing.assert_allclose(acc.power_sumsq, first[1] + ref.power_sumsq, rtol=1e-12)
+    assert acc.n_counted == 12 and acc.duplicate_slices == 4
+
+    stored = acc.to_bytes()
+    again = acc.fold(batch(x, 4, 8), block_rows=64, threads=1)  # nothing new: no FFT
+    assert again == BatchFold(0, 8, 0.0, 0, 0.0)
+    assert acc.duplicate_slices == 12 and acc.n_counted == 12
+    np.testing.assert_array_equal(acc.power_sum, FileAccumulator.from_bytes(stored).power_sum)
+
+
+def test_fold_into_a_complete_file_counts_the_batch_as_repeats_and_changes_nothing():
+    x = file_slices()
+    acc = FileAccumulator.for_batch(batch(x, 0, 20))
+    assert acc.fold(batch(x, 0, 20), block_rows=64, threads=1).n_new_slices == 20
+    assert acc.is_complete
+    acc.spectrum(completed_at_s=2.0)
+    acc.mark_complete()
+    acc = FileAccumulator.from_bytes(acc.to_bytes())
+    stored = acc.to_bytes()
+    assert acc.fold(batch(x, 12, 8), block_rows=64, threads=1) == BatchFold(0, 8, 0.0, 0, 0.0)
+    assert acc.to_bytes() == stored
 
 
 def test_inconsistent_batch_is_refused():

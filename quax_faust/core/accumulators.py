@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,17 @@ class StateError(QuaxError):
     stored table value that cannot be read (reason ``bad_table_value``)."""
 
 
+@dataclass(frozen=True)
+class BatchFold:
+    """What folding one slice batch into its file did, for the worker's metrics."""
+
+    n_new_slices: int  # slices counted now
+    n_duplicate_slices: int  # slices of the batch counted before (or of a file already complete)
+    fft_seconds: float  # wall time of the FFT and power sums (0 if nothing was new)
+    sample_bytes: int  # bytes of samples transformed (0 if nothing was new)
+    data_seconds: float  # detector time of the new slices: n_new_slices * slice_len / sample_rate_hz
+
+
 # magic, version, status, run_len, file_index, slices_in_file, slice_len, tail_samples, n_counted,
 # duplicate_slices, sample_rate_hz, first_produced_at_s, last_produced_at_s
 _FILE_HEAD = struct.Struct("<4sHHHIIIIIIddd")
@@ -121,6 +133,29 @@ class FileAccumulator:
                                  f"{getattr(batch, name)} differs from {getattr(self, name)} seen before")
         seen = self.counted[batch.first_slice: batch.first_slice + batch.slice_count]
         return ~seen
+
+    def fold(self, batch: SliceBatch, *, block_rows: int, threads: int) -> BatchFold:
+        """FFT the batch's slices not counted yet and add their periodograms (``add``).
+
+        Repeats are only counted; so is the whole batch if the file is already complete (its sums
+        left with its spectrum), which is not checked against the file. block_rows, threads: the
+        FFT's block size and threads (``dsp.power_sums``). Raises StateError as ``new_slices`` and
+        ``add`` do.
+        """
+        if self.status == COMPLETE:
+            return BatchFold(0, batch.slice_count, 0.0, 0, 0.0)
+        new = self.new_slices(batch)
+        sums, fft_seconds = None, 0.0
+        if new.any():
+            started = time.perf_counter()
+            sums = dsp.power_sums(batch.samples, batch.sample_rate_hz, counted=None if new.all() else new,
+                                  block_rows=block_rows, threads=threads)
+            fft_seconds = time.perf_counter() - started
+        self.add(batch, new, sums)
+        n_new = 0 if sums is None else sums.n_slices
+        return BatchFold(n_new, batch.slice_count - n_new, fft_seconds,
+                         batch.samples.nbytes if n_new else 0,
+                         n_new * batch.slice_len / batch.sample_rate_hz)
 
     def add(self, batch: SliceBatch, new: np.ndarray, sums: dsp.PowerSums | None) -> None:
         """Count the batch's new slices (mask ``new``), whose periodogram sums are ``sums``.
