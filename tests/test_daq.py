@@ -5,7 +5,7 @@ import pytest
 
 from quax_faust.core import daq, synth
 
-from quax_faust.ingest import producer
+from quax_faust.ingest import feed
 from quax_faust.settings import Settings
 
 L = 3072
@@ -81,11 +81,11 @@ def test_a_pair_shorter_than_one_slice_is_refused_with_its_reason(tmp_path):
     pair, _ = write(tmp_path, 7, n=L - 1)
     assert daq.read_pair(pair).shape == (L - 1,)  # a valid pair as such ...
     with pytest.raises(daq.DaqError) as info:  # ... but not one slice to send: the producer refuses it
-        producer._read_checked(pair, settings)
+        feed._read_checked(pair, settings)
     assert info.value.reason == "too_short"
     assert str(info.value) == f"duck_i_00007.dat: {L - 1} samples, fewer than one slice of {L}"
     exactly_one, _ = write(tmp_path, 8, n=L)
-    assert producer._read_checked(exactly_one, settings).shape == (L,)
+    assert feed._read_checked(exactly_one, settings).shape == (L,)
 
 
 def test_missing_directory(tmp_path):

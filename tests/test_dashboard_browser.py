@@ -26,7 +26,7 @@ import pytest
 from quax_faust.core import daq, synth
 from quax_faust.client import get_json
 from quax_faust.tools.launch import free_port, settings_env, wait_for_run
-from quax_faust.ingest.producer import DaqProducer
+from quax_faust.ingest.sender import DaqProducer
 from quax_faust.settings import REPO_DIR, Settings
 from tests.conftest import ARTIFACTS
 

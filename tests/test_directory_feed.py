@@ -10,14 +10,13 @@ import pytest
 
 from quax_faust.core import daq
 
-from quax_faust.ingest import producer
-from quax_faust.ingest.producer import Checkpoint, DirectoryFeed
+from quax_faust.ingest.feed import Checkpoint, DirectoryFeed
 
 L = 3072
 
 
 class Clock:
-    """time.monotonic for the producer module, moved by hand (seconds)."""
+    """time.monotonic for the feed module, moved by hand (seconds)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -29,7 +28,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(producer, "time", types.SimpleNamespace(monotonic=c))
+    monkeypatch.setattr("quax_faust.ingest.feed.time", types.SimpleNamespace(monotonic=c))
     return c
 
 

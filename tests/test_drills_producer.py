@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from quax_faust.core import wire
 from quax_faust.tools.launch import free_port, settings_env, wait_for_run
-from quax_faust.ingest.producer import Checkpoint
+from quax_faust.ingest.feed import Checkpoint
 from quax_faust.settings import REPO_DIR
 from tests.conftest import rebalances_done, wait_each_assigned, worker_metrics, write_synthetic_run
 from tests.kafka_io import read_topic

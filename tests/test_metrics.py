@@ -28,7 +28,8 @@ from quax_faust.core import daq, synth, wire
 
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import free_port, wait_for_run
-from quax_faust.ingest.producer import DaqProducer, produce_directory
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.ingest.sender import DaqProducer
 from quax_faust.tools.prometheus import CONFIG, OPS_DIR, Prometheus, render_config
 from quax_faust.settings import REPO_DIR, Settings
 from tests.kafka_io import send_raw_async

@@ -17,7 +17,8 @@ import pytest
 from quax_faust.core import daq, wire
 from quax_faust.client import fetch_run
 from quax_faust.tools.launch import wait_for_run
-from quax_faust.ingest.producer import DaqProducer, produce_directory
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.ingest.sender import DaqProducer
 from tests.conftest import write_synthetic_run
 from tests.kafka_io import read_topic, send_raw_async
 from tests.oracle import assert_run_matches_oracle

@@ -16,7 +16,8 @@ import pytest
 from quax_faust.core import daq, synth, wire
 
 from quax_faust.stream import metrics
-from quax_faust.ingest.producer import DirectoryFeed, produce_directory
+from quax_faust.ingest.feed import DirectoryFeed
+from quax_faust.ingest.producer import produce_directory
 from tests.conftest import stack_settings
 from tests.kafka_io import read_topic
 

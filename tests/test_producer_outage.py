@@ -11,8 +11,10 @@ from aiokafka import errors
 
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, free_port, wait_for_run
-from quax_faust.ingest.producer import (Checkpoint, DaqProducer, ProduceReport, _FileInFlight, _Sending,
-                                 backoff_s, is_retriable, produce_directory)
+from quax_faust.ingest.feed import Checkpoint
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.ingest.sender import (DaqProducer, ProduceReport, _FileInFlight, _Sending, backoff_s,
+                                      is_retriable)
 from tests.conftest import stack_settings, wait_until, write_synthetic_run
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings

@@ -15,7 +15,8 @@ import pytest
 from aiokafka import errors
 
 from quax_faust.stream import metrics
-from quax_faust.ingest.producer import Checkpoint, ProduceReport, _FileInFlight, _Sending
+from quax_faust.ingest.feed import Checkpoint
+from quax_faust.ingest.sender import ProduceReport, _FileInFlight, _Sending
 from quax_faust.settings import Settings
 
 

@@ -23,7 +23,8 @@ from quax_faust.core import daq, synth, wire
 
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, _group_positions, free_port, wait_for_run
-from quax_faust.ingest.producer import batches_of_file, produce_directory
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.ingest.sender import batches_of_file
 from tests.conftest import (rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
                             write_synthetic_run)
 from tests.kafka_io import read_topic, send_raw_async, wait_records

@@ -29,7 +29,8 @@ from quax_faust.tools import cli
 from quax_faust.core import daq, synth, wire
 from quax_faust.client import fetch_run
 from quax_faust.tools.launch import Workers, wait_for_run
-from quax_faust.ingest.producer import DaqProducer, produce_directory
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.ingest.sender import DaqProducer
 from quax_faust.settings import Settings
 from spark_batch import archive, fold
 from spark_batch.verify import compare
