@@ -180,3 +180,85 @@ def test_non_finite_samples_are_refused_and_change_nothing():
         acc.add(b, new, dsp.power_sums(b.samples, FS, counted=new))
     assert info.value.reason == "non_finite_samples"
     assert acc.to_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# A stored value that cannot be read is a StateError "bad_table_value" (the agents dead-letter the
+# message that needed it), never a bare struct.error, numpy error or UnicodeDecodeError.
+
+def stored_values() -> dict[str, bytes]:
+    x = file_slices(24)  # a whole number of bitmap bytes: no padding bits (a reader ignores those)
+    filling = deliver(None, x, 0, 8)
+    complete = deliver(None, x, 0, 24)
+    complete.mark_complete()
+    run = None
+    for index, n in [(0, 10), (1, 7), (3, 12)]:
+        spec, _ = spectrum(index, n, seed=index)
+        run = run or RunAccumulator.for_spectrum(spec)
+        run.fold(spec)
+    return {"filling": filling.to_bytes(), "complete": complete.to_bytes(), "run": run.to_bytes()}
+
+
+STORED = stored_values()
+READ = {"filling": FileAccumulator.from_bytes, "complete": FileAccumulator.from_bytes,
+        "run": RunAccumulator.from_bytes}
+
+
+def assert_bad_table_value(kind: str, data: bytes) -> StateError:
+    with pytest.raises(StateError) as info:
+        READ[kind](data)
+    assert info.value.reason == "bad_table_value"
+    return info.value
+
+
+@pytest.mark.parametrize("kind", sorted(STORED))
+def test_stored_values_read_back_exactly(kind):
+    assert READ[kind](STORED[kind]).to_bytes() == STORED[kind]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(STORED)), st.data())
+def test_a_truncated_or_extended_value_is_a_bad_table_value(kind, data):
+    value = STORED[kind]
+    cut = data.draw(st.integers(0, len(value) - 1))
+    error = assert_bad_table_value(kind, value[:cut])
+    assert ("files" if kind != "run" else "runs") + " table value" in str(error)
+    assert_bad_table_value(kind, value + data.draw(st.binary(min_size=1, max_size=40)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(STORED)), st.data())
+def test_a_garbled_value_reads_or_is_a_bad_table_value(kind, data):
+    value = bytearray(STORED[kind])
+    for _ in range(data.draw(st.integers(1, 4))):
+        # mostly the header, where a flipped bit changes a size, the magic or the run id
+        at = data.draw(st.integers(0, min(len(value), 100) - 1) | st.integers(0, len(value) - 1))
+        value[at] ^= data.draw(st.integers(1, 255))
+    try:
+        acc = READ[kind](bytes(value))
+    except StateError as exc:
+        assert exc.reason == "bad_table_value"
+    else:  # a changed number that still makes a whole value: it reads, and writes back as it came
+        assert acc.to_bytes() == bytes(value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_read_or_are_a_bad_table_value(value):
+    for read in (FileAccumulator.from_bytes, RunAccumulator.from_bytes):
+        try:
+            read(value)
+        except StateError as exc:
+            assert exc.reason == "bad_table_value"
+
+
+def test_what_a_bad_table_value_message_says():
+    value = STORED["filling"]
+    assert "version 2" in str(assert_bad_table_value("filling", value[:4] + b"\x02\x00" + value[6:]))
+    assert "b'QXRA'" in str(assert_bad_table_value("filling", STORED["run"]))  # a run value as a file's
+    assert "expected" in str(assert_bad_table_value("run", STORED["run"][:-8]))
+    head = 58  # the file accumulator's header, then the run id "r"
+    assert "not UTF-8" in str(assert_bad_table_value("filling", value[:head] + b"\xff" + value[head + 1:]))
+    sums_at = len(value) - 2 * 8 * L
+    nan = value[:sums_at] + np.float64(np.nan).tobytes() + value[sums_at + 8:]
+    assert "'r' file 7" in str(assert_bad_table_value("filling", nan))

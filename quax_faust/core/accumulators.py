@@ -202,22 +202,51 @@ class FileAccumulator:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FileAccumulator":
+        """Read a ``files`` table value (``to_bytes``); StateError ``bad_table_value`` if it is not one."""
+        what = "files table value"
+        if len(data) < _FILE_HEAD.size:
+            raise _bad_value(what, f"{len(data)} bytes, shorter than the {_FILE_HEAD.size}-byte header")
         (magic, version, status, run_len, file_index, slices_in_file, slice_len, tail, n_counted,
          duplicates, rate, first_at, last_at) = _FILE_HEAD.unpack_from(data)
         if magic != _FILE_MAGIC or version != 1:
-            raise ValueError(f"not a version-1 file accumulator: {magic!r} v{version}")
-        offset = _FILE_HEAD.size
-        run = bytes(data[offset: offset + run_len]).decode()
-        offset += run_len
+            raise _bad_value(what, f"magic {magic!r} version {version}: not a version-1 file accumulator "
+                             f"({_FILE_MAGIC!r})")
+        if status not in (FILLING, COMPLETE):
+            raise _bad_value(what, f"status {status}, expected {FILLING} (filling) or {COMPLETE} (complete)")
         n_bitmap = (slices_in_file + 7) // 8
+        n_sums = 2 * 8 * slice_len if status == FILLING else 0
+        expected = _FILE_HEAD.size + run_len + n_bitmap + n_sums
+        if len(data) != expected:
+            raise _bad_value(what, f"{len(data)} bytes, expected {expected} ({_FILE_HEAD.size} header + "
+                             f"{run_len} run id + {n_bitmap} bitmap of {slices_in_file} slices + {n_sums} sums "
+                             f"of {slice_len} bins)")
+        offset = _FILE_HEAD.size
+        run = _decode_run(what, data[offset: offset + run_len])
+        what = f"files table value of {run!r} file {file_index}"
+        offset += run_len
         counted = np.unpackbits(np.frombuffer(data, np.uint8, n_bitmap, offset))[:slices_in_file].astype(bool)
         offset += n_bitmap
+        if int(np.count_nonzero(counted)) != n_counted:
+            raise _bad_value(what, f"{n_counted} slices counted, but its bitmap marks {np.count_nonzero(counted)}")
         sums = [None, None]
         if status == FILLING:
             arr = np.frombuffer(data, "<f8", 2 * slice_len, offset).reshape(2, slice_len)
+            if not np.isfinite(arr).all():  # add() never stores one
+                raise _bad_value(what, "power sums hold NaN or Inf")
             sums = [arr[0].copy(), arr[1].copy()]
         return cls(run, file_index, slices_in_file, slice_len, tail, rate, counted, sums[0], sums[1],
                    n_counted, duplicates, first_at, last_at, status)
+
+
+def _bad_value(what: str, problem: str) -> StateError:
+    return StateError("bad_table_value", f"{what}: {problem}")
+
+
+def _decode_run(what: str, raw: bytes) -> str:
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError as exc:
+        raise _bad_value(what, f"run id {bytes(raw)[:40]!r} is not UTF-8 ({exc.reason})") from None
 
 
 # magic, version, run_len, slice_len, n_intervals, n_files, n_slices, latest_file_index,
@@ -300,15 +329,32 @@ class RunAccumulator:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "RunAccumulator":
-        (magic, version, run_len, slice_len, n_intervals, _n_files, n_slices, latest, duplicates,
+        """Read a ``runs`` table value (``to_bytes``); StateError ``bad_table_value`` if it is not one."""
+        what = "runs table value"
+        if len(data) < _RUN_HEAD.size:
+            raise _bad_value(what, f"{len(data)} bytes, shorter than the {_RUN_HEAD.size}-byte header")
+        (magic, version, run_len, slice_len, n_intervals, n_files, n_slices, latest, duplicates,
          tail_total, rate, first_at, last_at) = _RUN_HEAD.unpack_from(data)
         if magic != _RUN_MAGIC or version != 1:
-            raise ValueError(f"not a version-1 run accumulator: {magic!r} v{version}")
+            raise _bad_value(what, f"magic {magic!r} version {version}: not a version-1 run accumulator "
+                             f"({_RUN_MAGIC!r})")
+        expected = _RUN_HEAD.size + run_len + 8 * n_intervals + 2 * 8 * slice_len
+        if len(data) != expected:
+            raise _bad_value(what, f"{len(data)} bytes, expected {expected} ({_RUN_HEAD.size} header + "
+                             f"{run_len} run id + {n_intervals} file intervals + mean and M2 of {slice_len} bins)")
         offset = _RUN_HEAD.size
-        run = bytes(data[offset: offset + run_len]).decode()
+        run = _decode_run(what, data[offset: offset + run_len])
+        what = f"runs table value of {run!r}"
         offset += run_len
-        bounds = np.frombuffer(data, "<u4", 2 * n_intervals, offset)
+        bounds = np.frombuffer(data, "<u4", 2 * n_intervals, offset).astype(np.int64)
         offset += 8 * n_intervals
+        if not (np.all(bounds[0::2] < bounds[1::2]) and np.all(bounds[2::2] >= bounds[1:-1:2])):
+            raise _bad_value(what, f"file intervals {bounds.reshape(-1, 2).tolist()[:8]} are not sorted and disjoint")
+        files = IndexSet(bounds)
+        if len(files) != n_files:
+            raise _bad_value(what, f"{n_files} files, but its intervals hold {len(files)}")
         arr = np.frombuffer(data, "<f8", 2 * slice_len, offset).reshape(2, slice_len)
-        return cls(run, slice_len, rate, arr[0].copy(), arr[1].copy(), IndexSet(bounds), n_slices,
+        if not np.isfinite(arr).all():
+            raise _bad_value(what, "mean or M2 holds NaN or Inf")
+        return cls(run, slice_len, rate, arr[0].copy(), arr[1].copy(), files, n_slices,
                    latest, duplicates, tail_total, first_at, last_at)
