@@ -12,13 +12,26 @@ import dataclasses
 import difflib
 import logging
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "QUAX_"
 DEMO_ENV_PREFIX = "QUAX_DEMO_"  # knobs of ops/demo/produce.sh, not settings
 REPO_DIR = Path(__file__).resolve().parent.parent
+"""The checkout, when quax runs from one (the tests and ops/ scripts read its files). In an installed
+wheel this is site-packages: nothing at run time depends on it but the jar defaults below, which
+prefer a checkout's var/ (where ops/setup.sh fetched the jars)."""
+
+
+def _working_var_dir() -> Path:
+    return Path.cwd() / "var"
+
+
+def _jars_dir(name: str) -> Path:
+    """var/<name> of the checkout when quax runs from one, else of the working directory."""
+    in_checkout = (REPO_DIR / "pyproject.toml").is_file() and (REPO_DIR / "ops").is_dir()
+    return (REPO_DIR / "var" if in_checkout else _working_var_dir()) / name
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,12 @@ class Settings:
     heap_trim_interval_s: float = 10.0
     """How often a worker hands the free pages of its heap back to the kernel (s; 0: never). The
     malloc tuning keeps freed memory for reuse (malloc.py); this bounds what it keeps."""
-    var_dir: Path = REPO_DIR / "var"
-    """Runtime data: worker RocksDB stores, broker logs, producer checkpoints."""
+    var_dir: Path = field(default_factory=_working_var_dir)
+    """Runtime data: worker RocksDB stores, broker logs, producer checkpoints (default: ./var of the
+    working directory)."""
+    kafka_lib_dir: Path = field(default_factory=lambda: _jars_dir("kafka-lib"))
+    """Apache Kafka's jars for the brokers quax starts itself (tests, `quax bench`), fetched from Maven
+    Central by ops/kafka/broker.sh install (ops/setup.sh) when missing (docs/deploy.md)."""
 
     # --- metrics (quax_faust/stream/metrics.py, ops/prometheus/, docs/metrics.md) ------------------------
     producer_metrics_port: int = 9464
@@ -119,7 +136,7 @@ class Settings:
     spark_master: str = "local[2]"
     """Where the batch job runs: local[N] on this machine, or spark://host:7077 for a cluster."""
     spark_driver_memory: str = "1g"
-    spark_jars_dir: Path = REPO_DIR / "var" / "spark-jars"
+    spark_jars_dir: Path = field(default_factory=lambda: _jars_dir("spark-jars"))
     """Spark's Kafka source jars, fetched by ops/spark/install.sh (ops/spark/pom.xml)."""
     verify_tolerance: float = 1e-6
     """`quax verify`: largest power difference allowed, relative to the run's mean level (or to the

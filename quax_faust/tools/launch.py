@@ -17,9 +17,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quax_faust.settings import ENV_PREFIX, REPO_DIR, Settings
+from quax_faust.ops_files import ops_dir
+from quax_faust.settings import ENV_PREFIX, REPO_DIR, Settings  # noqa: F401 (REPO_DIR: tests/test_cluster.py)
 
-BROKER_SCRIPT = REPO_DIR / "ops" / "kafka" / "broker.sh"
+BROKER_SCRIPT = ops_dir() / "kafka" / "broker.sh"
 
 
 def free_port(count: int = 1) -> int:
@@ -59,13 +60,18 @@ class Broker:
     heap: str = "-Xmx768m -Xms256m"
     env: dict = field(default_factory=dict)
     """Extra environment for broker.sh, e.g. KAFKA_TLS=1, KAFKA_SASL_USERS=user:password."""
+    lib_dir: Path | None = None
+    """Kafka's jars; None: settings.kafka_lib_dir of the environment (QUAX_KAFKA_LIB_DIR)."""
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, command: str) -> None:
-        env = {**os.environ, "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_HEAP": self.heap, **self.env}
+        # broker.sh's defaults (var/ beside ops/) suit a checkout only: give it both of its paths.
+        lib_dir = self.lib_dir or Settings.from_env().kafka_lib_dir
+        env = {**os.environ, "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_LIB": str(lib_dir),
+               "KAFKA_HEAP": self.heap, **self.env}
         subprocess.run(["bash", str(BROKER_SCRIPT), command, str(self.port)], env=env, check=True)
 
     def start(self) -> "Broker":
@@ -116,7 +122,7 @@ class Workers:
             log = open(self.log_dir / f"worker-{k}.log", "ab")
             self.procs[k] = subprocess.Popen(
                 [sys.executable, "-m", "quax_faust.tools.cli", "worker", "--index", str(k), "--loglevel", self.loglevel],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
+                env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def health(self, k: int) -> dict | None:

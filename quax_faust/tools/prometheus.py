@@ -3,7 +3,8 @@
 ops/prometheus/prometheus.yml is the configuration for the default ports; ``render_config`` gives a
 copy with the ports of any Settings (workers at web_port_base + k, the producer at
 producer_metrics_port), and ``Prometheus`` runs the server on 127.0.0.1 with its data under var/.
-The rules (ops/prometheus/rules.yml) are used in place. docs/metrics.md explains the metrics.
+The rules (ops/prometheus/rules.yml) are used in place (an installed wheel ships ops/ as
+quax_faust/ops: ops_files.py). docs/metrics.md explains the metrics.
 
     python -m quax_faust.tools.prometheus run      # what ops/prometheus/run.sh (Procfile) does
 """
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from quax_faust.settings import REPO_DIR, Settings
+from quax_faust.ops_files import ops_dir
+from quax_faust.settings import Settings
 
-OPS_DIR = REPO_DIR / "ops" / "prometheus"
+OPS_DIR = ops_dir() / "prometheus"
 CONFIG = OPS_DIR / "prometheus.yml"
 RULES = OPS_DIR / "rules.yml"
 
