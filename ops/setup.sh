@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything quax-stream needs on a fresh Debian machine; idempotent and quick when done.
 #   - Debian packages: prometheus (metrics), chromium (browser tests) — only when run as root
-#   - Python venv .venv with the project and its test extras (pinned in pyproject.toml)
+#   - Python venv .venv with the project (editable) and the extras of the demo, the tests and the
+#     benchmarks (pinned in pyproject.toml); reinstalled whenever pyproject.toml changes
 #   - Apache Kafka jars from Maven Central (ops/kafka/pom.xml) into var/kafka-lib
 #   - Spark's Kafka source jars from Maven Central (ops/spark/pom.xml) into var/spark-jars
 set -euo pipefail
@@ -29,8 +30,9 @@ stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f $stamp ]]; then
   echo "[setup] Python venv .venv"
   [[ -x .venv/bin/python ]] || "$python" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip wheel
-  .venv/bin/pip install -q -e ".[test]"
+  # setuptools as build-system.requires says: tests/test_packaging.py builds the wheel offline with it
+  .venv/bin/pip install -q --upgrade pip wheel "setuptools>=70.1"
+  .venv/bin/pip install -q -e ".[demo,test,bench]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
