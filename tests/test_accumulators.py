@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from quax_faust.core import dsp, wire
-from quax_faust.core.accumulators import (COMPLETE, BatchFold, FileAccumulator, IndexSet, RunAccumulator,
-                                          StateError)
+from quax_faust.core.accumulators import COMPLETE, BatchFold, FileAccumulator, RunAccumulator, StateError
+from quax_faust.core.index_set import IndexSet
 
 L, FS = 256, 2e6
 
