@@ -91,10 +91,10 @@ class FileAccumulator:
     def fold(self, batch: SliceBatch, *, block_rows: int, threads: int) -> BatchFold:
         """FFT the batch's slices not counted yet and add their periodograms (``add``).
 
-        Repeats are only counted; so is the whole batch if the file is already complete (its sums
-        left with its spectrum), which is not checked against the file. block_rows, threads: the
-        FFT's block size and threads (``dsp.power_sums``). Raises StateError as ``new_slices`` and
-        ``add`` do.
+        Repeats are only counted, and so is the whole batch of a file already complete (its sums
+        went with its published spectrum; the batch is then not checked against the file).
+        block_rows, threads: the FFT's block size and threads (``dsp.power_sums``). Raises
+        StateError as ``new_slices`` and ``add`` do.
         """
         if self.status == COMPLETE:
             return BatchFold(0, batch.slice_count, 0.0, 0, 0.0)
