@@ -6,6 +6,8 @@ Definitions (docs/architecture.md):
 - its periodogram is ``|FFT(slice)|**2 / (sample_rate_hz * slice_len)`` in V**2/Hz (boxcar window,
   no detrend, two-sided): exactly one segment of ``scipy.signal.welch(..., scaling="density")``;
 - a file's spectrum is the mean periodogram over its whole slices (= Welch's average, no overlap);
+- its scatter, and a run's mean over its files, come from per-bin ``Moments`` (count, mean, M2):
+  std is the sample std (ddof=1) of single-slice periodograms, sem = std/sqrt(n);
 - spectra are returned *fftshifted*: bin 0 is -sample_rate_hz/2, bin slice_len//2 is 0 Hz.
 
 The FFT runs through one cached FFTW plan per (block_rows, slice_len) shape, on cache-sized blocks.
