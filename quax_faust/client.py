@@ -10,7 +10,7 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,14 +43,19 @@ def _array(values: list[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def fetch_run(settings: Settings, run: str, page_size: int = 200) -> dict[str, np.ndarray]:
-    """The run's average and every finished file's spectrum, as arrays (layout of docs/usage.md)."""
+def fetch_run(settings: Settings, run: str, page_size: int = 200,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """The run's average and every finished file's spectrum, as arrays (layout of docs/usage.md).
+
+    ``progress(files_fetched, n_files)`` is called after each page (e.g. to draw a bar)."""
     doc = get_json(settings, f"/quax/runs/{run}/")
     files: list[dict[str, Any]] = []
     start = 0
     while True:
         page = get_json(settings, f"/quax/runs/{run}/files/?start={start}&limit={page_size}&spectra=1")
         files += page["files"]
+        if progress is not None:
+            progress(len(files), max(int(doc["n_files"]), len(files)))
         if len(page["files"]) < page_size:
             break
         start = page["files"][-1]["file_index"] + 1
