@@ -1,13 +1,16 @@
 """``quax reprocess`` and ``quax verify``: the Spark batch job from the command line.
 
-Registered into the ``quax`` parser by quax_faust/tools/cli.py; pyspark is imported only when one of
-these two commands runs.
+Added to the ``quax`` command through the entry point ``spark = "spark_batch.cli:register"``
+(group ``quax.commands``, pyproject.toml), so quax_faust never imports spark_batch; pyspark is
+imported only when one of these two commands runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import threading
 from pathlib import Path
 
 from quax_faust.settings import Settings
@@ -25,10 +28,53 @@ def _conf(pairs: list[str] | None) -> dict[str, str]:
     return conf
 
 
-def cmd_reprocess(args, settings: Settings) -> int:
-    from .job import reprocess
+class _SparkStatus:
+    """On a terminal, one status line: the Spark stages running, their tasks done, the time so far."""
 
-    result = reprocess(settings, args.run, args.source, args.out, conf=_conf(args.conf))
+    def __init__(self, what: str):
+        self.what = what
+        self.spark = None
+        """Set once the session exists; until then the line says Spark is starting."""
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_SparkStatus":
+        from tqdm import tqdm
+
+        self._bar = tqdm(file=sys.stderr, disable=not sys.stderr.isatty(), desc=f"{self.what}: starting Spark",
+                         bar_format="{desc} [{elapsed}]")
+        if not self._bar.disable:
+            self._thread = threading.Thread(target=self._poll, name="spark-status", daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.spark is not None:
+                tracker = self.spark.sparkContext.statusTracker()
+                stages = [s for s in map(tracker.getStageInfo, tracker.getActiveStageIds()) if s is not None]
+                self._bar.set_description_str(f"{self.what}: " + (", ".join(
+                    f"stage {s.stageId} {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages) or "driver"),
+                    refresh=False)
+            self._bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if not self._bar.disable:
+            self._thread.join()
+        self._bar.close()
+
+
+def _reprocess(args, settings: Settings):
+    from .job import reprocess
+    from .session import get_session
+
+    with _SparkStatus(f"{args.command} {args.run}") as status:
+        status.spark = get_session(settings, _conf(args.conf))
+        return reprocess(settings, args.run, args.source, args.out, spark=status.spark)
+
+
+def cmd_reprocess(args, settings: Settings) -> int:
+    result = _reprocess(args, settings)
     print(result.summary())
     print(f"wrote {args.out}/files.parquet, run.parquet, run.npz, report.json")
     return 0
@@ -37,16 +83,15 @@ def cmd_reprocess(args, settings: Settings) -> int:
 def cmd_verify(args, settings: Settings) -> int:
     from quax_faust.client import fetch_run
 
-    from .job import reprocess
     from .verify import compare
 
     live = fetch_run(settings, args.run)  # first: no point in a Spark job if the tables are down
-    result = reprocess(settings, args.run, args.source, args.out, conf=_conf(args.conf))
+    result = _reprocess(args, settings)
     print(result.summary())
     verdict = compare(live, result.data, settings.verify_tolerance)
     for line in verdict.lines():
         print(line)
-    return 0 if verdict.equal else 1
+    return 0 if verdict.equal else 1  # 1: a verdict, MISMATCH (quax --help, exit codes)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
