@@ -10,8 +10,8 @@ candidate at *some* search is larger. This measures both by Monte Carlo and comp
   threshold t at any of the M searches. One bin's sequence of significances is (up to the
   skewness) the normalised partial sum S_k/sqrt(k) of independent per-file excesses, a Gaussian
   random walk; q(t) is computed exactly for that walk by propagating its density file by file
-  (``analysis.repeated_look_crossing``). The repeated-look factor q(t)/Phi(-t) is taken from the walk, the per-look
-  tail from the search's own exact statistics.
+  (``look_elsewhere.repeated_look_crossing``). The repeated-look factor q(t)/Phi(-t) is taken
+  from the walk, the per-look tail from the search's own exact statistics.
 
 Spectra: each file's mean periodogram is drawn from its exact distribution for Gaussian noise,
 the synthetic passband times Gamma(n, 1/n) per bin (n slices per file, 2730 by default: one real
@@ -34,7 +34,8 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from quax_faust.search import analysis
+from quax_faust.search import look_elsewhere
+from quax_faust.search.spectrum_search import search_spectrum
 
 from quax_faust.core import dsp, synth
 from quax_faust.settings import Settings
@@ -57,10 +58,10 @@ def simulate(runs: int, files: int, slices_per_file: int, seed: int, settings: S
         for k in range(files):
             power_sum += gain * rng.gamma(slices_per_file, 1.0, size=n_bins)  # sum of n exponentials
             n = (k + 1) * slices_per_file
-            result = analysis.search_spectrum(power_sum / n, n, rate, settings)
+            result = search_spectrum(power_sum / n, n, rate, settings)
             if n_trials is None:
                 n_trials = result.n_trials
-                local_record = analysis.local_threshold(RECORD_GLOBAL_SIGMA, n_trials)
+                local_record = look_elsewhere.local_threshold(RECORD_GLOBAL_SIGMA, n_trials)
             keep = result.local_significance > local_record
             searches.append((result.block_start[keep], result.local_significance[keep],
                              result.local_significance.max()))
@@ -110,10 +111,10 @@ def main() -> None:
               + f" {'factor@' + str(args.files):>10} {'persist@' + str(args.files):>11}")
     print(header)
     for big_t in GLOBAL_THRESHOLDS:
-        t = analysis.local_threshold(big_t, n_trials)
+        t = look_elsewhere.local_threshold(big_t, n_trials)
         per_search = np.mean(max_z > t)
         expected = scipy.stats.norm.sf(big_t)
-        walk = analysis.repeated_look_crossing(t, args.files)
+        walk = look_elsewhere.repeated_look_crossing(t, args.files)
         p_local = scipy.stats.norm.sf(t)
         cells = ""
         for k in checkpoints:
@@ -126,8 +127,8 @@ def main() -> None:
     print(f"\n(one run = {args.runs} trials: a measured fraction f has a binomial standard error "
           f"sqrt(f(1-f)/{args.runs}); per search, {n_searches} correlated trials)")
     print("factor: q(t)/Phi(-t), the repeated-look factor of one bin over the whole run (Gaussian walk)")
-    t5 = analysis.local_threshold(settings.candidate_threshold_sigma, n_trials)
-    walk = analysis.repeated_look_crossing(t5, max(args.files, 1000))
+    t5 = look_elsewhere.local_threshold(settings.candidate_threshold_sigma, n_trials)
+    walk = look_elsewhere.repeated_look_crossing(t5, max(args.files, 1000))
     print(f"\nat the configured {settings.candidate_threshold_sigma:g} sigma global "
           f"(t = {t5:.3f} local): per search {scipy.stats.norm.sf(settings.candidate_threshold_sigma):.2e}; "
           "predicted per run:")
@@ -141,12 +142,13 @@ def main() -> None:
     target = scipy.stats.norm.sf(settings.candidate_threshold_sigma)
     for k in (100, 1000):
         def excess(big_t):
-            crossing = analysis.repeated_look_crossing(analysis.local_threshold(big_t, n_trials), k)[-1]
+            local = look_elsewhere.local_threshold(big_t, n_trials)
+            crossing = look_elsewhere.repeated_look_crossing(local, k)[-1]
             return np.log(-np.expm1(n_trials * np.log1p(-crossing))) - np.log(target)
         big_t = scipy.optimize.brentq(excess, settings.candidate_threshold_sigma, 6.5, xtol=1e-3)
         print(f"a per-run {settings.candidate_threshold_sigma:g} sigma over {k} files needs "
               f"candidate_threshold_sigma = {big_t:.2f} per search "
-              f"({analysis.local_threshold(big_t, n_trials):.2f} local)")
+              f"({look_elsewhere.local_threshold(big_t, n_trials):.2f} local)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quax_faust.search import analysis, candidates
+from quax_faust.search import candidates
+from quax_faust.search.baseline import block_baseline_weights, block_moments, window_bins
+from quax_faust.search.exact_tail import gaussian_equivalent
+from quax_faust.search.spectrum_search import search_spectrum
 
 from quax_faust.core import dsp, synth
 from quax_faust.settings import REPO_DIR, Settings
@@ -71,8 +74,8 @@ def main() -> None:
     gain = synth.passband_power_gain(np.array([TONE_HZ]), model)[0]
     curves, searched_s = {}, []
     n_total = np.cumsum(counts)
-    window = analysis.window_bins(settings.baseline_window_hz, bin_hz)
-    s2, s3 = analysis.block_moments(analysis.block_baseline_weights(1, window, settings.baseline_polyorder), 1)
+    window = window_bins(settings.baseline_window_hz, bin_hz)
+    s2, s3 = block_moments(block_baseline_weights(1, window, settings.baseline_polyorder), 1)
     print(f"\nline at +{TONE_HZ / 1e3:.0f} kHz, {counts[0]} slices ({file_s:.3f} s) per file; "
           f"threshold {settings.candidate_threshold_sigma:g} sigma global")
     print(f"{'amplitude_V':>11} {'snr/slice':>10} {'sigma_1file':>11} {'expect_file':>11} "
@@ -81,12 +84,12 @@ def main() -> None:
     for a in AMPLITUDES:
         snr = a ** 2 * settings.slice_len / (2 * gain)
         # Expected local significance: snr*sqrt(N/sum r**2), through the same Gamma tail as the search.
-        expected = analysis.gaussian_equivalent(snr * np.sqrt(n_total / s2), n_total * s2 ** 3 / s3 ** 2)
+        expected = gaussian_equivalent(snr * np.sqrt(n_total / s2), n_total * s2 ** 3 / s3 ** 2)
         doc, local = None, []
         power_sum = np.zeros(settings.slice_len)
         for k in range(args.files):
             power_sum += means[a][k] * counts[k]
-            result = analysis.search_spectrum(power_sum / n_total[k], int(n_total[k]), rate, settings)
+            result = search_spectrum(power_sum / n_total[k], int(n_total[k]), rate, settings)
             doc, _ = candidates.update_candidates(doc, result, "bench", k, k + 1, settings.persist_searches)
             b = int(np.argmin(np.abs(result.block_frequency_hz - TONE_HZ)))
             local.append(result.local_significance[b])
@@ -113,7 +116,7 @@ def main() -> None:
     for k in range(3 * loop):
         power_sum += means[0.02][k % loop] * counts[k % loop]
         n += int(counts[k % loop])
-        result = analysis.search_spectrum(power_sum / n, n, rate, settings)
+        result = search_spectrum(power_sum / n, n, rate, settings)
         if (k + 1) % loop == 0 or k == 0:
             found = [c for c in result.candidates if abs(c.frequency_hz - TONE_HZ) <= bin_hz]
             print(f"  after {k + 1:3d} files ({(k + 1) * file_s:6.1f} s): noise scale "

@@ -17,7 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust.search import analysis
+from quax_faust.search.baseline import (baseline_residual_variance, normalised_excess, savgol_baseline,
+                                        window_bins)
+from quax_faust.search.spectrum_search import search_spectrum, searched_bins
 from quax_faust.settings import Settings
 
 # --- runs and files ------------------------------------------------------------------------------
@@ -157,19 +159,19 @@ def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
     """The run mean's baseline and normalised excess, exactly as the candidate search sees them.
 
     mean: (n_bins,) run mean P over n_slices slices, V**2/Hz, fftshifted. Runs
-    quax_faust.search.analysis.search_spectrum (knobs baseline_window_hz, baseline_polyorder,
+    quax_faust.search.spectrum_search.search_spectrum (knobs baseline_window_hz, baseline_polyorder,
     line_width_hz, search_band_fraction, dc_exclude_hz) and spreads its per-block standardised
     excess (P - B)/B * sqrt(N), fit noise included, over the bins of each block; the DC bins and
     the band edges are not searched and stay NaN. If the search refuses the spectrum (e.g. some
     bins unreadable), the plain Savitzky-Golay fit with those bins bridged and
-    analysis.normalised_excess are shown instead.
+    baseline.normalised_excess are shown instead.
     """
     mean = np.asarray(mean, dtype=np.float64)
     n_bins = mean.size
     n_slices = max(int(n_slices), 1)
     excess = np.full(n_bins, np.nan)
     try:
-        result = analysis.search_spectrum(mean, n_slices, sample_rate_hz, settings)
+        result = search_spectrum(mean, n_slices, sample_rate_hz, settings)
     except ValueError:
         return _plain_excess(mean, n_slices, sample_rate_hz, settings)
     for offset in range(result.block_len):
@@ -180,18 +182,18 @@ def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
 def _plain_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float, settings: Settings) -> Excess:
     """Per-bin excess over a Savitzky-Golay baseline with unreadable and DC bins bridged."""
     n_bins = mean.size
-    searched, dc = analysis.searched_bins(n_bins, sample_rate_hz, settings.search_band_fraction,
-                                          settings.dc_exclude_hz)
+    searched, dc = searched_bins(n_bins, sample_rate_hz, settings.search_band_fraction,
+                                 settings.dc_exclude_hz)
     unreadable = ~np.isfinite(mean) | (mean <= 0)
     if (dc | unreadable).all():
         return Excess(np.full(n_bins, np.nan), np.full(n_bins, np.nan), 1.0)
-    window = analysis.window_bins(settings.baseline_window_hz, sample_rate_hz / n_bins)
+    window = window_bins(settings.baseline_window_hz, sample_rate_hz / n_bins)
     window = min(window, n_bins if n_bins % 2 else n_bins - 1)
     order = min(settings.baseline_polyorder, window - 1)
-    baseline = analysis.savgol_baseline(mean, window, order, exclude=dc | unreadable)
+    baseline = savgol_baseline(mean, window, order, exclude=dc | unreadable)
     with np.errstate(divide="ignore", invalid="ignore"):
-        excess = analysis.normalised_excess(
-            mean, baseline, n_slices, residual_variance=analysis.baseline_residual_variance(window, order))
+        excess = normalised_excess(
+            mean, baseline, n_slices, residual_variance=baseline_residual_variance(window, order))
     excess[~searched | unreadable | ~(baseline > 0)] = np.nan
     return Excess(baseline, excess, 1.0)
 

@@ -17,7 +17,7 @@ import pytest
 import scipy.optimize
 import scipy.stats
 
-from quax_faust.search import analysis, candidates
+from quax_faust.search import baseline, candidates, exact_tail, look_elsewhere, spectrum_search
 
 from quax_faust.core import daq, dsp, synth
 from quax_faust.tools.cli import main as quax
@@ -93,8 +93,8 @@ def expected_standardised(amplitude: float, freq_hz: float, counts: np.ndarray) 
     drift = 1 + model.drift_fraction * np.sin(2 * np.pi * np.arange(counts.size) / model.drift_period_files)
     n = np.cumsum(counts)
     mean_drift = np.cumsum(counts * drift) / n
-    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
-    s2, _ = analysis.block_moments(analysis.block_baseline_weights(1, window, SETTINGS.baseline_polyorder), 1)
+    window = baseline.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    s2, _ = baseline.block_moments(baseline.block_baseline_weights(1, window, SETTINGS.baseline_polyorder), 1)
     return predicted_snr(amplitude, freq_hz, mean_drift) * np.sqrt(n / s2)
 
 
@@ -104,7 +104,7 @@ def tone_noise(amplitude: float, freq_hz: float) -> float:
     return float(np.sqrt(1 + 2 * predicted_snr(amplitude, freq_hz)))
 
 
-def block_at(result: analysis.SearchResult, freq_hz: float) -> int:
+def block_at(result: spectrum_search.SearchResult, freq_hz: float) -> int:
     return int(np.argmin(np.abs(result.block_frequency_hz - freq_hz)))
 
 
@@ -115,16 +115,16 @@ def test_pure_noise_normalised_excess_is_standard_normal(tmp_path):
     assert quax(["synth", "--out", str(tmp_path), "--files", "24", "--samples", str(SAMPLES),
                  "--seed", "3"]) == 0
     means, counts = spectra_of(tmp_path, 24)
-    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
-    residual_variance = analysis.baseline_residual_variance(window, SETTINGS.baseline_polyorder)
+    window = baseline.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    residual_variance = baseline.baseline_residual_variance(window, SETTINGS.baseline_polyorder)
     excess, raw, z = [], [], []
     for mean, n in zip(means, counts):
-        result = analysis.search_spectrum(mean, int(n), FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, int(n), FS, SETTINGS)
         assert result.candidates == []
         bins = result.block_start  # single-bin blocks: every searched bin
-        excess.append(analysis.normalised_excess(mean, result.baseline, int(n),
+        excess.append(baseline.normalised_excess(mean, result.baseline, int(n),
                                                  residual_variance=residual_variance)[bins])
-        raw.append(analysis.normalised_excess(mean, result.baseline, int(n))[bins])
+        raw.append(baseline.normalised_excess(mean, result.baseline, int(n))[bins])
         z.append(result.local_significance)
     excess, raw, z = np.concatenate(excess), np.concatenate(raw), np.concatenate(z)
     n = excess.size
@@ -153,7 +153,7 @@ def test_false_candidate_rate_matches_the_global_threshold(threshold_sigma):
     n_runs = 300
     n_with_candidates = n_candidates = 0
     for _ in range(n_runs):
-        result = analysis.search_spectrum(noise_mean(rng, 2730), 2730, FS, settings)
+        result = spectrum_search.search_spectrum(noise_mean(rng, 2730), 2730, FS, settings)
         n_with_candidates += bool(result.candidates)
         n_candidates += len(result.candidates)
     p_global = scipy.stats.norm.sf(threshold_sigma)
@@ -177,7 +177,7 @@ def test_exact_tail_counts_exceedances_in_both_tails():
     """
     rng = np.random.default_rng(30)
     n, flat = 30, np.ones(L)
-    z = np.concatenate([analysis.search_spectrum(noise_mean(rng, n, flat), n, FS, SETTINGS).local_significance
+    z = np.concatenate([spectrum_search.search_spectrum(noise_mean(rng, n, flat), n, FS, SETTINGS).local_significance
                         for _ in range(600)])
     assert z.size > 1.5e6
     for threshold in (2.5, 3.0, 3.5):
@@ -204,13 +204,13 @@ def test_false_alarm_probability_at_the_configured_threshold():
     """
     n_slices = 170
     rng = np.random.default_rng(n_slices)
-    searched, _ = analysis.searched_bins(L, FS, SETTINGS.search_band_fraction, SETTINGS.dc_exclude_hz)
-    starts = analysis.block_starts(searched, 1)
-    t = analysis.local_threshold(SETTINGS.candidate_threshold_sigma, starts.size)
-    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
-    w = analysis.block_baseline_weights(1, window, SETTINGS.baseline_polyorder)
-    offsets = analysis.fit_offsets(1, window)
-    a = 1 + t * np.sqrt(analysis.block_moments(w, 1)[0] / n_slices)  # near the threshold ratio
+    searched, _ = spectrum_search.searched_bins(L, FS, SETTINGS.search_band_fraction, SETTINGS.dc_exclude_hz)
+    starts = spectrum_search.block_starts(searched, 1)
+    t = look_elsewhere.local_threshold(SETTINGS.candidate_threshold_sigma, starts.size)
+    window = baseline.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    w = baseline.block_baseline_weights(1, window, SETTINGS.baseline_polyorder)
+    offsets = baseline.fit_offsets(1, window)
+    a = 1 + t * np.sqrt(baseline.block_moments(w, 1)[0] / n_slices)  # near the threshold ratio
     coef = np.concatenate(([1.0], -a * w))  # X = sum coef_i G_i, G_i ~ Gamma(N, 1/N)
 
     def cgf(s):
@@ -226,7 +226,7 @@ def test_false_alarm_probability_at_the_configured_threshold():
         tilted = rng.gamma(n_slices, 1.0 / (n_slices - tau * coef[:, None]), (coef.size, targets.size))
         mean[targets] = tilted[0]
         mean[targets[None, :] + offsets[:, None]] = tilted[1:]
-        result = analysis.search_spectrum(mean, n_slices, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n_slices, FS, SETTINGS)
         guarded += result.noise_scale_applied != 1.0
         x = coef @ tilted
         samples.append((result.local_significance[where] > t) * np.exp(cgf(tau) - tau * x))
@@ -240,7 +240,7 @@ def test_false_alarm_probability_at_the_configured_threshold():
 
 def test_false_alarms_per_run_follow_the_repeated_look_prediction():
     """A search after every file: the chance that a pure-noise run shows a candidate at some
-    search grows with the run (analysis.repeated_look_crossing), well above the per-search rate.
+    search grows with the run (look_elsewhere.repeated_look_crossing), well above the per-search rate.
 
     100 runs of 10 files of 2730 slices at 1 and 2 sigma global: predicted 0.67 and 0.15 per run
     against 0.16 and 0.023 per search. Binomial: 4.5 standard errors each (false failure < 1e-5);
@@ -253,12 +253,12 @@ def test_false_alarms_per_run_follow_the_repeated_look_prediction():
         power_sum = np.zeros(L)
         for k in range(n_files):
             power_sum += GAIN * rng.gamma(n_file, 1.0, L)
-            result = analysis.search_spectrum(power_sum / ((k + 1) * n_file), (k + 1) * n_file, FS, SETTINGS)
+            result = spectrum_search.search_spectrum(power_sum / ((k + 1) * n_file), (k + 1) * n_file, FS, SETTINGS)
             max_z[run, k] = result.local_significance.max()
     n_trials = result.n_trials
     for global_sigma in (1.0, 2.0):
-        t = analysis.local_threshold(global_sigma, n_trials)
-        crossing = analysis.repeated_look_crossing(t, n_files)[-1]
+        t = look_elsewhere.local_threshold(global_sigma, n_trials)
+        crossing = look_elsewhere.repeated_look_crossing(t, n_files)[-1]
         predicted = -np.expm1(n_trials * np.log1p(-crossing))
         measured = np.mean((max_z > t).any(axis=1))
         per_search = np.mean(max_z > t)
@@ -277,7 +277,7 @@ def test_injected_tone_is_found_and_its_significance_grows_like_sqrt_n(tone_runs
     n_seen = np.cumsum(counts).astype(float)
     u_at_tone, first_claimed = [], None
     for k, mean, n in cumulative(means, counts):
-        result = analysis.search_spectrum(mean, n, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
         u_at_tone.append(result.standardised[block_at(result, TONE_HZ)])
         claimed = [c for c in result.candidates if abs(c.frequency_hz - TONE_HZ) <= BIN_HZ]
         assert len(result.candidates) == len(claimed), "only the tone may be claimed"
@@ -310,7 +310,7 @@ def test_tone_too_weak_for_the_run_is_not_claimed(tone_runs):
     expected = expected_standardised(amplitude, TONE_HZ, counts)
     assert expected[-1] < 2.0  # ~1.5 sigma expected after the whole run
     for k, mean, n in cumulative(means, counts):
-        result = analysis.search_spectrum(mean, n, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
         assert result.candidates == [], f"claimed after file {k}: {result.candidates}"
     # It is there, at the expected strength: just too weak for 4080 slices.
     assert abs(result.standardised[block_at(result, TONE_HZ)] - expected[-1]) < 4 * tone_noise(amplitude, TONE_HZ)
@@ -319,7 +319,7 @@ def test_tone_too_weak_for_the_run_is_not_claimed(tone_runs):
     long_mean = noise_mean(np.random.default_rng(5), n_long)
     k = L // 2 + int(round(TONE_HZ / BIN_HZ))
     long_mean[k] += GAIN[k] * predicted_snr(amplitude, TONE_HZ)
-    (cand,) = analysis.search_spectrum(long_mean, n_long, FS, SETTINGS).candidates
+    (cand,) = spectrum_search.search_spectrum(long_mean, n_long, FS, SETTINGS).candidates
     assert abs(cand.frequency_hz - TONE_HZ) <= BIN_HZ
 
 
@@ -329,7 +329,7 @@ def test_bin_centred_tone_power_is_its_mean_square_amplitude(tmp_path):
                  "--tone-hz", str(freq_hz), "--tone-amplitude", str(amplitude)]) == 0
     means, counts = spectra_of(tmp_path, 4)
     *_, (k, mean, n) = cumulative(means, counts)
-    (cand,) = analysis.search_spectrum(mean, n, FS, SETTINGS).candidates
+    (cand,) = spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates
     assert cand.frequency_hz == pytest.approx(freq_hz)
     assert cand.n_blocks == 1
     rel_error = 1 / (predicted_snr(amplitude, freq_hz) * np.sqrt(n))  # sigma of P over P - B
@@ -348,7 +348,7 @@ def test_line_width_coadding_finds_a_broad_line_single_bins_miss():
                              search_band_fraction=0.7)
     z = []
     for _ in range(40):  # pure noise: co-added blocks are standard normal too
-        result = analysis.search_spectrum(noise_mean(rng, n), n, FS, broad)
+        result = spectrum_search.search_spectrum(noise_mean(rng, n), n, FS, broad)
         assert result.block_len == 15 and result.candidates == []
         z.append(result.local_significance)
     z = np.concatenate(z)
@@ -357,12 +357,12 @@ def test_line_width_coadding_finds_a_broad_line_single_bins_miss():
     mean = noise_mean(rng, n)
     line = slice(L // 2 + 600, L // 2 + 615)
     mean[line] += GAIN[line] * 2.5 / np.sqrt(n)
-    assert analysis.search_spectrum(mean, n, FS, SETTINGS).candidates == []
-    (cand,) = analysis.search_spectrum(mean, n, FS, broad).candidates
+    assert spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates == []
+    (cand,) = spectrum_search.search_spectrum(mean, n, FS, broad).candidates
     assert FREQ[line.start] - 8 * BIN_HZ <= cand.frequency_hz <= FREQ[line.stop - 1] + 8 * BIN_HZ
     # The variance of a block's excess relative to no fit at all: the price of the fit.
     for window, most in ((301, 1.3), (101, None)):
-        s2, _ = analysis.block_moments(analysis.block_baseline_weights(15, window, 4), 15)
+        s2, _ = baseline.block_moments(baseline.block_baseline_weights(15, window, 4), 15)
         assert (15 * s2 < most) if most else (15 * s2 > 3), (window, 15 * s2)
 
 
@@ -394,7 +394,7 @@ def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
         daq.write_pair(tmp_path, k, synth.synth_file(k, SAMPLES, model, seed=4))
     means, counts = spectra_of(tmp_path, 6)
     for k, mean, n in cumulative(means, counts):
-        assert analysis.search_spectrum(mean, n, FS, SETTINGS).candidates == [], k
+        assert spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates == [], k
     # A day of data (20,600 files: the fit's bias must stay far below 1/sqrt(N) = 1.3e-4), with a
     # DC spike from the I/Q mixer 1000x above the noise.
     gain = synth.passband_power_gain(FREQ, model) * 2 / FS
@@ -404,7 +404,7 @@ def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
     for _ in range(20):
         mean = noise_mean(rng, n_day, gain)
         mean[L // 2] *= 1000
-        result = analysis.search_spectrum(mean, n_day, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n_day, FS, SETTINGS)
         assert result.candidates == []
         z.append(result.local_significance)
     z = np.concatenate(z)
@@ -414,26 +414,26 @@ def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
 def test_savgol_baseline_follows_smooth_shapes_to_the_edges_and_bridges_excluded_bins():
     x = np.linspace(-1, 1, L)
     quartic = 3 + x - 2 * x ** 2 + 0.5 * x ** 4
-    np.testing.assert_allclose(analysis.savgol_baseline(quartic, 101, 4), quartic, rtol=1e-9)
+    np.testing.assert_allclose(baseline.savgol_baseline(quartic, 101, 4), quartic, rtol=1e-9)
     spiked = quartic.copy()
     spiked[L // 2 - 2: L // 2 + 3] = 1e6
     exclude = np.zeros(L, bool)
     exclude[L // 2 - 2: L // 2 + 3] = True
-    bridged = analysis.savgol_baseline(spiked, 101, 4, exclude=exclude)
+    bridged = baseline.savgol_baseline(spiked, 101, 4, exclude=exclude)
     assert np.max(np.abs(bridged / quartic - 1)) < 1e-4
     with pytest.raises(ValueError, match="must be odd"):
-        analysis.savgol_baseline(quartic, 100, 4)
+        baseline.savgol_baseline(quartic, 100, 4)
     with pytest.raises(ValueError, match="at least one slice"):
-        analysis.normalised_excess(quartic, quartic, 0)
+        baseline.normalised_excess(quartic, quartic, 0)
 
 
 def test_significance_conversions():
     for n_trials in (1, 2604, 10 ** 6):
-        z_local = analysis.local_threshold(5.0, n_trials)
-        assert analysis.global_significance(z_local, n_trials) == pytest.approx(5.0, abs=1e-6)
-    assert analysis.local_threshold(5.0, 1) == pytest.approx(5.0)
+        z_local = look_elsewhere.local_threshold(5.0, n_trials)
+        assert look_elsewhere.global_significance(z_local, n_trials) == pytest.approx(5.0, abs=1e-6)
+    assert look_elsewhere.local_threshold(5.0, 1) == pytest.approx(5.0)
     # Bonferroni in the tail: n * p_local = p_global.
-    assert 2604 * scipy.stats.norm.sf(analysis.local_threshold(5.0, 2604)) == pytest.approx(
+    assert 2604 * scipy.stats.norm.sf(look_elsewhere.local_threshold(5.0, 2604)) == pytest.approx(
         scipy.stats.norm.sf(5.0), rel=1e-5)
     # Gamma tails against scipy's Gamma distribution, the skewed side and the other.
     for shape in (170, 2730):
@@ -441,13 +441,13 @@ def test_significance_conversions():
         tail = np.where(u > 0, scipy.stats.gamma.sf(1 + u / np.sqrt(shape), shape, scale=1 / shape),
                         scipy.stats.gamma.cdf(1 + u / np.sqrt(shape), shape, scale=1 / shape))
         z = np.where(u > 0, scipy.stats.norm.isf(tail), scipy.stats.norm.ppf(tail))
-        np.testing.assert_allclose(analysis.gaussian_equivalent(u, shape), z, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(exact_tail.gaussian_equivalent(u, shape), z, rtol=1e-9, atol=1e-9)
     # Beyond p = 1e-300 (log-space tails) the curve goes on smoothly; huge N is Gaussian.
     u = np.linspace(30, 60, 301)
-    z = analysis.gaussian_equivalent(u, 2730)
+    z = exact_tail.gaussian_equivalent(u, 2730)
     assert np.all(np.diff(z) > 0) and np.max(np.abs(np.diff(z, 2))) < 1e-3
-    assert np.all(np.diff(analysis.gaussian_equivalent(-np.linspace(20, 45, 251), 2730)) < 0)
-    assert analysis.gaussian_equivalent(6.0, 1e12) == pytest.approx(6.0, abs=1e-4)
+    assert np.all(np.diff(exact_tail.gaussian_equivalent(-np.linspace(20, 45, 251), 2730)) < 0)
+    assert exact_tail.gaussian_equivalent(6.0, 1e12) == pytest.approx(6.0, abs=1e-4)
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -474,18 +474,18 @@ def test_quax_analyse_on_an_export_prints_the_candidate_with_the_lo(tone_runs, t
 # --- the fast path of the significance ------------------------------------------------------------
 
 def test_tail_table_agrees_with_the_exact_tail_far_beyond_the_threshold():
-    """The interior blocks' significance comes from a table of exact values (analysis._TailTable):
+    """The interior blocks' significance comes from a table of exact values (exact_tail._TailTable):
     it must agree with excess_significance to the stated accuracy (2e-4 sigma for |z| <= 10,
     2e-3 of z up to 60 sigma) for N from a guarded 12.8 to a week of data, and be monotone."""
-    window = analysis.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
-    w = analysis.block_baseline_weights(1, window, SETTINGS.baseline_polyorder)
-    s2, _ = analysis.block_moments(w, 1)
+    window = baseline.window_bins(SETTINGS.baseline_window_hz, BIN_HZ)
+    w = baseline.block_baseline_weights(1, window, SETTINGS.baseline_polyorder)
+    s2, _ = baseline.block_moments(w, 1)
     rng = np.random.default_rng(40)
     for n in (12.8, 30.0, 170.0, 2730.0, 2730.0 * 1000, 2730.0 * 144_000):
         u = np.concatenate((rng.uniform(-10, 10, 400), rng.uniform(10, 60, 200)))
         delta = np.expm1(u * np.sqrt(s2 / n))
-        exact = analysis.excess_significance(delta, w, 1, n)
-        table = analysis._TailTable(w, 1, n).significance(delta)
+        exact = exact_tail.excess_significance(delta, w, 1, n)
+        table = exact_tail._TailTable(w, 1, n).significance(delta)
         bulk, far = np.abs(exact) <= 10, (exact > 10) & (exact <= 60)
         assert np.max(np.abs(table - exact)[bulk]) < 2e-4, n
         assert np.max((np.abs(table - exact) / exact)[far]) < 2e-3, n
@@ -493,8 +493,8 @@ def test_tail_table_agrees_with_the_exact_tail_far_beyond_the_threshold():
         assert np.all(np.diff(table[order]) >= 0), n
         # In the search, blocks within 0.01 sigma of the threshold get the exact value itself.
         t = float(exact[np.argmin(np.abs(exact - 6.35))]) + 0.004
-        z = analysis._local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
-                                         np.zeros(u.size, bool), 1, n, t)
+        z = exact_tail.local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
+                                          np.zeros(u.size, bool), 1, n, t)
         near = np.abs(exact - t) < 0.005
         assert near.any()
         np.testing.assert_allclose(z[near], exact[near], rtol=1e-12)  # (to rounding)
@@ -503,10 +503,10 @@ def test_tail_table_agrees_with_the_exact_tail_far_beyond_the_threshold():
     for n in (0.5, 1.0, 2.0):
         u = rng.uniform(0, 30, 3000)
         delta = np.expm1(u * np.sqrt(s2 / n))
-        exact = analysis.excess_significance(delta, w, 1, n)
+        exact = exact_tail.excess_significance(delta, w, 1, n)
         for t in (3.0, 4.5, 6.35):
-            z = analysis._local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
-                                             np.zeros(u.size, bool), 1, n, t)
+            z = exact_tail.local_significance(delta, u, np.tile(w, (u.size, 1)), np.full(u.size, s2),
+                                              np.zeros(u.size, bool), 1, n, t)
             assert np.array_equal(z > t, exact > t), (n, t)
             assert np.max(np.abs(z - exact)[(exact > 2.5) & (exact < 8)]) < 0.03, (n, t)
 
@@ -521,9 +521,9 @@ def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch
     mean = noise_mean(rng, n) * (1 + 3e-3 * np.sin(2 * np.pi * k / 7))
     for offset, excess in ((-600, 0.03), (350, 0.05), (900, 0.2)):
         mean[L // 2 + offset] *= 1 + excess
-    fast = analysis.search_spectrum(mean, n, FS, SETTINGS)
-    monkeypatch.setattr(analysis, "_local_significance", analysis._exact_local_significance)
-    exact = analysis.search_spectrum(mean, n, FS, SETTINGS)
+    fast = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
+    monkeypatch.setattr(exact_tail, "local_significance", exact_tail.exact_local_significance)
+    exact = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
     assert fast.noise_scale_applied > 2 and len(exact.candidates) >= 3
     assert fast.noise_scale == pytest.approx(exact.noise_scale, rel=1e-4)
     assert [(c.bin, c.n_blocks) for c in fast.candidates] == [(c.bin, c.n_blocks) for c in exact.candidates]
@@ -532,7 +532,7 @@ def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch
     np.testing.assert_array_equal(fast.excluded, exact.excluded)
     # Blocks next to DC or a candidate (other weights) take the interior map within |u| <= 2.
     error = np.abs(fast.local_significance - exact.local_significance)
-    offsets = analysis.fit_offsets(1, fast.window_bins)
+    offsets = baseline.fit_offsets(1, fast.window_bins)
     special = fast.excluded[fast.block_start[:, None] + offsets[None, :]].any(axis=1)
     bulk = np.abs(exact.local_significance) <= 10
     assert np.max(error[bulk & ~special]) < 2e-4

@@ -1,6 +1,6 @@
 """A run's candidates as the run grows: tracking across searches, the table value, ``quax analyse``.
 
-Each search (``analysis.search_spectrum`` on the run average after a file is folded) yields the
+Each search (``spectrum_search.search_spectrum`` on the run average after a file is folded) yields the
 excesses above threshold *now*. This module follows them from search to search: when each was first
 seen (the latest file folded at that moment), whether it has stayed above threshold since
 (persistent), and its current significance even after it faded. The document it keeps is the
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quax_faust.search.analysis import SearchResult, search_spectrum
+from quax_faust.search.spectrum_search import SearchResult, search_spectrum
 from quax_faust.settings import Settings
 
 MAX_RECORDS = 100
