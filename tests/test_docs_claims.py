@@ -119,7 +119,8 @@ def test_wire_format_names_every_rejection_reason_and_no_other():
     documented = set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejection reasons", "## `spectra`")))
     documented |= set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejections of", "## Compatibility")))
     code = REPO_DIR / "quax_faust"
-    raised = (raised_reasons(code / "core" / "wire.py", "WireError") | raised_reasons(code / "stream" / "app.py", "WireError")
+    raised = (raised_reasons(code / "core" / "wire.py", "WireError")
+              | set().union(*(raised_reasons(path, "WireError") for path in (code / "stream").glob("*.py")))
               | raised_reasons(code / "core" / "accumulators.py", "StateError"))
     # file_complete cannot reach the dead-letter topic: fold_slice_batch counts a complete file's
     # slices as duplicates before adding anything.

@@ -93,7 +93,7 @@ FIXES = (faust_fixes._send_pending, faust_fixes._flush, faust_fixes._filter_comm
 
 @pytest.fixture
 def unpatched(monkeypatch):
-    """Faust's own methods, whatever was installed before (importing quax_faust.stream.app installs), and
+    """Faust's own methods, whatever was installed before (the worker command installs them: stream/worker.py), and
     no topic guarded; the classes and faust_fixes' guarded topics and count are restored on teardown."""
     monkeypatch.setattr(faust_fixes, "_guarded", set())
     monkeypatch.setattr(faust_fixes, "offsets", ProcessedOffsets())

@@ -1,0 +1,134 @@
+"""What the agents do with one event: fold a slice batch into its file, a finished file into its
+run (and search the run's new average), or put a bad message on the dead-letter topic.
+
+Any QuaxError (a message that cannot be decoded, one that does not fit its file or run, a stored
+table value that cannot be read) becomes a dead-letter record with its reason; the agent goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from quax_faust.core import wire
+from quax_faust.core.accumulators import COMPLETE, FileAccumulator, RunAccumulator
+from quax_faust.core.errors import QuaxError
+from quax_faust.search import candidates
+from quax_faust.stream import faust_fixes, metrics
+from quax_faust.stream.chain import Chain
+
+log = logging.getLogger(__name__)
+
+
+async def on_slice_batch(chain: Chain, event) -> None:
+    """Decode a slice batch, FFT its new slices into its file; publish the file when complete."""
+    try:
+        batch = wire.decode_slice_batch(event.value)
+        key = wire.file_key(batch.run, batch.file_index)
+        if event.key != key:
+            raise wire.WireError("key_mismatch", f"key {event.key!r} but the message is {key!r}")
+        await fold_slice_batch(chain, key, batch, event.message.tp)
+    except QuaxError as exc:
+        await reject(chain, event, chain.settings.slices_topic, exc)
+    done(chain, event)
+
+
+async def fold_slice_batch(chain: Chain, key: bytes, batch: wire.SliceBatch, tp=None) -> None:
+    started = time.perf_counter()
+    stored = chain.files.get(key)
+    acc = FileAccumulator.from_bytes(stored) if stored else FileAccumulator.for_batch(batch)
+    table_seconds = time.perf_counter() - started
+    assignment = chain.app.consumer.assignment
+    metrics.MESSAGES.inc()
+    if acc.status == COMPLETE:
+        metrics.DUPLICATE_SLICES.inc(batch.slice_count)
+        chain.files[key] = stored  # re-assert, so the changelog holds what RocksDB holds
+        metrics.files_in_progress.note(key, tp, True, assignment)
+        return
+    folded = acc.fold(batch, block_rows=chain.settings.fft_block_rows, threads=chain.settings.fft_threads)
+    if folded.n_new_slices:
+        metrics.FFT_SECONDS.observe(folded.fft_seconds)
+        metrics.SLICES.inc(folded.n_new_slices)
+        metrics.SAMPLE_BYTES.inc(folded.sample_bytes)
+        metrics.DATA_SECONDS.inc(folded.data_seconds)
+    metrics.DUPLICATE_SLICES.inc(folded.n_duplicate_slices)
+    if acc.is_complete:
+        spectrum = acc.spectrum(completed_at_s=time.time())
+        # Wait for the broker's ack before forgetting the sums: a crash in between re-sends it, and
+        # fold_spectra ignores the repeat.
+        await (await chain.spectra_topic.send(key=batch.run.encode(),
+                                              value=wire.encode_file_spectrum(spectrum)))
+        acc.mark_complete()
+        metrics.FILES_COMPLETED.inc()
+        metrics.TAIL_SAMPLES.inc(acc.tail_samples)
+        metrics.DATA_SECONDS.inc(acc.tail_samples / acc.sample_rate_hz)
+    put_started = time.perf_counter()
+    chain.files[key] = acc.to_bytes()
+    metrics.TABLE_SECONDS.observe(table_seconds + time.perf_counter() - put_started)
+    metrics.files_in_progress.note(key, tp, acc.is_complete, assignment)
+
+
+async def on_file_spectrum(chain: Chain, event) -> None:
+    """Fold a finished file into its run's average, once; keep the file's spectrum."""
+    try:
+        spectrum = wire.decode_file_spectrum(event.value)
+        run_key = spectrum.run.encode()
+        file_key = wire.file_key(spectrum.run, spectrum.file_index)
+        stored = chain.runs.get(run_key)
+        acc = RunAccumulator.from_bytes(stored) if stored else RunAccumulator.for_spectrum(spectrum)
+        if acc.fold(spectrum):
+            chain.file_spectra[file_key] = event.value  # first: a crash before the next line re-folds
+            chain.runs[run_key] = acc.to_bytes()
+            now = time.time()
+            metrics.FILES_FOLDED.inc()
+            metrics.FILE_LATENCY.observe(now - spectrum.last_produced_at_s)
+            metrics.LAST_FILE_COMPLETED.set(now)
+            await search_candidates(chain, acc)
+        else:
+            metrics.DUPLICATE_FILES.inc()
+            if chain.file_spectra.get(file_key) is None:
+                chain.file_spectra[file_key] = event.value
+            chain.runs[run_key] = stored
+    except QuaxError as exc:
+        await reject(chain, event, chain.settings.spectra_topic, exc)
+    done(chain, event)
+
+
+async def search_candidates(chain: Chain, acc: RunAccumulator) -> None:
+    """Search the run's new average (docs/analysis.md); the run's candidates document goes to the
+    `candidates` table, what changed to the `candidates` topic. Runs inside fold_spectra's stream
+    iteration, so it may write tables."""
+    key = acc.run.encode()
+    stored = chain.candidates.get(key)
+    try:
+        doc, changed = candidates.search_run(candidates.decode(stored) if stored else None, acc.run,
+                                             acc.mean, acc.n_slices, acc.sample_rate_hz,
+                                             acc.latest_file_index, acc.n_files, chain.settings)
+        value = candidates.encode(doc)
+    except ValueError as exc:  # a spectrum the search cannot use: say so, keep folding
+        log.warning("candidate search of run %s after file %d failed: %s", acc.run,
+                    acc.latest_file_index, exc)
+        return
+    chain.candidates[key] = value
+    context = {k: doc[k] for k in ("run", "searched_file_index", "n_files", "n_slices",
+                                   "threshold_sigma", "local_threshold_sigma")}
+    for record in changed:
+        await chain.candidates_topic.send(key=key, value=candidates.encode({**context, **record}))
+
+
+def done(chain: Chain, event) -> None:
+    """The event's effects are in the tables: its offset may be committed, and the consumer lag
+    counts from the first offset not processed (faust_fixes.offsets)."""
+    faust_fixes.note_processed(event.message, rebalancing=chain.app.rebalancing)
+
+
+async def reject(chain: Chain, event, topic: str, exc: QuaxError) -> None:
+    """Count a bad message, log it, and keep it on the dead-letter topic with its reason."""
+    metrics.REJECTED.labels(topic=topic, reason=exc.reason).inc()
+    log.warning("rejected message %s[%d]@%d: %s", topic, event.message.partition,
+                event.message.offset, exc)
+    source = f"{topic}/{event.message.partition}/{event.message.offset}"
+    await chain.rejected_topic.send(key=event.key if isinstance(event.key, bytes) else None,
+                                    value=event.value if isinstance(event.value, bytes) else b"",
+                                    headers={"reason": exc.reason.encode(), "error": str(exc).encode()[:1000],
+                                             "source": source.encode()})

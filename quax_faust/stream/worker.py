@@ -1,0 +1,34 @@
+"""``quax worker --index K``: one Faust worker of the live chain (the Procfile runs four).
+
+The process-wide preparations happen here, not at import: malloc keeps freed memory for reuse
+(malloc.py), the Faust patches are installed and pointed at the agents' source topics
+(faust_fixes.py), our topics exist before Faust subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from quax_faust.settings import Settings
+from quax_faust.stream import faust_fixes, malloc
+from quax_faust.stream.app import create_app
+from quax_faust.stream.topics import ensure_topics
+
+
+def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
+    """Run worker ``index`` until it is stopped: tables under var_dir/workers/K, web views on port
+    web_port_base + K."""
+    malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory
+    faust_fixes.install()  # flush really flushes; only processed offsets are committed
+    faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic])
+    asyncio.run(ensure_topics(settings))  # Faust subscribes only to topics that exist (idempotent)
+
+    datadir = Path(settings.var_dir) / "workers" / str(index)
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    app.conf.datadir = datadir
+    sys.argv = ["quax-worker", "worker", "--loglevel", loglevel,
+                "--web-host", settings.web_host, "--web-port", str(settings.web_port_base + index)]
+    app.main()
