@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -196,3 +197,33 @@ def test_each_bad_message_is_rejected_counted_and_logged_once(make_stack, tmp_pa
         topic, partition, offset = dict(record.headers)["source"].decode().rsplit("/", 2)
         assert sum(f"rejected message {topic}[{partition}]@{offset}: " in line for line in lines) == 1, lines
     assert_run_matches_oracle(settings, daq_dir, "lg", range(2))  # the run went on
+
+
+def test_a_table_value_that_cannot_be_read_goes_to_the_dead_letter_topic(make_stack, tmp_path):
+    """A corrupt `files` entry (here written into the table's changelog while the worker is down,
+    so recovery puts it in RocksDB) is no poison pill: each message of that file is rejected with
+    reason bad_table_value, the file's view says so, and other files go on."""
+    settings, workers = make_stack(workers=1, slices_per_message=8)
+    daq_dir = write_synthetic_run(tmp_path / "daq", 2, N_SAMPLES, seed=8)
+    key = wire.file_key("bt", 0)
+    workers.stop()
+    asyncio.run(send_raw_async(settings.broker, f"{settings.app_id}-files-changelog", key, b"QFAC garbage"))
+    workers.start()
+    workers.wait_assigned()
+
+    report = asyncio.run(produce_directory(settings, daq_dir, "bt", "max", progress=False))
+    assert report.files_sent == 2
+    wait_for_run(settings, "bt", 1)  # file 1 is folded; file 0's messages are all rejected
+    wait_processed(settings)
+
+    rejected = read_topic(settings.broker, f"{settings.slices_topic}.rejected")
+    reasons = [dict(r.headers)["reason"].decode() for r in rejected]
+    n_messages = -(-(N_SAMPLES // settings.slice_len) // 8)
+    assert reasons == ["bad_table_value"] * n_messages and all(r.key == key for r in rejected)
+    assert counter(worker_counters(settings), "quax_rejected_messages_total", topic=settings.slices_topic,
+                   reason="bad_table_value") == n_messages
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        get_url(f"{settings.worker_url(0)}/quax/files/?key=bt/{0:010d}")
+    assert answer.value.code == 500 and json.loads(answer.value.read())["reason"] == "bad_table_value"
+    run = get_url(f"{settings.worker_url(0)}/quax/runs/bt/")
+    assert run["n_files"] == 1 and run["latest_file_index"] == 1
