@@ -195,18 +195,22 @@ def test_runtime_errors_exit_3(tmp_path):
     assert not (tmp_path / "r1.npz").exists()
 
 
-@pytest.mark.parametrize("flags, level", [([], logging.INFO), (["-v"], logging.DEBUG), (["--quiet"], logging.WARNING)])
-def test_verbose_and_quiet_set_the_log_level(flags, level, capsys):
-    root = logging.getLogger()
-    saved = root.level
+@pytest.mark.parametrize("flags, ours, libraries", [([], logging.INFO, logging.INFO),
+                                                     (["-v"], logging.DEBUG, logging.INFO),
+                                                     (["--quiet"], logging.WARNING, logging.WARNING)])
+def test_verbose_and_quiet_set_the_log_level(flags, ours, libraries, capsys):
+    loggers = [logging.getLogger(name) for name in ("", *cli.OUR_LOGGERS)]
+    saved = [logger.level for logger in loggers]
     try:
-        assert cli.main(["settings", *flags]) == 0
-        assert root.level == level
-        if flags:
-            assert cli.main([*flags, "settings"]) == 0  # before the command works too
-            assert root.level == level
+        for argv in ([*flags, "settings"], ["settings", *flags]):  # before or after the command
+            assert cli.main(argv) == 0
+            for name in ("quax", "quax_faust.ingest.producer", "spark_batch.job"):
+                assert logging.getLogger(name).getEffectiveLevel() == ours, (argv, name)
+            for name in ("aiokafka", "py4j.clientserver"):  # -v does not flood the log with theirs
+                assert logging.getLogger(name).getEffectiveLevel() == libraries, (argv, name)
     finally:
-        root.setLevel(saved)
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
 
 
 @pytest.mark.parametrize("flags, loglevel", [([], "info"), (["-q"], "warn"), (["--loglevel", "ERROR", "-v"], "error")])

@@ -43,6 +43,8 @@ exit codes:
 
 `quax COMMAND --help` gives a command's own options; `quax COMMAND --help-all` adds every setting."""
 
+OUR_LOGGERS = ("quax", "quax_faust", "spark_batch")
+"""Loggers that -v turns to debug (-q quiets every logger)."""
 FAUST_LOGLEVEL = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
 SECRET_SETTINGS = {"sasl_password"}
 
@@ -121,7 +123,7 @@ def _add_log_options(group) -> None:
     # default SUPPRESS: `quax -v produce` and `quax produce -v` both count, neither resets the other
     # (the last of -v/-q wins).
     group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
-                       default=argparse.SUPPRESS, help="log debug messages too")
+                       default=argparse.SUPPRESS, help="log debug messages of quax too")
     group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
                        default=argparse.SUPPRESS, help="log warnings and errors only")
 
@@ -304,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.log_level = getattr(args, "log_level", logging.INFO)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(args.log_level)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # -v: debug messages of ours only; those of aiokafka or py4j (every Spark call) would bury them.
+    logging.getLogger().setLevel(max(args.log_level, logging.INFO))
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(args.log_level)
     try:
         settings = Settings.from_env().replace(**getattr(args, "settings_given", {}))
     except ValueError as exc:  # a bad QUAX_* value (flags were checked by the parser)
