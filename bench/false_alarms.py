@@ -36,6 +36,7 @@ import scipy.stats
 
 from quax_faust.search import look_elsewhere
 from quax_faust.search.spectrum_search import search_spectrum
+from quax_faust.search_settings import config_from_settings
 
 from quax_faust.core import dsp, synth
 from quax_faust.settings import Settings
@@ -50,6 +51,7 @@ def simulate(runs: int, files: int, slices_per_file: int, seed: int, settings: S
     rate, n_bins = settings.sample_rate_hz, settings.slice_len
     gain = synth.passband_power_gain(dsp.frequency_axis_hz(n_bins, rate), synth.SynthModel()) * 2 / rate
     rng = np.random.default_rng(seed)
+    config = config_from_settings(settings)
     record = []
     n_trials = local_record = None
     for _ in range(runs):
@@ -58,7 +60,7 @@ def simulate(runs: int, files: int, slices_per_file: int, seed: int, settings: S
         for k in range(files):
             power_sum += gain * rng.gamma(slices_per_file, 1.0, size=n_bins)  # sum of n exponentials
             n = (k + 1) * slices_per_file
-            result = search_spectrum(power_sum / n, n, rate, settings)
+            result = search_spectrum(power_sum / n, n, rate, config=config)
             if n_trials is None:
                 n_trials = result.n_trials
                 local_record = look_elsewhere.local_threshold(RECORD_GLOBAL_SIGMA, n_trials)

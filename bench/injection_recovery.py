@@ -23,6 +23,7 @@ from quax_faust.search import candidates
 from quax_faust.search.baseline import block_baseline_weights, block_moments, window_bins
 from quax_faust.search.exact_tail import gaussian_equivalent
 from quax_faust.search.spectrum_search import search_spectrum
+from quax_faust.search_settings import config_from_settings
 
 from quax_faust.core import dsp, synth
 from quax_faust.settings import REPO_DIR, Settings
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_DIR / "docs" / "img" / "injection_recovery.png")
     args = parser.parse_args()
     settings = Settings()
+    config = config_from_settings(settings)
     rate, model = settings.sample_rate_hz, synth.SynthModel()
     file_s = args.samples / rate
 
@@ -89,7 +91,7 @@ def main() -> None:
         power_sum = np.zeros(settings.slice_len)
         for k in range(args.files):
             power_sum += means[a][k] * counts[k]
-            result = search_spectrum(power_sum / n_total[k], int(n_total[k]), rate, settings)
+            result = search_spectrum(power_sum / n_total[k], int(n_total[k]), rate, config=config)
             doc, _ = candidates.update_candidates(doc, result, "bench", k, k + 1, settings.persist_searches)
             b = int(np.argmin(np.abs(result.block_frequency_hz - TONE_HZ)))
             local.append(result.local_significance[b])
@@ -116,7 +118,7 @@ def main() -> None:
     for k in range(3 * loop):
         power_sum += means[0.02][k % loop] * counts[k % loop]
         n += int(counts[k % loop])
-        result = search_spectrum(power_sum / n, n, rate, settings)
+        result = search_spectrum(power_sum / n, n, rate, config=config)
         if (k + 1) % loop == 0 or k == 0:
             found = [c for c in result.candidates if abs(c.frequency_hz - TONE_HZ) <= bin_hz]
             print(f"  after {k + 1:3d} files ({(k + 1) * file_s:6.1f} s): noise scale "

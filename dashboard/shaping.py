@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quax_faust.search.baseline import (baseline_residual_variance, normalised_excess, savgol_baseline,
                                         window_bins)
 from quax_faust.search.spectrum_search import search_spectrum, searched_bins
+from quax_faust.search_settings import config_from_settings
 from quax_faust.settings import Settings
 
 # --- runs and files ------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def baseline_and_excess(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
     n_slices = max(int(n_slices), 1)
     excess = np.full(n_bins, np.nan)
     try:
-        result = search_spectrum(mean, n_slices, sample_rate_hz, settings)
+        result = search_spectrum(mean, n_slices, sample_rate_hz, config=config_from_settings(settings))
     except ValueError:
         return _plain_excess(mean, n_slices, sample_rate_hz, settings)
     for offset in range(result.block_len):

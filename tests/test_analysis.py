@@ -12,22 +12,27 @@ Gaussian noise: passband x Gamma(N, 1/N) per bin (a mean of N exponential values
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.optimize
 import scipy.stats
 
 from quax_faust.search import baseline, candidates, exact_tail, look_elsewhere, spectrum_search
+from quax_faust.search.spectrum_search import SearchConfig
 
 from quax_faust.core import daq, dsp, synth
 from quax_faust.tools.cli import main as quax
 from quax_faust.client import write_export
+from quax_faust.search_settings import config_from_settings
 from quax_faust.settings import Settings
 
 FS = 2e6
 L = 3072
 BIN_HZ = FS / L
 SETTINGS = Settings()
+CONFIG = config_from_settings(SETTINGS)
 FREQ = dsp.frequency_axis_hz(L, FS)
 GAIN = synth.passband_power_gain(FREQ, synth.SynthModel()) * 2 / FS  # noise PSD, V**2/Hz
 
@@ -119,7 +124,7 @@ def test_pure_noise_normalised_excess_is_standard_normal(tmp_path):
     residual_variance = baseline.baseline_residual_variance(window, SETTINGS.baseline_polyorder)
     excess, raw, z = [], [], []
     for mean, n in zip(means, counts):
-        result = spectrum_search.search_spectrum(mean, int(n), FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, int(n), FS, config=CONFIG)
         assert result.candidates == []
         bins = result.block_start  # single-bin blocks: every searched bin
         excess.append(baseline.normalised_excess(mean, result.baseline, int(n),
@@ -149,11 +154,11 @@ def test_false_candidate_rate_matches_the_global_threshold(threshold_sigma):
     is tested through the per-bin tail below (importance sampling) and the Bonferroni identity.
     """
     rng = np.random.default_rng(int(threshold_sigma * 10) + 1)
-    settings = SETTINGS.replace(candidate_threshold_sigma=threshold_sigma)
+    config = dataclasses.replace(CONFIG, threshold_sigma=threshold_sigma)
     n_runs = 300
     n_with_candidates = n_candidates = 0
     for _ in range(n_runs):
-        result = spectrum_search.search_spectrum(noise_mean(rng, 2730), 2730, FS, settings)
+        result = spectrum_search.search_spectrum(noise_mean(rng, 2730), 2730, FS, config=config)
         n_with_candidates += bool(result.candidates)
         n_candidates += len(result.candidates)
     p_global = scipy.stats.norm.sf(threshold_sigma)
@@ -177,7 +182,7 @@ def test_exact_tail_counts_exceedances_in_both_tails():
     """
     rng = np.random.default_rng(30)
     n, flat = 30, np.ones(L)
-    z = np.concatenate([spectrum_search.search_spectrum(noise_mean(rng, n, flat), n, FS, SETTINGS).local_significance
+    z = np.concatenate([spectrum_search.search_spectrum(noise_mean(rng, n, flat), n, FS, config=CONFIG).local_significance
                         for _ in range(600)])
     assert z.size > 1.5e6
     for threshold in (2.5, 3.0, 3.5):
@@ -226,7 +231,7 @@ def test_false_alarm_probability_at_the_configured_threshold():
         tilted = rng.gamma(n_slices, 1.0 / (n_slices - tau * coef[:, None]), (coef.size, targets.size))
         mean[targets] = tilted[0]
         mean[targets[None, :] + offsets[:, None]] = tilted[1:]
-        result = spectrum_search.search_spectrum(mean, n_slices, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n_slices, FS, config=CONFIG)
         guarded += result.noise_scale_applied != 1.0
         x = coef @ tilted
         samples.append((result.local_significance[where] > t) * np.exp(cgf(tau) - tau * x))
@@ -253,7 +258,7 @@ def test_false_alarms_per_run_follow_the_repeated_look_prediction():
         power_sum = np.zeros(L)
         for k in range(n_files):
             power_sum += GAIN * rng.gamma(n_file, 1.0, L)
-            result = spectrum_search.search_spectrum(power_sum / ((k + 1) * n_file), (k + 1) * n_file, FS, SETTINGS)
+            result = spectrum_search.search_spectrum(power_sum / ((k + 1) * n_file), (k + 1) * n_file, FS, config=CONFIG)
             max_z[run, k] = result.local_significance.max()
     n_trials = result.n_trials
     for global_sigma in (1.0, 2.0):
@@ -277,7 +282,7 @@ def test_injected_tone_is_found_and_its_significance_grows_like_sqrt_n(tone_runs
     n_seen = np.cumsum(counts).astype(float)
     u_at_tone, first_claimed = [], None
     for k, mean, n in cumulative(means, counts):
-        result = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n, FS, config=CONFIG)
         u_at_tone.append(result.standardised[block_at(result, TONE_HZ)])
         claimed = [c for c in result.candidates if abs(c.frequency_hz - TONE_HZ) <= BIN_HZ]
         assert len(result.candidates) == len(claimed), "only the tone may be claimed"
@@ -296,7 +301,7 @@ def test_injected_tone_is_found_and_its_significance_grows_like_sqrt_n(tone_runs
     scale = np.sum(u_at_tone * expected) / np.sum(expected ** 2)
     assert scale == pytest.approx(1.0, abs=4 * sd / expected[-1] + 0.02)  # + ~1 % sidelobes in the fit
 
-    doc = candidates.replay_run("strong", np.arange(FILES), means, counts, FS, SETTINGS)
+    doc = candidates.replay_run("strong", np.arange(FILES), means, counts, FS, config=CONFIG)
     (cand,) = doc["candidates"]
     assert abs(cand["frequency_hz"] - TONE_HZ) <= BIN_HZ
     assert cand["first_seen_file"] == first_claimed
@@ -310,7 +315,7 @@ def test_tone_too_weak_for_the_run_is_not_claimed(tone_runs):
     expected = expected_standardised(amplitude, TONE_HZ, counts)
     assert expected[-1] < 2.0  # ~1.5 sigma expected after the whole run
     for k, mean, n in cumulative(means, counts):
-        result = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n, FS, config=CONFIG)
         assert result.candidates == [], f"claimed after file {k}: {result.candidates}"
     # It is there, at the expected strength: just too weak for 4080 slices.
     assert abs(result.standardised[block_at(result, TONE_HZ)] - expected[-1]) < 4 * tone_noise(amplitude, TONE_HZ)
@@ -319,7 +324,7 @@ def test_tone_too_weak_for_the_run_is_not_claimed(tone_runs):
     long_mean = noise_mean(np.random.default_rng(5), n_long)
     k = L // 2 + int(round(TONE_HZ / BIN_HZ))
     long_mean[k] += GAIN[k] * predicted_snr(amplitude, TONE_HZ)
-    (cand,) = spectrum_search.search_spectrum(long_mean, n_long, FS, SETTINGS).candidates
+    (cand,) = spectrum_search.search_spectrum(long_mean, n_long, FS, config=CONFIG).candidates
     assert abs(cand.frequency_hz - TONE_HZ) <= BIN_HZ
 
 
@@ -329,7 +334,7 @@ def test_bin_centred_tone_power_is_its_mean_square_amplitude(tmp_path):
                  "--tone-hz", str(freq_hz), "--tone-amplitude", str(amplitude)]) == 0
     means, counts = spectra_of(tmp_path, 4)
     *_, (k, mean, n) = cumulative(means, counts)
-    (cand,) = spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates
+    (cand,) = spectrum_search.search_spectrum(mean, n, FS, config=CONFIG).candidates
     assert cand.frequency_hz == pytest.approx(freq_hz)
     assert cand.n_blocks == 1
     rel_error = 1 / (predicted_snr(amplitude, freq_hz) * np.sqrt(n))  # sigma of P over P - B
@@ -344,11 +349,11 @@ def test_line_width_coadding_finds_a_broad_line_single_bins_miss():
     """
     rng = np.random.default_rng(8)
     n = 2730
-    broad = SETTINGS.replace(line_width_hz=15 * BIN_HZ, baseline_window_hz=301 * BIN_HZ,
-                             search_band_fraction=0.7)
+    broad = dataclasses.replace(CONFIG, line_width_hz=15 * BIN_HZ, baseline_window_hz=301 * BIN_HZ,
+                                search_band_fraction=0.7)
     z = []
     for _ in range(40):  # pure noise: co-added blocks are standard normal too
-        result = spectrum_search.search_spectrum(noise_mean(rng, n), n, FS, broad)
+        result = spectrum_search.search_spectrum(noise_mean(rng, n), n, FS, config=broad)
         assert result.block_len == 15 and result.candidates == []
         z.append(result.local_significance)
     z = np.concatenate(z)
@@ -357,8 +362,8 @@ def test_line_width_coadding_finds_a_broad_line_single_bins_miss():
     mean = noise_mean(rng, n)
     line = slice(L // 2 + 600, L // 2 + 615)
     mean[line] += GAIN[line] * 2.5 / np.sqrt(n)
-    assert spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates == []
-    (cand,) = spectrum_search.search_spectrum(mean, n, FS, broad).candidates
+    assert spectrum_search.search_spectrum(mean, n, FS, config=CONFIG).candidates == []
+    (cand,) = spectrum_search.search_spectrum(mean, n, FS, config=broad).candidates
     assert FREQ[line.start] - 8 * BIN_HZ <= cand.frequency_hz <= FREQ[line.stop - 1] + 8 * BIN_HZ
     # The variance of a block's excess relative to no fit at all: the price of the fit.
     for window, most in ((301, 1.3), (101, None)):
@@ -375,7 +380,7 @@ def test_transient_line_fades_and_is_not_persistent():
     counts = np.full(60, n_file)
     doc, statuses = None, []
     for k, mean, n in cumulative(means, counts):
-        doc, changed = candidates.search_run(doc, "transient", mean, n, FS, k, k + 1, SETTINGS)
+        doc, changed = candidates.search_run(doc, "transient", mean, n, FS, k, k + 1, config=CONFIG)
         statuses += [(k, c["status"]) for c in changed]
     (rec,) = doc["candidates"]
     assert rec["bin"] == k_line and rec["first_seen_file"] == 0
@@ -394,7 +399,7 @@ def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
         daq.write_pair(tmp_path, k, synth.synth_file(k, SAMPLES, model, seed=4))
     means, counts = spectra_of(tmp_path, 6)
     for k, mean, n in cumulative(means, counts):
-        assert spectrum_search.search_spectrum(mean, n, FS, SETTINGS).candidates == [], k
+        assert spectrum_search.search_spectrum(mean, n, FS, config=CONFIG).candidates == [], k
     # A day of data (20,600 files: the fit's bias must stay far below 1/sqrt(N) = 1.3e-4), with a
     # DC spike from the I/Q mixer 1000x above the noise.
     gain = synth.passband_power_gain(FREQ, model) * 2 / FS
@@ -404,7 +409,7 @@ def test_slowly_varying_passband_produces_no_false_candidates(tmp_path):
     for _ in range(20):
         mean = noise_mean(rng, n_day, gain)
         mean[L // 2] *= 1000
-        result = spectrum_search.search_spectrum(mean, n_day, FS, SETTINGS)
+        result = spectrum_search.search_spectrum(mean, n_day, FS, config=CONFIG)
         assert result.candidates == []
         z.append(result.local_significance)
     z = np.concatenate(z)
@@ -521,9 +526,9 @@ def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch
     mean = noise_mean(rng, n) * (1 + 3e-3 * np.sin(2 * np.pi * k / 7))
     for offset, excess in ((-600, 0.03), (350, 0.05), (900, 0.2)):
         mean[L // 2 + offset] *= 1 + excess
-    fast = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
+    fast = spectrum_search.search_spectrum(mean, n, FS, config=CONFIG)
     monkeypatch.setattr(exact_tail, "local_significance", exact_tail.exact_local_significance)
-    exact = spectrum_search.search_spectrum(mean, n, FS, SETTINGS)
+    exact = spectrum_search.search_spectrum(mean, n, FS, config=CONFIG)
     assert fast.noise_scale_applied > 2 and len(exact.candidates) >= 3
     assert fast.noise_scale == pytest.approx(exact.noise_scale, rel=1e-4)
     assert [(c.bin, c.n_blocks) for c in fast.candidates] == [(c.bin, c.n_blocks) for c in exact.candidates]
@@ -537,3 +542,11 @@ def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch
     bulk = np.abs(exact.local_significance) <= 10
     assert np.max(error[bulk & ~special]) < 2e-4
     assert np.max(error[special]) < 3e-3
+
+
+# --- the knobs ------------------------------------------------------------------------------------
+
+def test_search_config_defaults_are_the_settings_defaults():
+    """SearchConfig repeats the defaults of its settings (search/ does not import the settings):
+    they must not drift apart."""
+    assert config_from_settings(Settings()) == SearchConfig()

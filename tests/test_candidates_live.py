@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from quax_faust.search import candidates
+from quax_faust.tools import analyse_cmd
 
 from quax_faust.core import daq, synth
 from quax_faust.client import TablesUnavailable, get_json
@@ -73,7 +73,7 @@ def test_strong_tone_shows_in_the_candidates_view_and_topic(make_stack, tmp_path
 
     # `quax analyse --run tone` reads the run from the live tables and replays the search.
     args = types.SimpleNamespace(run="tone", from_export=None, final_only=False, json=True)
-    assert candidates.cmd_analyse(args, settings) == 0
+    assert analyse_cmd.cmd_analyse(args, settings) == 0
     replayed = json.loads(capsys.readouterr().out)
     (again,) = replayed["candidates"]
     assert again["bin"] == cand["bin"] and again["frequency_hz"] == pytest.approx(cand["frequency_hz"])

@@ -1,4 +1,4 @@
-"""A run's candidates as the run grows: tracking across searches, the table value, ``quax analyse``.
+"""A run's candidates as the run grows: tracking across searches, the table value.
 
 Each search (``spectrum_search.search_spectrum`` on the run average after a file is folded) yields the
 excesses above threshold *now*. This module follows them from search to search: when each was first
@@ -6,27 +6,25 @@ seen (the latest file folded at that moment), whether it has stayed above thresh
 (persistent), and its current significance even after it faded. The document it keeps is the
 ``candidates`` table value (JSON) and the body of the view ``/quax/runs/{run}/candidates/``.
 
-Pure (numpy + json) except ``cmd_analyse``, which reads an export file or the live tables.
+Pure (numpy + json); ``quax analyse`` (quax_faust/tools/analyse_cmd.py) replays it offline.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quax_faust.search.spectrum_search import SearchResult, search_spectrum
-from quax_faust.settings import Settings
+from quax_faust.search.spectrum_search import SearchConfig, SearchResult, search_spectrum
 
 MAX_RECORDS = 100
 """Candidates kept per run: all those above threshold first, then faded ones by peak significance."""
 
 
-def empty_document(run: str, settings: Settings) -> dict[str, Any]:
+def empty_document(run: str, *, config: SearchConfig) -> dict[str, Any]:
     """The document of a run that has not been searched yet."""
-    return {"run": run, "threshold_sigma": settings.candidate_threshold_sigma, "n_slices": 0,
+    return {"run": run, "threshold_sigma": config.threshold_sigma, "n_slices": 0,
             "n_files": 0, "searched_file_index": None, "candidates": []}
 
 
@@ -102,15 +100,15 @@ def update_candidates(previous: dict[str, Any] | None, result: SearchResult, run
 
 
 def search_run(previous: dict[str, Any] | None, run: str, mean: np.ndarray, n_slices: int,
-               sample_rate_hz: float, file_index: int, n_files: int, settings: Settings
+               sample_rate_hz: float, file_index: int, n_files: int, *, config: SearchConfig
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Search a run average and fold the result into the run's document (what the live agent does)."""
-    result = search_spectrum(mean, n_slices, sample_rate_hz, settings)
-    return update_candidates(previous, result, run, file_index, n_files, settings.persist_searches)
+    result = search_spectrum(mean, n_slices, sample_rate_hz, config=config)
+    return update_candidates(previous, result, run, file_index, n_files, config.persist_searches)
 
 
 def replay_run(run: str, file_index: np.ndarray, file_mean: np.ndarray, file_n_slices: np.ndarray,
-               sample_rate_hz: float, settings: Settings) -> dict[str, Any]:
+               sample_rate_hz: float, *, config: SearchConfig) -> dict[str, Any]:
     """The live search replayed offline: files folded in file order, one search after each.
 
     file_mean: (n_files, n_bins) per-file mean periodograms (V**2/Hz, fftshifted); file_n_slices:
@@ -125,8 +123,8 @@ def replay_run(run: str, file_index: np.ndarray, file_mean: np.ndarray, file_n_s
         power_sum += file_mean[k] * file_n_slices[k]
         n_slices += int(file_n_slices[k])
         doc, _ = search_run(doc, run, power_sum / n_slices, n_slices, sample_rate_hz,
-                            int(file_index[k]), count, settings)
-    return doc if doc is not None else empty_document(run, settings)
+                            int(file_index[k]), count, config=config)
+    return doc if doc is not None else empty_document(run, config=config)
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -135,88 +133,3 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 def decode(data: bytes) -> dict[str, Any]:
     return json.loads(data)
-
-
-# --- `quax analyse` ------------------------------------------------------------------------------
-
-def load_export(path: Path) -> dict[str, np.ndarray]:
-    """An export written by ``quax export --out FILE.npz`` (the layout of export.fetch_run)."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"{path}: quax analyse reads the .npz export (the .csv has no slice counts)")
-    with np.load(path) as npz:
-        data = {k: npz[k] for k in npz.files}
-    missing = {"frequency_hz", "run_mean", "n_slices_total", "file_index", "file_mean",
-               "file_n_slices"} - set(data)
-    if missing:
-        raise ValueError(f"{path}: not a quax export, missing {', '.join(sorted(missing))}")
-    return data
-
-
-def analyse_export(data: dict[str, np.ndarray], settings: Settings, replay: bool = True) -> dict[str, Any]:
-    """Candidates of an exported run: the replay over its files, or one search of the final average."""
-    freq = np.asarray(data["frequency_hz"], dtype=np.float64)
-    n_bins = freq.size
-    # fs from the whole span (the axis may carry a GHz LO: single steps lose digits); to 1 mHz
-    sample_rate_hz = float(np.round((freq[-1] - freq[0]) * n_bins / (n_bins - 1), 3))
-    lo = float(freq[n_bins // 2])  # the DC bin carries the LO frequency the workers added
-    settings = settings.replace(lo_frequency_hz=lo)
-    run = str(data.get("run", "run"))
-    if replay and len(data["file_index"]):
-        return replay_run(run, data["file_index"], data["file_mean"], data["file_n_slices"],
-                          sample_rate_hz, settings)
-    last = int(np.max(data["file_index"])) if len(data["file_index"]) else 0
-    doc, _ = search_run(None, run, data["run_mean"], int(data["n_slices_total"]), sample_rate_hz,
-                        last, len(data["file_index"]), settings)
-    return doc
-
-
-def format_table(doc: dict[str, Any]) -> str:
-    """The candidates as a fixed-width text table, with the search's context above it."""
-    lines = [
-        f"run {doc['run']}: {doc['n_files']} files, {doc['n_slices']} slices; "
-        f"{doc.get('n_trials', 0)} blocks of {doc.get('block_bins', 1)} bin(s) searched; "
-        f"threshold {doc['threshold_sigma']:g} sigma global = "
-        f"{doc.get('local_threshold_sigma', float('nan')):.2f} sigma local; "
-        f"noise scale {doc.get('noise_scale', float('nan')):.3f}",
-    ]
-    if not doc["candidates"]:
-        lines.append("no candidates")
-        return "\n".join(lines)
-    lines.append(f"{'frequency_hz':>18} {'sigma':>8} {'local':>8} {'power_V2':>11} "
-                 f"{'first_file':>10} {'persistent':>10} {'now':>5}")
-    for c in doc["candidates"]:
-        sig = "-" if c["significance"] is None else f"{c['significance']:.2f}"
-        loc = "-" if c["local_significance"] is None else f"{c['local_significance']:.2f}"
-        lines.append(f"{c['frequency_hz']:18.1f} {sig:>8} {loc:>8} {c['power']:11.3e} "
-                     f"{c['first_seen_file']:>10} {str(c['persistent']).lower():>10} "
-                     f"{'above' if c['above_threshold'] else 'below':>5}")
-    return "\n".join(lines)
-
-
-def cmd_analyse(args, settings: Settings) -> int:
-    if args.from_export is not None:
-        data = load_export(args.from_export)
-        if args.run is not None and str(data.get("run")) != args.run:
-            raise ValueError(f"{args.from_export} holds run {str(data.get('run'))!r}, not {args.run!r}")
-    elif args.run is not None:
-        from quax_faust.client import fetch_run
-
-        data = fetch_run(settings, args.run)
-    else:
-        raise ValueError("give --run NAME (live tables) or --from-export FILE.npz")
-    doc = analyse_export(data, settings, replay=not args.final_only)
-    print(json.dumps(doc, indent=1) if args.json else format_table(doc))
-    return 0
-
-
-def register(sub, common) -> None:
-    """Add ``quax analyse`` to the CLI's subparsers."""
-    p = sub.add_parser("analyse", parents=[common],
-                       help="search a run's average for line candidates (export file or live tables)")
-    p.add_argument("--run", help="run id; read live from the workers unless --from-export is given")
-    p.add_argument("--from-export", type=Path, help="an export .npz written by `quax export`")
-    p.add_argument("--final-only", action="store_true",
-                   help="search only the final average (default: replay file by file, as live)")
-    p.add_argument("--json", action="store_true", help="print the candidates document as JSON")
-    p.set_defaults(func=cmd_analyse)

@@ -1,6 +1,7 @@
 """The candidate search of one spectrum: is there a localised excess in a run's average, how significant?
 
-Pure numpy/scipy, no Kafka. The method (docs/analysis.md), in the HAYSTAC style:
+Pure numpy/scipy, no Kafka, no settings: the knobs come in a ``SearchConfig``. The method
+(docs/analysis.md), in the HAYSTAC style:
 
 1. *Baseline* (``baseline.py``): the passband of the run mean ``P`` is smooth; a local polynomial
    fit (Savitzky-Golay: order ``baseline_polyorder`` over ``baseline_window_hz``) follows it.
@@ -33,7 +34,6 @@ from quax_faust.search import exact_tail
 from quax_faust.search.baseline import (block_weights, coadd, coadd_bins, fit_offsets, savgol_baseline,
                                         window_bins)
 from quax_faust.search.look_elsewhere import global_significance, local_threshold
-from quax_faust.settings import Settings
 
 # The standard error of a MAD-based scale estimate of n normal values is 1.166/sqrt(n) (relative).
 _MAD_TO_SIGMA = 1.4826
@@ -42,6 +42,30 @@ _MAD_SCALE_ERROR = 1.166
 _NOISE_GUARD_SIGMAS = 3.0
 # Re-fits after leaving what was found out of its neighbours' fits (converges in one or two).
 _MAX_REFITS = 4
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The knobs of the search. Defaults are those of the settings of the same names
+    (``candidate_threshold_sigma`` for threshold_sigma); quax_faust/search_settings.py makes one
+    from a Settings object."""
+
+    baseline_window_hz: float = 65_000.0
+    """Savitzky-Golay window of the passband fit (Hz): far wider than a line."""
+    baseline_polyorder: int = 4
+    line_width_hz: float = 0.0
+    """Expected line width: adjacent bins are co-added in blocks this wide (Hz; 0 = single bins)."""
+    search_band_fraction: float = 0.85
+    """Searched baseband |f| <= this fraction of sample_rate_hz/2."""
+    dc_exclude_hz: float = 2000.0
+    """Bins within this distance of 0 Hz baseband are not searched, and left out of every fit."""
+    threshold_sigma: float = 5.0
+    """Global significance a candidate must exceed, after the look-elsewhere correction."""
+    lo_frequency_hz: float = 0.0
+    """Local-oscillator frequency added to the reported frequencies (Hz)."""
+    persist_searches: int = 3
+    """A candidate is persistent once above threshold in this many consecutive searches (used by
+    candidates.py, which follows candidates from search to search)."""
 
 
 @dataclass(frozen=True)
@@ -131,14 +155,14 @@ def block_starts(searched: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
 
 
-def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
-                    settings: Settings) -> SearchResult:
+def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float, *,
+                    config: SearchConfig) -> SearchResult:
     """Search a run mean for localised excesses.
 
     mean: (slice_len,) float, the run's mean periodogram (V**2/Hz, fftshifted) over n_slices
-    slices; sample_rate_hz of the data. Knobs from settings: baseline_window_hz,
-    baseline_polyorder, line_width_hz, search_band_fraction, dc_exclude_hz,
-    candidate_threshold_sigma, lo_frequency_hz (added to reported frequencies).
+    slices; sample_rate_hz of the data. Knobs from config: baseline_window_hz,
+    baseline_polyorder, line_width_hz, search_band_fraction, dc_exclude_hz, threshold_sigma,
+    lo_frequency_hz (added to reported frequencies).
     About 5-10 ms for 3072 bins.
     """
     mean = np.asarray(mean, dtype=np.float64)
@@ -148,23 +172,23 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
         raise ValueError(f"search_spectrum needs at least one slice, got n_slices={n_slices}")
     n_bins = mean.size
     bin_width = sample_rate_hz / n_bins
-    window = window_bins(settings.baseline_window_hz, bin_width)
-    order = settings.baseline_polyorder
-    length = coadd_bins(settings.line_width_hz, bin_width)
-    searched, dc = searched_bins(n_bins, sample_rate_hz, settings.search_band_fraction,
-                                 settings.dc_exclude_hz)
+    window = window_bins(config.baseline_window_hz, bin_width)
+    order = config.baseline_polyorder
+    length = coadd_bins(config.line_width_hz, bin_width)
+    searched, dc = searched_bins(n_bins, sample_rate_hz, config.search_band_fraction,
+                                 config.dc_exclude_hz)
     starts = block_starts(searched, length)
     if starts.size == 0:
         raise ValueError(f"no block of {length} bins fits in the searched band")
     offsets = fit_offsets(length, window)
     if starts[0] + offsets[0] < 0 or starts[-1] + offsets[-1] >= n_bins:
-        raise ValueError(f"search band fraction {settings.search_band_fraction} reaches within "
+        raise ValueError(f"search band fraction {config.search_band_fraction} reaches within "
                          f"{-offsets[0]} bins (half the baseline window plus a block) of the band "
                          "edge: narrow the band or the window")
     if not np.all(np.isfinite(mean)) or np.any(mean[searched] <= 0):
         raise ValueError("the run mean must be finite, and positive in the searched band")
     n_trials = starts.size
-    z_local_threshold = local_threshold(settings.candidate_threshold_sigma, n_trials)
+    z_local_threshold = local_threshold(config.threshold_sigma, n_trials)
     p_block = coadd(mean, starts, length) / length
     fit_values = mean[starts[:, None] + offsets[None, :]]  # (n_trials, n_fit)
 
@@ -193,11 +217,11 @@ def search_spectrum(mean: np.ndarray, n_slices: int, sample_rate_hz: float,
             break
         excluded = new_excluded
 
-    frequency = frequency_axis_hz(n_bins, sample_rate_hz, settings.lo_frequency_hz)
+    frequency = frequency_axis_hz(n_bins, sample_rate_hz, config.lo_frequency_hz)
     baseline = savgol_baseline(mean, window, order, exclude=excluded)
-    result = SearchResult(n_slices, bin_width, settings.lo_frequency_hz, window, order, length,
+    result = SearchResult(n_slices, bin_width, config.lo_frequency_hz, window, order, length,
                           frequency, baseline, excluded, starts, b_block, delta, u, z,
-                          global_significance(z, n_trials), settings.candidate_threshold_sigma,
+                          global_significance(z, n_trials), config.threshold_sigma,
                           z_local_threshold, scale, applied)
     result.candidates = _candidates(result, mean, p_block, above)
     return result
