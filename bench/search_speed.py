@@ -1,4 +1,4 @@
-"""Milliseconds per candidate search (analysis.search_spectrum, 3072 bins) against the run's N.
+"""Milliseconds per candidate search (spectrum_search.search_spectrum, 3072 bins) against the run's N.
 
 The workers search the run average after every file, so a week-long run (up to 144,000 files of
 2730 slices) needs a search whose cost does not grow with N. Two spectra:
@@ -11,10 +11,11 @@ The workers search the run average after every file, so a week-long run (up to 1
 Each N is searched 7 times at N, N+1, ... (white: N+7, N+8, ...; a new N every search, as live,
 so no tail table is reused);
 the median is printed. Columns: this tree ("now"), the exact tail block by block ("exact",
-analysis._exact_local_significance, what the fast path approximates), and with --compare DIR the
-same search in another checkout (e.g. the tree before the exact tail). The versions are loaded
-side by side in one process (each checkout's package under its own name) and take turns on every
-search, so a busy machine slows them alike. "error": the search raised (printed below).
+exact_tail.exact_local_significance, what the fast path approximates), and with --compare DIR the
+same search in another checkout (e.g. the tree before the exact tail). Each other checkout runs in
+a subprocess of its own (cwd and sys.path its tree, its own default settings; the layouts before
+and after the tiers are both understood) and is sent the same spectra; all versions take turns on
+every search, so a busy machine slows them alike. "error": the search raised (printed below).
 
     .venv/bin/python bench/search_speed.py [--compare /tmp/oldtree ...] [--repeats 7]
 
@@ -24,18 +25,101 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import platform
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from quax_faust.core import dsp, synth
+from quax_faust.search import exact_tail
+from quax_faust.search.spectrum_search import search_spectrum
+from quax_faust.search_settings import config_from_settings
+from quax_faust.settings import Settings
+
 N_VALUES = (8, 1208, 2408, 3608, 6008, 9608, 2730 * 10, 2730 * 1000, 2730 * 144_000)
 FS = 2e6
 L = 3072
+
+# Runs in a subprocess with a checkout's tree first on sys.path: reads {"n": N, "bins": k} lines,
+# each followed by k float64 values (the run mean), and answers {"s": seconds} or {"error": text}.
+WORKER = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from quax_faust.settings import Settings
+try:  # the tiers with an explicit SearchConfig
+    from quax_faust.search.spectrum_search import search_spectrum
+    from quax_faust.search_settings import config_from_settings
+    config = config_from_settings(Settings())
+    search = lambda mean, n: search_spectrum(mean, n, %r, config=config)
+except ImportError:
+    try:  # the tiers, search/analysis.py taking the settings
+        from quax_faust.search.analysis import search_spectrum
+    except ImportError:  # before the tiers
+        from quax_faust.analysis import search_spectrum
+    settings = Settings()
+    search = lambda mean, n: search_spectrum(mean, n, %r, settings)
+print(json.dumps({"module": sys.modules[search_spectrum.__module__].__file__}), flush=True)
+for line in sys.stdin.buffer:
+    request = json.loads(line)
+    mean = np.frombuffer(sys.stdin.buffer.read(8 * request["bins"]), dtype=np.float64)
+    start = time.perf_counter()
+    try:
+        search(mean, request["n"])
+    except ValueError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        continue
+    print(json.dumps({"s": time.perf_counter() - start}), flush=True)
+""" % (FS, FS)
+
+
+class Checkout:
+    """search_spectrum of another checkout, in a subprocess of its own."""
+
+    def __init__(self, directory: Path):
+        directory = directory.resolve()
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(directory)], cwd=directory,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        module = json.loads(self.proc.stdout.readline())["module"]
+        if not Path(module).resolve().is_relative_to(directory):
+            self.close()
+            raise RuntimeError(f"{directory}: the search came from {module}, not from that checkout")
+
+    def __call__(self, mean: np.ndarray, n_slices: int) -> float:
+        mean = np.ascontiguousarray(mean, dtype=np.float64)
+        self.proc.stdin.write(json.dumps({"n": int(n_slices), "bins": mean.size}).encode() + b"\n")
+        self.proc.stdin.write(mean.tobytes())
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            raise ValueError(answer["error"])
+        return answer["s"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def in_process(exact: bool):
+    """search_spectrum of this tree, timed here; exact: every block through the exact tail."""
+    config = config_from_settings(Settings())
+
+    def timed(mean: np.ndarray, n_slices: int) -> float:
+        fast = exact_tail.local_significance
+        if exact:
+            exact_tail.local_significance = exact_tail.exact_local_significance
+        try:
+            start = time.perf_counter()
+            search_spectrum(mean, n_slices, FS, config=config)
+            return time.perf_counter() - start
+        finally:
+            exact_tail.local_significance = fast
+
+    return timed
 
 
 def cpu_name() -> str:
@@ -49,10 +133,38 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def load_analysis(package_dir: Path, alias: str, links: Path):
-    """quax_faust/search/analysis.py of a checkout, imported as package ``alias`` (a symlink in links)."""
-    (links / alias).symlink_to(package_dir.resolve(), target_is_directory=True)
-    return importlib.import_module(f"{alias}.analysis")
+def measure(versions: dict, repeats: int) -> None:
+    samples = synth.synth_file(0, L * 8, synth.SynthModel())
+    sums = dsp.power_sums(samples.reshape(8, L), FS)
+    nonavg = sums.power_sum / sums.n_slices
+    gain = synth.passband_power_gain(dsp.frequency_axis_hz(L, FS), synth.SynthModel()) * 2 / FS
+    rng = np.random.default_rng(1)
+    for search in versions.values():
+        search(nonavg, 8)  # imports, caches of the weights
+
+    print(f"ms per search, 3072 bins, median of {repeats}; {cpu_name()}, "
+          f"python {platform.python_version()}")
+    print(f"{'N':>12}" + "".join(f"{s + ' ' + v:>18}" for s in ("nonavg", "white") for v in versions))
+    errors = set()
+    for n in N_VALUES:
+        cells = []
+        for spectrum in ("nonavg", "white"):
+            times: dict[str, list[float]] = {v: [] for v in versions}
+            for k in range(repeats):
+                nk = n + k + (repeats if spectrum == "white" else 0)  # a new N each time
+                mean = nonavg if spectrum == "nonavg" else gain * rng.gamma(nk, 1.0 / nk, L)
+                for name, search in versions.items():
+                    try:
+                        times[name].append(search(mean, nk))
+                    except ValueError as e:
+                        errors.add(str(e))
+                        times[name].append(np.nan)
+            for name in versions:
+                median = float(np.median(times[name]))
+                cells.append(f"{'error':>18}" if np.isnan(median) else f"{1e3 * median:18.1f}")
+        print(f"{n:>12}" + "".join(cells), flush=True)
+    for message in sorted(errors):
+        print("error:", message)
 
 
 def main() -> None:
@@ -62,55 +174,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    here = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        links = Path(tmp)
-        sys.path.insert(0, str(links))
-        versions = {"now": load_analysis(here / "quax_faust", "qf_now", links),
-                    "exact": load_analysis(here / "quax_faust", "qf_exact", links)}
-        versions["exact"]._local_significance = versions["exact"]._exact_local_significance
+    versions = {"now": in_process(exact=False), "exact": in_process(exact=True)}
+    checkouts = []
+    try:
         for k, directory in enumerate(args.compare):
-            versions[Path(directory).name or f"compare{k}"] = load_analysis(
-                Path(directory) / "quax_faust", f"qf_compare{k}", links)
-        synth = importlib.import_module("qf_now.synth")
-        dsp = importlib.import_module("qf_now.dsp")
-        settings = importlib.import_module("qf_now.settings").Settings()
-
-        samples = synth.synth_file(0, L * 8, synth.SynthModel())
-        sums = dsp.power_sums(samples.reshape(8, L), FS)
-        nonavg = sums.power_sum / sums.n_slices
-        gain = synth.passband_power_gain(dsp.frequency_axis_hz(L, FS), synth.SynthModel()) * 2 / FS
-        rng = np.random.default_rng(1)
-        for analysis in versions.values():
-            analysis.search_spectrum(nonavg, 8, FS, settings)  # imports, caches of the weights
-
-        print(f"ms per search, 3072 bins, median of {args.repeats}; {cpu_name()}, "
-              f"python {platform.python_version()}")
-        print(f"{'N':>12}" + "".join(f"{s + ' ' + v:>18}" for s in ("nonavg", "white") for v in versions))
-        errors = set()
-        for n in N_VALUES:
-            cells = []
-            for spectrum in ("nonavg", "white"):
-                times: dict[str, list[float]] = {v: [] for v in versions}
-                for k in range(args.repeats):
-                    nk = n + k + (args.repeats if spectrum == "white" else 0)  # a new N each time
-                    mean = nonavg if spectrum == "nonavg" else gain * rng.gamma(nk, 1.0 / nk, L)
-                    for name, analysis in versions.items():
-                        start = time.perf_counter()
-                        try:
-                            analysis.search_spectrum(mean, nk, FS, settings)
-                        except ValueError as e:
-                            errors.add(str(e))
-                            times[name].append(np.nan)
-                            continue
-                        times[name].append(time.perf_counter() - start)
-                for name in versions:
-                    median = float(np.median(times[name]))
-                    cells.append(f"{'error':>18}" if np.isnan(median) else f"{1e3 * median:18.1f}")
-            print(f"{n:>12}" + "".join(cells), flush=True)
-        for message in sorted(errors):
-            print("error:", message)
-
+            checkouts.append(Checkout(Path(directory)))
+            versions[Path(directory).name or f"compare{k}"] = checkouts[-1]
+        measure(versions, args.repeats)
+    finally:
+        for checkout in checkouts:
+            checkout.close()
 
 if __name__ == "__main__":
     main()
