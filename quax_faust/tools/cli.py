@@ -280,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
-    from quax_faust.search import candidates
-    candidates.register(sub, common)  # quax analyse
+    from quax_faust.tools import analyse_cmd
+    analyse_cmd.register(sub, common)  # quax analyse
     from quax_faust.tools import bench
     bench.register(sub, common)  # quax bench
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
