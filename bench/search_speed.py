@@ -12,10 +12,12 @@ Each N is searched 7 times at N, N+1, ... (white: N+7, N+8, ...; a new N every s
 so no tail table is reused);
 the median is printed. Columns: this tree ("now"), the exact tail block by block ("exact",
 exact_tail.exact_local_significance, what the fast path approximates), and with --compare DIR the
-same search in another checkout (e.g. the tree before the exact tail). Each other checkout runs in
-a subprocess of its own (cwd and sys.path its tree, its own default settings; the layouts before
-and after the tiers are both understood) and is sent the same spectra; all versions take turns on
-every search, so a busy machine slows them alike. "error": the search raised (printed below).
+same search in another checkout (e.g. the tree before the exact tail). Every version runs in a
+subprocess of its own (cwd and sys.path its tree, its own default settings; the layouts before and
+after the tiers are both understood), timed there, and is sent the same spectra; they take turns
+on every search, so a busy machine slows them alike. (Measured in this process instead, this tree
+came out 1-2 ms faster than the same tree in a subprocess: all are measured alike.) "error": the
+search raised (printed below).
 
     .venv/bin/python bench/search_speed.py [--compare /tmp/oldtree ...] [--repeats 7]
 
@@ -29,23 +31,19 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from quax_faust.core import dsp, synth
-from quax_faust.search import exact_tail
-from quax_faust.search.spectrum_search import search_spectrum
-from quax_faust.search_settings import config_from_settings
-from quax_faust.settings import Settings
 
 N_VALUES = (8, 1208, 2408, 3608, 6008, 9608, 2730 * 10, 2730 * 1000, 2730 * 144_000)
 FS = 2e6
 L = 3072
 
-# Runs in a subprocess with a checkout's tree first on sys.path: reads {"n": N, "bins": k} lines,
-# each followed by k float64 values (the run mean), and answers {"s": seconds} or {"error": text}.
+# Runs in a subprocess with a checkout's tree first on sys.path (argv: tree, "exact" or "fast"):
+# reads {"n": N, "bins": k} lines, each followed by k float64 values (the run mean), and answers
+# {"s": seconds} or {"error": text}.
 WORKER = r"""
 import json, sys, time
 import numpy as np
@@ -54,6 +52,9 @@ from quax_faust.settings import Settings
 try:  # the tiers with an explicit SearchConfig
     from quax_faust.search.spectrum_search import search_spectrum
     from quax_faust.search_settings import config_from_settings
+    if sys.argv[2] == "exact":
+        from quax_faust.search import exact_tail
+        exact_tail.local_significance = exact_tail.exact_local_significance
     config = config_from_settings(Settings())
     search = lambda mean, n: search_spectrum(mean, n, %r, config=config)
 except ImportError:
@@ -61,6 +62,8 @@ except ImportError:
         from quax_faust.search.analysis import search_spectrum
     except ImportError:  # before the tiers
         from quax_faust.analysis import search_spectrum
+    if sys.argv[2] == "exact":
+        raise SystemExit("the exact column is measured on this tree only")
     settings = Settings()
     search = lambda mean, n: search_spectrum(mean, n, %r, settings)
 print(json.dumps({"module": sys.modules[search_spectrum.__module__].__file__}), flush=True)
@@ -78,11 +81,13 @@ for line in sys.stdin.buffer:
 
 
 class Checkout:
-    """search_spectrum of another checkout, in a subprocess of its own."""
+    """search_spectrum of a checkout, in a subprocess of its own (exact: every block through the
+    exact tail)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, exact: bool = False):
         directory = directory.resolve()
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(directory)], cwd=directory,
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(directory),
+                                      "exact" if exact else "fast"], cwd=directory,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         module = json.loads(self.proc.stdout.readline())["module"]
         if not Path(module).resolve().is_relative_to(directory):
@@ -104,24 +109,6 @@ class Checkout:
         self.proc.wait(timeout=30)
 
 
-def in_process(exact: bool):
-    """search_spectrum of this tree, timed here; exact: every block through the exact tail."""
-    config = config_from_settings(Settings())
-
-    def timed(mean: np.ndarray, n_slices: int) -> float:
-        fast = exact_tail.local_significance
-        if exact:
-            exact_tail.local_significance = exact_tail.exact_local_significance
-        try:
-            start = time.perf_counter()
-            search_spectrum(mean, n_slices, FS, config=config)
-            return time.perf_counter() - start
-        finally:
-            exact_tail.local_significance = fast
-
-    return timed
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -133,7 +120,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def measure(versions: dict, repeats: int) -> None:
+def measure(versions: dict[str, "Checkout"], repeats: int) -> None:
     samples = synth.synth_file(0, L * 8, synth.SynthModel())
     sums = dsp.power_sums(samples.reshape(8, L), FS)
     nonavg = sums.power_sum / sums.n_slices
@@ -174,15 +161,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    versions = {"now": in_process(exact=False), "exact": in_process(exact=True)}
-    checkouts = []
+    here = Path(__file__).resolve().parent.parent
+    versions: dict[str, Checkout] = {}
     try:
+        versions["now"] = Checkout(here)
+        versions["exact"] = Checkout(here, exact=True)
         for k, directory in enumerate(args.compare):
-            checkouts.append(Checkout(Path(directory)))
-            versions[Path(directory).name or f"compare{k}"] = checkouts[-1]
+            versions[Path(directory).name or f"compare{k}"] = Checkout(Path(directory))
         measure(versions, args.repeats)
     finally:
-        for checkout in checkouts:
+        for checkout in versions.values():
             checkout.close()
 
 if __name__ == "__main__":
