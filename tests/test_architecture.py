@@ -52,6 +52,7 @@ TIER_OF_PREFIX = {
     "quax_faust.client": "client",
     "quax_faust.ops_files": "ops_files",
     "quax_faust.search": "search",
+    "quax_faust.search_settings": "search_settings",
     "quax_faust.stream": "stream",
     "quax_faust.ingest": "ingest",
     "quax_faust.tools": "tools",
@@ -59,7 +60,7 @@ TIER_OF_PREFIX = {
     "dashboard": "dashboard",
 }
 RANK = {"core": 0, "settings": 1, "connection": 1, "client": 1, "ops_files": 1, "search": 1,
-        "stream": 2, "ingest": 3, "tools": 4, "spark_batch": 5, "dashboard": 5}
+        "search_settings": 2, "stream": 3, "ingest": 4, "tools": 5, "spark_batch": 6, "dashboard": 6}
 QUAX_TIERS = frozenset(t for prefix, t in TIER_OF_PREFIX.items() if prefix.startswith("quax_faust."))
 MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a module and what is below it
     "core": frozenset(),
@@ -68,12 +69,13 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
     "client": frozenset({"settings"}),
     "ops_files": frozenset(),
     "search": frozenset({"core"}),
-    "stream": frozenset({"core", "search", "settings", "connection"}),
+    "search_settings": frozenset({"search", "settings"}),  # the one bridge: SearchConfig from Settings
+    "stream": frozenset({"core", "search", "search_settings", "settings", "connection"}),
     "ingest": frozenset({"core", "stream", "settings", "connection"}),
     "tools": QUAX_TIERS,
     "spark_batch": frozenset({"quax_faust.core.wire", "quax_faust.core.errors", "settings", "connection",
                               "client"}),
-    "dashboard": frozenset({"client", "settings", "search", "core"}),
+    "dashboard": frozenset({"client", "settings", "search", "search_settings", "core"}),
 }
 KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "kafka", "pyspark"})
 MUST_NOT_IMPORT = {  # tier -> libraries and modules (with what is below them) it never imports

@@ -103,7 +103,8 @@ async def search_candidates(chain: Chain, acc: RunAccumulator) -> None:
     try:
         doc, changed = candidates.search_run(candidates.decode(stored) if stored else None, acc.run,
                                              acc.mean, acc.n_slices, acc.sample_rate_hz,
-                                             acc.latest_file_index, acc.n_files, chain.settings)
+                                             acc.latest_file_index, acc.n_files,
+                                             config=chain.search_config)
         value = candidates.encode(doc)
     except ValueError as exc:  # a spectrum the search cannot use: say so, keep folding
         log.warning("candidate search of run %s after file %d failed: %s", acc.run,

@@ -4,11 +4,13 @@ declares them; this module only holds them and reads table values back)."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quax_faust.core import wire
 from quax_faust.core.accumulators import FileAccumulator, RunAccumulator
+from quax_faust.search.spectrum_search import SearchConfig
+from quax_faust.search_settings import config_from_settings
 from quax_faust.settings import Settings
 
 _CHAINS: "weakref.WeakKeyDictionary[Any, Chain]" = weakref.WeakKeyDictionary()
@@ -28,6 +30,10 @@ class Chain:
     runs: Any  # table: run -> RunAccumulator bytes (1 partition)
     file_spectra: Any  # table: run/file key -> FileSpectrum bytes (1 partition)
     candidates: Any  # table: run -> candidates document, JSON (1 partition)
+    search_config: SearchConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "search_config", config_from_settings(self.settings))
 
     def attach(self) -> "Chain":
         """Make this chain findable from its app (web views get the app, not the chain)."""

@@ -121,7 +121,7 @@ class RunCandidatesView(View):
             return self.json(candidates.decode(stored))
         if chain.run(run) is None:
             return self.json({"error": f"no run {run!r}"}, status=404)
-        return self.json(candidates.empty_document(run, chain.settings))
+        return self.json(candidates.empty_document(run, config=chain.search_config))
 
 
 @blueprint.route("/quax/files/", name="file_state")

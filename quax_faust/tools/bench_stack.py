@@ -41,7 +41,8 @@ class Stack:
                                 producer_metrics_port=free_port(), prometheus_port=free_port(),
                                 var_dir=work_dir / "var", app_id="quax-bench")
         stack = cls(settings, work_dir, scrape_interval_s)
-        stack.broker = Broker(port=port, data_dir=work_dir / "kafka", heap="-Xmx1g -Xms512m")
+        stack.broker = Broker(port=port, data_dir=work_dir / "kafka", heap="-Xmx1g -Xms512m",
+                              lib_dir=Path(settings.kafka_lib_dir))
         return stack
 
     def start(self) -> "Stack":
