@@ -14,7 +14,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from quax_faust.settings import REPO_DIR, Settings
+import quax_faust
+import spark_batch
+from quax_faust.settings import Settings
 
 ARROW_BATCH_BYTES = 32 << 20
 """Target size of one Arrow batch between the JVM and Python (a few slice messages, not 10000)."""
@@ -80,8 +82,13 @@ accumulators: the recompute must not be able to reuse the live chain's numerics 
 
 def shipped_files() -> list[Path]:
     """The source files sent to a cluster's executors: spark_batch and SHIPPED_LIVE_MODULES."""
-    return ([REPO_DIR / "quax_faust" / name for name in SHIPPED_LIVE_MODULES]
-            + sorted((REPO_DIR / "spark_batch").rglob("*.py")))
+    return ([_package_dir(quax_faust) / name for name in SHIPPED_LIVE_MODULES]
+            + sorted(_package_dir(spark_batch).rglob("*.py")))
+
+
+def _package_dir(package) -> Path:
+    """Where an imported package's files are: a checkout or site-packages alike."""
+    return Path(package.__file__).resolve().parent
 
 
 def _ship_code(spark: SparkSession) -> None:
@@ -91,5 +98,5 @@ def _ship_code(spark: SparkSession) -> None:
     archive = Path(tempfile.mkdtemp(prefix="quax-code-")) / "quax_code.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in shipped_files():
-            zf.write(path, path.relative_to(REPO_DIR))
+            zf.write(path, path.relative_to(_package_dir(quax_faust).parent))
     spark.sparkContext.addPyFile(str(archive))

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from quax_faust.core import daq, synth
-from quax_faust.tools.launch import REPO_DIR, Workers, free_port, wait_for_run
+from quax_faust.settings import REPO_DIR
+from quax_faust.tools.launch import Workers, free_port, wait_for_run
 from quax_faust.settings import Settings
 from tests.oracle import assert_run_matches_oracle
 from tests.test_reliability import N_SAMPLES, produce_in_background

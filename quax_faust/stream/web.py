@@ -44,6 +44,10 @@ def routed(table: str, *, match_info: str | None = None, query_param: str | None
     return decorate
 
 
+def _no_run(view: View, run: str) -> Response:
+    return view.json({"error": f"no run {run!r}"}, status=404)
+
+
 @blueprint.route("/quax/runs/", name="runs")
 class RunsView(View):
     @routed("runs", exact_key="runs")
@@ -59,9 +63,7 @@ class RunView(View):
     async def get(self, request: Request, run: str) -> Response:
         chain = Chain.of(self.app)
         acc = chain.run(run)
-        if acc is None:
-            return self.json({"error": f"no run {run!r}"}, status=404)
-        return self.json(views.run_document(acc, chain.settings.lo_frequency_hz))
+        return self.json(views.run_document(acc, chain.settings.lo_frequency_hz)) if acc else _no_run(self, run)
 
 
 @blueprint.route("/quax/runs/{run}/files/", name="run_files")
@@ -73,7 +75,7 @@ class RunFilesView(View):
         chain = Chain.of(self.app)
         acc = chain.run(run)
         if acc is None:
-            return self.json({"error": f"no run {run!r}"}, status=404)
+            return _no_run(self, run)
         try:
             start = int(request.query.get("start", 0))
             limit = min(int(request.query.get("limit", 100)), 1000)
@@ -120,7 +122,7 @@ class RunCandidatesView(View):
         if stored:
             return self.json(candidates.decode(stored))
         if chain.run(run) is None:
-            return self.json({"error": f"no run {run!r}"}, status=404)
+            return _no_run(self, run)
         return self.json(candidates.empty_document(run, config=chain.search_config))
 
 

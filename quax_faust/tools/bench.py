@@ -36,9 +36,9 @@ from quax_faust.tools.bench_phases import (SAMPLES_PER_FILE, BenchPlan, latency_
                                            resources, throughput_phase)
 from quax_faust.tools.bench_report import ORIGINAL, TARGETS, format_table, plot_latency, summary_rows
 from quax_faust.tools.bench_stack import Stack
-from quax_faust.settings import REPO_DIR, Settings
+from quax_faust.settings import Settings
 
-RESULTS_DIR = REPO_DIR / "bench" / "results"
+RESULTS_DIR = Path("bench") / "results"  # of the working directory (the checkout: make bench)
 
 
 def run_bench(settings: Settings, plan: BenchPlan, work_dir: Path, daq_dir: Path, out_dir: Path,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from quax_faust.tools.launch import Broker, Workers, free_port, settings_env
 from quax_faust.tools.prometheus import Prometheus
-from quax_faust.settings import REPO_DIR, Settings
+from quax_faust.settings import Settings
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Stack:
         log = open(self.work_dir / f"producer-{run}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "quax_faust.tools.cli", "produce", "--source", str(source),
                                  "--run", run, "--pace", pace, "--loop", str(loops), "--no-checkpoint"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_DIR)
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes["producer"] = psutil.Process(proc.pid)
         return proc
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quax_faust.ops_files import ops_dir
-from quax_faust.settings import ENV_PREFIX, REPO_DIR, Settings  # noqa: F401 (REPO_DIR: tests/test_cluster.py)
+from quax_faust.settings import ENV_PREFIX, Settings
 
 BROKER_SCRIPT = ops_dir() / "kafka" / "broker.sh"
 
