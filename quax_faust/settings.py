@@ -112,7 +112,7 @@ class Settings:
     prometheus_scrape_interval_s: float = 5.0
     """How often Prometheus scrapes the workers and the producer (s); rules use 1 m windows."""
 
-    # --- the candidate search (quax_faust/search/analysis.py, docs/analysis.md) --------------------------
+    # --- the candidate search (quax_faust/search/, docs/analysis.md) -----------------------------------
     candidates_topic: str = "candidates"
     """Topic (1 partition, key run) of new and updated candidates, JSON."""
     baseline_window_hz: float = 65_000.0
