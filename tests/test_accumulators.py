@@ -1,5 +1,7 @@
 """Table values: a slice or a file delivered twice is counted once; state survives serialisation."""
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -16,8 +18,8 @@ def file_slices(n=20, seed=0):
     return (rng.standard_normal((n, L)) + 1j * rng.standard_normal((n, L))).astype(np.complex64)
 
 
-def deliver(acc, x, first, count, produced_at=1.0):
-    b = wire.SliceBatch("r", 7, first, x.shape[0], 5, FS, produced_at, x[first:first + count])
+def deliver(acc, x, first, count, produced_at=1.0, acquired_at=float("nan")):
+    b = wire.SliceBatch("r", 7, first, x.shape[0], 5, FS, produced_at, x[first:first + count], acquired_at)
     acc = acc or FileAccumulator.for_batch(b)
     new = acc.new_slices(b)
     acc.add(b, new, dsp.power_sums(b.samples, FS, counted=new) if new.any() else None)
@@ -188,8 +190,8 @@ def test_non_finite_samples_are_refused_and_change_nothing():
 
 def stored_values() -> dict[str, bytes]:
     x = file_slices(24)  # a whole number of bitmap bytes: no padding bits (a reader ignores those)
-    filling = deliver(None, x, 0, 8)
-    complete = deliver(None, x, 0, 24)
+    filling = deliver(None, x, 0, 8, acquired_at=1.6e9)
+    complete = deliver(None, x, 0, 24, acquired_at=1.6e9)
     complete.mark_complete()
     run = None
     for index, n in [(0, 10), (1, 7), (3, 12)]:
@@ -254,11 +256,68 @@ def test_any_bytes_read_or_are_a_bad_table_value(value):
 
 def test_what_a_bad_table_value_message_says():
     value = STORED["filling"]
-    assert "version 2" in str(assert_bad_table_value("filling", value[:4] + b"\x02\x00" + value[6:]))
+    assert "version 3" in str(assert_bad_table_value("filling", value[:4] + b"\x03\x00" + value[6:]))
     assert "b'QXRA'" in str(assert_bad_table_value("filling", STORED["run"]))  # a run value as a file's
     assert "expected" in str(assert_bad_table_value("run", STORED["run"][:-8]))
-    head = 58  # the file accumulator's header, then the run id "r"
+    assert "version 2" in str(assert_bad_table_value("filling", value[:60]))  # its header cut short
+    head = 66  # the file accumulator's version-2 header, then the run id "r"
     assert "not UTF-8" in str(assert_bad_table_value("filling", value[:head] + b"\xff" + value[head + 1:]))
     sums_at = len(value) - 2 * 8 * L
     nan = value[:sums_at] + np.float64(np.nan).tobytes() + value[sums_at + 8:]
     assert "'r' file 7" in str(assert_bad_table_value("filling", nan))
+
+
+def test_a_files_acquisition_time_is_the_earliest_known_of_its_counted_batches():
+    x = file_slices()
+    acc = deliver(None, x, 0, 4)  # a batch of a producer that knew no time (a version-1 message)
+    assert np.isnan(acc.acquired_at_s)
+    acc = deliver(acc, x, 4, 4, acquired_at=1_700_000_050.0)
+    acc = deliver(acc, x, 8, 4, acquired_at=1_700_000_000.5)  # the file re-sent after a change of time
+    acc = deliver(acc, x, 8, 4, acquired_at=1.0)  # nothing new in it: changes nothing
+    acc = deliver(acc, x, 12, 8)
+    assert acc.is_complete and acc.acquired_at_s == 1_700_000_000.5
+    spec = acc.spectrum(completed_at_s=2e9)
+    assert spec.acquired_at_s == 1_700_000_000.5
+    assert wire.decode_file_spectrum(wire.encode_file_spectrum(spec)).acquired_at_s == 1_700_000_000.5
+    acc.mark_complete()
+    assert FileAccumulator.from_bytes(acc.to_bytes()).acquired_at_s == 1_700_000_000.5  # kept when complete
+
+
+def v1_file_value(acc: FileAccumulator) -> bytes:
+    """The value as quax-stream stored it before acquisition times: version 1, a 58-byte header."""
+    run = acc.run.encode()
+    head = struct.pack("<4sHHHIIIIIIddd", b"QXFA", 1, acc.status, len(run), acc.file_index, acc.slices_in_file,
+                       acc.slice_len, acc.tail_samples, acc.n_counted, acc.duplicate_slices, acc.sample_rate_hz,
+                       acc.first_produced_at_s, acc.last_produced_at_s)
+    sums = b"" if acc.power_sum is None else acc.power_sum.tobytes() + acc.power_sumsq.tobytes()
+    return head + run + np.packbits(acc.counted).tobytes() + sums
+
+
+@pytest.mark.parametrize("kind", ["filling", "complete"])
+def test_a_version_1_files_value_still_reads_its_acquisition_time_unknown(kind):
+    acc = FileAccumulator.from_bytes(STORED[kind])
+    old = v1_file_value(acc)
+    assert len(old) == len(STORED[kind]) - 8
+    back = FileAccumulator.from_bytes(old)
+    assert np.isnan(back.acquired_at_s)
+    back.acquired_at_s = acc.acquired_at_s
+    assert back.to_bytes() == STORED[kind]  # everything else as stored; written back as version 2
+    assert FileAccumulator.from_bytes(old).to_bytes()[4:6] == b"\x02\x00"
+    for cut in (len(old) - 1, 57, 10):
+        assert "files table value" in str(assert_bad_table_value(kind, old[:cut]))
+    assert_bad_table_value(kind, old + b"\0")
+
+
+def test_a_filling_version_1_value_goes_on_counting():
+    x = file_slices(24)
+    old = v1_file_value(deliver(None, x, 0, 8))
+    acc = deliver(FileAccumulator.from_bytes(old), x, 8, 16, acquired_at=1.6e9)
+    assert acc.is_complete and acc.acquired_at_s == 1.6e9
+    np.testing.assert_allclose(acc.power_sum, dsp.power_sums(x, FS).power_sum, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("-inf")])
+def test_a_stored_acquisition_time_that_is_no_time_is_a_bad_table_value(bad):
+    value = bytearray(STORED["complete"])
+    struct.pack_into("<d", value, 58, bad)  # acquired_at_s ends the version-2 header
+    assert "acquired_at_s" in str(assert_bad_table_value("complete", bytes(value)))

@@ -8,7 +8,8 @@ Kafka's at-least-once delivery (docs/architecture.md, "Exactly once, by idempote
 - ``RunAccumulator`` remembers which files it has folded in (an interval set of file indices); a
   spectrum delivered twice is folded once.
 
-Both serialise to compact versioned bytes for the RocksDB-backed Faust tables.
+Both serialise to compact versioned bytes for the RocksDB-backed Faust tables (a file's: version 2,
+with its acquisition time; version 1, stored before, still reads).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from quax_faust.core import dsp
 from quax_faust.core.errors import QuaxError
 from quax_faust.core.index_set import IndexSet
-from quax_faust.core.wire import FileSpectrum, SliceBatch
+from quax_faust.core.wire import UNKNOWN_TIME, FileSpectrum, SliceBatch
 
 FILLING, COMPLETE = 0, 1
 
@@ -43,15 +44,23 @@ class BatchFold:
     data_seconds: float  # detector time of the new slices: n_new_slices * slice_len / sample_rate_hz
 
 
-# magic, version, status, run_len, file_index, slices_in_file, slice_len, tail_samples, n_counted,
-# duplicate_slices, sample_rate_hz, first_produced_at_s, last_produced_at_s
-_FILE_HEAD = struct.Struct("<4sHHHIIIIIIddd")
+# By version: magic, version, status, run_len, file_index, slices_in_file, slice_len, tail_samples,
+# n_counted, duplicate_slices, sample_rate_hz, first_produced_at_s, last_produced_at_s; version 2
+# adds acquired_at_s. Version 2 is written; a version-1 value (stored before) reads as "unknown".
+_FILE_HEADS = {1: struct.Struct("<4sHHHIIIIIIddd"), 2: struct.Struct("<4sHHHIIIIIIdddd")}
+_FILE_VERSION = 2
 _FILE_MAGIC = b"QXFA"
 
 
 @dataclass
 class FileAccumulator:
-    """Running per-bin sums (V**2/Hz, fftshifted, float64) over the counted slices of one file."""
+    """Running per-bin sums (V**2/Hz, fftshifted, float64) over the counted slices of one file.
+
+    ``acquired_at_s``: when the DAQ acquired the file (Unix seconds), NaN while unknown: the earliest
+    known one of the batches whose slices were counted (all of a file's batches carry the same one,
+    unless the producer re-sent the file after its time changed; the earliest is the one kept
+    whatever the order of delivery, as the Spark audit keeps it).
+    """
 
     run: str
     file_index: int
@@ -67,6 +76,7 @@ class FileAccumulator:
     first_produced_at_s: float = float("inf")
     last_produced_at_s: float = float("-inf")
     status: int = FILLING
+    acquired_at_s: float = UNKNOWN_TIME
 
     @classmethod
     def for_batch(cls, batch: SliceBatch) -> "FileAccumulator":
@@ -131,12 +141,13 @@ class FileAccumulator:
         self.n_counted += n_new
         self.first_produced_at_s = min(self.first_produced_at_s, batch.produced_at_s)
         self.last_produced_at_s = max(self.last_produced_at_s, batch.produced_at_s)
+        self.acquired_at_s = float(np.fmin(self.acquired_at_s, batch.acquired_at_s))  # NaN: unknown
 
     def spectrum(self, completed_at_s: float) -> FileSpectrum:
         mean, std = dsp.mean_and_std(self.power_sum, self.power_sumsq, self.n_counted)
         return FileSpectrum(self.run, self.file_index, self.n_counted, self.tail_samples,
                             self.sample_rate_hz, self.first_produced_at_s, self.last_produced_at_s,
-                            completed_at_s, mean, std)
+                            completed_at_s, mean, std, self.acquired_at_s)
 
     def mark_complete(self) -> None:
         """The spectrum has been published: drop the sums, keep what is needed to ignore repeats."""
@@ -145,10 +156,10 @@ class FileAccumulator:
 
     def to_bytes(self) -> bytes:
         run = self.run.encode()
-        head = _FILE_HEAD.pack(_FILE_MAGIC, 1, self.status, len(run), self.file_index,
-                               self.slices_in_file, self.slice_len, self.tail_samples,
-                               self.n_counted, self.duplicate_slices, self.sample_rate_hz,
-                               self.first_produced_at_s, self.last_produced_at_s)
+        head = _FILE_HEADS[_FILE_VERSION].pack(
+            _FILE_MAGIC, _FILE_VERSION, self.status, len(run), self.file_index, self.slices_in_file,
+            self.slice_len, self.tail_samples, self.n_counted, self.duplicate_slices, self.sample_rate_hz,
+            self.first_produced_at_s, self.last_produced_at_s, self.acquired_at_s)
         parts = [head, run, np.packbits(self.counted).tobytes()]
         if self.status == FILLING:
             parts += [self.power_sum.astype("<f8").tobytes(), self.power_sumsq.astype("<f8").tobytes()]
@@ -156,25 +167,34 @@ class FileAccumulator:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FileAccumulator":
-        """Read a ``files`` table value (``to_bytes``); StateError ``bad_table_value`` if it is not one."""
+        """Read a ``files`` table value (``to_bytes``, or version 1 without ``acquired_at_s``: NaN);
+        StateError ``bad_table_value`` if it is not one."""
         what = "files table value"
-        if len(data) < _FILE_HEAD.size:
-            raise _bad_value(what, f"{len(data)} bytes, shorter than the {_FILE_HEAD.size}-byte header")
+        shortest = _FILE_HEADS[1].size
+        if len(data) < shortest:
+            raise _bad_value(what, f"{len(data)} bytes, shorter than the {shortest}-byte header")
+        magic, version = struct.unpack_from("<4sH", data)
+        head = _FILE_HEADS.get(version)
+        if magic != _FILE_MAGIC or head is None:
+            raise _bad_value(what, f"magic {magic!r} version {version}: not a version-1 or version-2 file "
+                             f"accumulator ({_FILE_MAGIC!r})")
+        if len(data) < head.size:
+            raise _bad_value(what, f"{len(data)} bytes, shorter than the {head.size}-byte header of version {version}")
         (magic, version, status, run_len, file_index, slices_in_file, slice_len, tail, n_counted,
-         duplicates, rate, first_at, last_at) = _FILE_HEAD.unpack_from(data)
-        if magic != _FILE_MAGIC or version != 1:
-            raise _bad_value(what, f"magic {magic!r} version {version}: not a version-1 file accumulator "
-                             f"({_FILE_MAGIC!r})")
+         duplicates, rate, first_at, last_at, *acquired) = head.unpack_from(data)
+        acquired_at_s = acquired[0] if acquired else UNKNOWN_TIME
         if status not in (FILLING, COMPLETE):
             raise _bad_value(what, f"status {status}, expected {FILLING} (filling) or {COMPLETE} (complete)")
+        if not (np.isnan(acquired_at_s) or (np.isfinite(acquired_at_s) and acquired_at_s >= 0)):
+            raise _bad_value(what, f"acquired_at_s {acquired_at_s} is not a time (>= 0 s, or NaN: unknown)")
         n_bitmap = (slices_in_file + 7) // 8
         n_sums = 2 * 8 * slice_len if status == FILLING else 0
-        expected = _FILE_HEAD.size + run_len + n_bitmap + n_sums
+        expected = head.size + run_len + n_bitmap + n_sums
         if len(data) != expected:
-            raise _bad_value(what, f"{len(data)} bytes, expected {expected} ({_FILE_HEAD.size} header + "
-                             f"{run_len} run id + {n_bitmap} bitmap of {slices_in_file} slices + {n_sums} sums "
-                             f"of {slice_len} bins)")
-        offset = _FILE_HEAD.size
+            raise _bad_value(what, f"{len(data)} bytes, expected {expected} ({head.size}-byte version-{version} "
+                             f"header + {run_len} run id + {n_bitmap} bitmap of {slices_in_file} slices + "
+                             f"{n_sums} sums of {slice_len} bins)")
+        offset = head.size
         run = _decode_run(what, data[offset: offset + run_len])
         what = f"files table value of {run!r} file {file_index}"
         offset += run_len
@@ -189,7 +209,7 @@ class FileAccumulator:
                 raise _bad_value(what, "power sums hold NaN or Inf")
             sums = [arr[0].copy(), arr[1].copy()]
         return cls(run, file_index, slices_in_file, slice_len, tail, rate, counted, sums[0], sums[1],
-                   n_counted, duplicates, first_at, last_at, status)
+                   n_counted, duplicates, first_at, last_at, status, acquired_at_s)
 
 
 def _bad_value(what: str, problem: str) -> StateError:

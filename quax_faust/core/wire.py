@@ -5,6 +5,9 @@ Two record kinds, all integers and floats little-endian:
 - ``SliceBatch`` on topic ``slices``: consecutive whole slices of one file, complex64 samples;
 - ``FileSpectrum`` on topic ``spectra``: one finished file's mean and standard deviation per bin.
 
+Encoders write version 2 (version 1 plus the file's acquisition time, ``acquired_at_s``); decoders
+read versions 1 and 2 (a version-1 message's ``acquired_at_s`` is NaN: unknown).
+
 ``decode_*`` never trusts its input: anything malformed raises ``WireError`` whose ``reason`` is a
 short machine-readable tag (used as a metric label) and whose message says what was expected.
 """
@@ -21,19 +24,22 @@ from quax_faust.core.errors import QuaxError
 
 SLICE_MAGIC = b"QXSB"
 SPECTRUM_MAGIC = b"QXSP"
-VERSION = 1
+VERSION = 2
+"""What the encoders write; the decoders also read version 1 (no acquisition time)."""
 SAMPLE_FORMAT_COMPLEX64 = 1
 """Interleaved little-endian float32 pairs (i, q): numpy '<c8'."""
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SLICE_LEN = 1 << 20
 
-# magic, version, header_len, run_len, sample_format, file_index, first_slice, slice_count,
-# slices_in_file, slice_len, tail_samples, sample_rate_hz, produced_at_s
-_SLICE_HEAD = struct.Struct("<4sHHHHIIIIIIdd")
-# magic, version, header_len, run_len, reserved, file_index, n_slices, slice_len, tail_samples,
-# sample_rate_hz, first_produced_at_s, last_produced_at_s, completed_at_s
-_SPECTRUM_HEAD = struct.Struct("<4sHHHHIIIIdddd")
+# By version: magic, version, header_len, run_len, sample_format, file_index, first_slice,
+# slice_count, slices_in_file, slice_len, tail_samples, sample_rate_hz, produced_at_s; v2: acquired_at_s
+_SLICE_HEADS = {1: struct.Struct("<4sHHHHIIIIIIdd"), 2: struct.Struct("<4sHHHHIIIIIIddd")}
+# By version: magic, version, header_len, run_len, reserved, file_index, n_slices, slice_len,
+# tail_samples, sample_rate_hz, first_produced_at_s, last_produced_at_s, completed_at_s; v2: acquired_at_s
+_SPECTRUM_HEADS = {1: struct.Struct("<4sHHHHIIIIdddd"), 2: struct.Struct("<4sHHHHIIIIddddd")}
+UNKNOWN_TIME = float("nan")
+"""``acquired_at_s`` of a file whose acquisition time is not known (a version-1 message)."""
 
 
 class WireError(QuaxError):
@@ -59,7 +65,9 @@ class SliceBatch:
 
     samples: (slice_count, slice_len) complex64. ``slices_in_file`` whole slices make the file;
     ``tail_samples`` (< slice_len) samples at its end were dropped by the producer, as Welch does.
-    ``produced_at_s`` is the producer's wall clock (Unix seconds) when it sent the message.
+    ``produced_at_s`` is the producer's wall clock (Unix seconds) when it sent the message;
+    ``acquired_at_s`` when the DAQ acquired the file (Unix seconds, ``daq.acquired_at_s``), NaN if
+    unknown.
     """
 
     run: str
@@ -70,6 +78,7 @@ class SliceBatch:
     sample_rate_hz: float
     produced_at_s: float
     samples: np.ndarray
+    acquired_at_s: float = UNKNOWN_TIME
 
     @property
     def slice_count(self) -> int:
@@ -91,19 +100,20 @@ def encode_slice_batch(batch: SliceBatch) -> bytes:
         raise ValueError(f"samples must be (slice_count>0, slice_len>0), got {samples.shape}")
     if batch.first_slice + samples.shape[0] > batch.slices_in_file:
         raise ValueError("first_slice + slice_count exceeds slices_in_file")
-    head = _SLICE_HEAD.pack(SLICE_MAGIC, VERSION, _SLICE_HEAD.size + len(run), len(run),
-                            SAMPLE_FORMAT_COMPLEX64, batch.file_index, batch.first_slice,
-                            samples.shape[0], batch.slices_in_file, samples.shape[1],
-                            batch.tail_samples, batch.sample_rate_hz, batch.produced_at_s)
+    layout = _SLICE_HEADS[VERSION]
+    head = layout.pack(SLICE_MAGIC, VERSION, layout.size + len(run), len(run), SAMPLE_FORMAT_COMPLEX64,
+                       batch.file_index, batch.first_slice, samples.shape[0], batch.slices_in_file,
+                       samples.shape[1], batch.tail_samples, batch.sample_rate_hz, batch.produced_at_s,
+                       _acquired(batch.acquired_at_s, ValueError))
     return b"".join((head, run, samples.data))
 
 
 def decode_slice_batch(data: bytes | memoryview) -> SliceBatch:
-    """Decode and validate a slice message; samples are a read-only view into ``data``."""
-    (magic, version, header_len, run_len, sample_format, file_index, first_slice, slice_count,
-     slices_in_file, slice_len, tail_samples, sample_rate_hz,
-     produced_at_s) = _unpack_head(_SLICE_HEAD, SLICE_MAGIC, data)
-    run = _check_header(version, header_len, run_len, _SLICE_HEAD.size, data)
+    """Decode and validate a slice message (version 1 or 2); samples are a read-only view into ``data``."""
+    fixed, (magic, version, header_len, run_len, sample_format, file_index, first_slice, slice_count,
+            slices_in_file, slice_len, tail_samples, sample_rate_hz, produced_at_s,
+            *acquired) = _unpack_head(_SLICE_HEADS, SLICE_MAGIC, data)
+    run = _check_header(header_len, run_len, fixed, data)
     if sample_format != SAMPLE_FORMAT_COMPLEX64:
         raise WireError("bad_sample_format", f"sample format {sample_format}, expected "
                         f"{SAMPLE_FORMAT_COMPLEX64} (complex64)")
@@ -119,9 +129,10 @@ def decode_slice_batch(data: bytes | memoryview) -> SliceBatch:
                         f"slices of {slice_len} complex64 samples")
     if not np.isfinite(produced_at_s):
         raise WireError("bad_timestamp", "produced_at_s is not finite")
+    acquired_at_s = _acquired(acquired[0], _bad_timestamp) if acquired else UNKNOWN_TIME
     samples = np.frombuffer(data, dtype="<c8", offset=header_len).reshape(slice_count, slice_len)
     return SliceBatch(run, file_index, first_slice, slices_in_file, tail_samples, sample_rate_hz,
-                      produced_at_s, samples)
+                      produced_at_s, samples, acquired_at_s)
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,8 @@ class FileSpectrum:
     """A finished file: mean and sample std (ddof=1) of its periodograms, fftshifted, V**2/Hz.
 
     mean, std: (slice_len,) float64. Times are Unix seconds: the producer's clock on the file's first
-    and last slice messages, and the worker's clock when the spectrum was complete.
+    and last slice messages, the worker's clock when the spectrum was complete, and when the DAQ
+    acquired the file (``acquired_at_s``, NaN if unknown).
     """
 
     run: str
@@ -142,6 +154,7 @@ class FileSpectrum:
     completed_at_s: float
     mean: np.ndarray
     std: np.ndarray
+    acquired_at_s: float = UNKNOWN_TIME
 
     @property
     def slice_len(self) -> int:
@@ -159,17 +172,20 @@ def encode_file_spectrum(spec: FileSpectrum) -> bytes:
     std = np.ascontiguousarray(spec.std, dtype="<f8")
     if mean.ndim != 1 or mean.shape != std.shape:
         raise ValueError(f"mean and std must be equal 1-D arrays, got {mean.shape} and {std.shape}")
-    head = _SPECTRUM_HEAD.pack(SPECTRUM_MAGIC, VERSION, _SPECTRUM_HEAD.size + len(run), len(run), 0,
-                               spec.file_index, spec.n_slices, mean.shape[0], spec.tail_samples,
-                               spec.sample_rate_hz, spec.first_produced_at_s,
-                               spec.last_produced_at_s, spec.completed_at_s)
+    layout = _SPECTRUM_HEADS[VERSION]
+    head = layout.pack(SPECTRUM_MAGIC, VERSION, layout.size + len(run), len(run), 0, spec.file_index,
+                       spec.n_slices, mean.shape[0], spec.tail_samples, spec.sample_rate_hz,
+                       spec.first_produced_at_s, spec.last_produced_at_s, spec.completed_at_s,
+                       _acquired(spec.acquired_at_s, ValueError))
     return b"".join((head, run, mean.data, std.data))
 
 
 def decode_file_spectrum(data: bytes | memoryview) -> FileSpectrum:
-    (magic, version, header_len, run_len, _reserved, file_index, n_slices, slice_len, tail_samples,
-     sample_rate_hz, first_at, last_at, completed_at) = _unpack_head(_SPECTRUM_HEAD, SPECTRUM_MAGIC, data)
-    run = _check_header(version, header_len, run_len, _SPECTRUM_HEAD.size, data)
+    """Decode and validate a spectra record (version 1 or 2); mean and std are read-only views."""
+    fixed, (magic, version, header_len, run_len, _reserved, file_index, n_slices, slice_len,
+            tail_samples, sample_rate_hz, first_at, last_at, completed_at,
+            *acquired) = _unpack_head(_SPECTRUM_HEADS, SPECTRUM_MAGIC, data)
+    run = _check_header(header_len, run_len, fixed, data)
     _check_slicing(slice_len, tail_samples, sample_rate_hz)
     if n_slices == 0:
         raise WireError("bad_slice_range", "n_slices is 0")
@@ -184,24 +200,43 @@ def decode_file_spectrum(data: bytes | memoryview) -> FileSpectrum:
                      ("completed_at_s", completed_at)):
         if not np.isfinite(at):
             raise WireError("bad_timestamp", f"{name} is not finite")
+    acquired_at_s = _acquired(acquired[0], _bad_timestamp) if acquired else UNKNOWN_TIME
     return FileSpectrum(run, file_index, n_slices, tail_samples, sample_rate_hz, first_at, last_at,
-                        completed_at, values[0], values[1])
+                        completed_at, values[0], values[1], acquired_at_s)
 
 
-def _unpack_head(head: struct.Struct, magic: bytes, data: bytes | memoryview) -> tuple:
+def _unpack_head(heads: dict[int, struct.Struct], magic: bytes, data: bytes | memoryview) -> tuple[int, tuple]:
+    """(size of the fixed header, its fields) of a message of one of the versions in heads."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("not_bytes", f"expected bytes, got {type(data).__name__}")
+    shortest = min(head.size for head in heads.values())
+    if len(data) < shortest:
+        raise WireError("truncated", f"{len(data)} bytes, shorter than the {shortest}-byte header")
+    found, version = struct.unpack_from("<4sH", data)
+    if found != magic:
+        raise WireError("bad_magic", f"magic {bytes(found)!r}, expected {magic!r}")
+    head = heads.get(version)
+    if head is None:
+        known = " and ".join(str(v) for v in sorted(heads))
+        raise WireError("bad_version", f"version {version}, this decoder reads versions {known}")
     if len(data) < head.size:
-        raise WireError("truncated", f"{len(data)} bytes, shorter than the {head.size}-byte header")
-    fields = head.unpack_from(data)
-    if fields[0] != magic:
-        raise WireError("bad_magic", f"magic {bytes(fields[0])!r}, expected {magic!r}")
-    return fields
+        raise WireError("truncated", f"{len(data)} bytes, shorter than the {head.size}-byte header "
+                        f"of version {version}")
+    return head.size, head.unpack_from(data)
 
 
-def _check_header(version: int, header_len: int, run_len: int, fixed: int, data) -> str:
-    if version != VERSION:
-        raise WireError("bad_version", f"version {version}, this decoder reads version {VERSION}")
+def _acquired(at: float, error) -> float:
+    """at if it is an acquisition time (NaN: unknown, or finite and >= 0); else error(message)."""
+    if not (np.isnan(at) or (np.isfinite(at) and at >= 0)):
+        raise error(f"acquired_at_s {at} is not a time (Unix seconds >= 0, or NaN: unknown)")
+    return at
+
+
+def _bad_timestamp(message: str) -> WireError:
+    return WireError("bad_timestamp", message)
+
+
+def _check_header(header_len: int, run_len: int, fixed: int, data) -> str:
     if header_len != fixed + run_len or len(data) < header_len:
         raise WireError("bad_header", f"header_len {header_len} with a {run_len}-byte run id "
                         f"(expected {fixed + run_len}) in a {len(data)}-byte message")
