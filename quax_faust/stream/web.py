@@ -1,27 +1,34 @@
-"""The workers' read-only JSON web views, as a Faust blueprint (docs/usage.md#web-views).
+"""The workers' read-only web views, as a Faust blueprint (docs/usage.md#web-views): JSON, and a
+page of files' spectra in binary (``format=npz``) for exports.
 
 Run data lives on the worker owning the single `runs` partition: a view about a run is routed there
-by Faust's table router from whichever worker received the request. The documents themselves are
-built in views.py.
+(the partition's owner from Faust's table router) from whichever worker received the request. The
+documents themselves are built in views.py.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import time
 
+import numpy as np
 from faust.exceptions import SameNode
 from faust.web import Blueprint, Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
+from yarl import URL
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from quax_faust.core import dsp
 from quax_faust.core.accumulators import RunAccumulator
 from quax_faust.core.errors import QuaxError
+from quax_faust.core.wire import FileSpectrum
 from quax_faust.search import candidates
 from quax_faust.stream import views
 from quax_faust.stream.chain import Chain
 
 blueprint = Blueprint("quax")
+NPZ_CONTENT_TYPE = "application/octet-stream"
 
 
 def routed(table: str, *, match_info: str | None = None, query_param: str | None = None,
@@ -34,7 +41,7 @@ def routed(table: str, *, match_info: str | None = None, query_param: str | None
         async def get(view: View, request: Request, *args, **kwargs) -> Response:
             key = exact_key or (request.match_info[match_info] if match_info else request.query[query_param])
             try:
-                return await view.app.router.route_req(table, key, view.web, request)
+                return await _route(view, table, key, request)
             except SameNode:
                 try:
                     return await handler(view, request, *args, **kwargs)
@@ -42,6 +49,46 @@ def routed(table: str, *, match_info: str | None = None, query_param: str | None
                     return view.json({"error": str(exc), "reason": exc.reason}, status=500)
         return get
     return decorate
+
+
+def _host_port(url: URL) -> tuple[str, int]:
+    return (url.host if url.scheme else url.path) or "", int(url.port or 80)
+
+
+async def _route(view: View, table: str, key: str, request: Request) -> Response:
+    """Faust's ``router.route_req``, passing the owner's answer on byte for byte: Faust's own
+    (faust-streaming 0.15.3, app/router.py) decodes it as text, which corrupts a binary page.
+    Raises SameNode when this worker owns the key."""
+    app = view.app
+    try:
+        owner = app.router.key_store(table, key)
+    except KeyError:
+        raise ServiceUnavailable() from None
+    host, port = _host_port(owner)
+    if (host, port) == _host_port(app.conf.canonical_url):
+        raise SameNode()
+    async with app.http_client.request(method=request.method, headers=request.headers,
+                                       url=request.url.with_host(host).with_port(port)) as answer:
+        return view.bytes(await answer.read(), content_type=answer.content_type, status=answer.status)
+
+
+def files_page_npz(specs: list[FileSpectrum]) -> bytes:
+    """Files as one .npz: file_index (n,), mean and std (n, n_bins) float64 in V**2/Hz, and one
+    array (n,) per number of the file's JSON document (n_slices, latency_s, times in Unix s...)."""
+    docs = [views.file_document(spec, with_spectrum=False) for spec in specs]
+    n_bins = specs[0].slice_len if specs else 0
+    arrays = {"file_index": np.array([spec.file_index for spec in specs], dtype=np.int64),
+              "mean": np.array([spec.mean for spec in specs], dtype=np.float64).reshape(len(specs), n_bins),
+              "std": np.array([spec.std for spec in specs], dtype=np.float64).reshape(len(specs), n_bins)}
+    for name in (docs[0] if docs else {}):
+        if name not in ("run", *arrays):
+            values = [doc[name] for doc in docs]
+            integers = all(isinstance(v, int) for v in values)
+            arrays[name] = np.array([np.nan if v is None else v for v in values],  # null: NaN, as in JSON
+                                    dtype=np.int64 if integers else np.float64)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
 
 
 def _no_run(view: View, run: str) -> Response:
@@ -68,7 +115,8 @@ class RunView(View):
 
 @blueprint.route("/quax/runs/{run}/files/", name="run_files")
 class RunFilesView(View):
-    """A run's finished files; ``?start=K&limit=N&spectra=1`` pages and adds mean/std."""
+    """A run's finished files; ``?start=K&limit=N&spectra=1`` pages and adds mean/std;
+    ``&format=npz`` answers the page with spectra in binary (files_page_npz)."""
 
     @routed("runs", match_info="run")
     async def get(self, request: Request, run: str) -> Response:
@@ -81,10 +129,15 @@ class RunFilesView(View):
             limit = min(int(request.query.get("limit", 100)), 1000)
         except ValueError:
             return self.json({"error": "start and limit must be integers"}, status=400)
+        answer_format = request.query.get("format", "json")
+        if answer_format not in ("json", "npz"):
+            return self.json({"error": f"format must be json or npz, got {answer_format!r}"}, status=400)
         with_spectra = request.query.get("spectra", "0") in {"1", "true", "yes"}
         indices = [i for i in acc.files if i >= start][:limit]
-        files = [views.file_document(spec, with_spectrum=with_spectra)
-                 for spec in (chain.file_spectrum(run, i) for i in indices) if spec is not None]
+        specs = [spec for spec in (chain.file_spectrum(run, i) for i in indices) if spec is not None]
+        if answer_format == "npz":
+            return self.bytes(files_page_npz(specs), content_type=NPZ_CONTENT_TYPE)
+        files = [views.file_document(spec, with_spectrum=with_spectra) for spec in specs]
         return self.json({"run": run, "n_files": acc.n_files, "files": files})
 
 
