@@ -1,5 +1,8 @@
 """DAQ files: pairing, every bad-input case named clearly, the tail rule, synthetic data."""
 
+import math
+import os
+
 import numpy as np
 import pytest
 
@@ -86,6 +89,24 @@ def test_a_pair_shorter_than_one_slice_is_refused_with_its_reason(tmp_path):
     assert str(info.value) == f"duck_i_00007.dat: {L - 1} samples, fewer than one slice of {L}"
     exactly_one, _ = write(tmp_path, 8, n=L)
     assert feed._read_checked(exactly_one, settings).shape == (L,)
+
+
+def test_a_pairs_acquisition_time_is_the_later_modification_time_of_its_files(tmp_path, caplog):
+    pair, x = write(tmp_path, 4)
+    os.utime(pair.i_path, (1_700_000_000.0, 1_700_000_000.0))
+    os.utime(pair.q_path, (1_700_000_001.5, 1_700_000_001.5))  # the DAQ finished the file with q
+    assert daq.acquired_at_s(pair) == 1_700_000_001.5
+    read = feed._read_file(pair, Settings().replace(slice_len=L))  # what the producer sends it with
+    assert read.acquired_at_s == 1_700_000_001.5
+    np.testing.assert_array_equal(read.samples, x)
+    os.utime(pair.i_path, (-10.0, -10.0))
+    os.utime(pair.q_path, (-5.0, -5.0))  # a DAQ whose clock was never set: unknown, and said so
+    assert math.isnan(daq.acquired_at_s(pair))
+    assert "before 1970" in caplog.text
+    pair.q_path.unlink()
+    with pytest.raises(daq.DaqError) as info:
+        daq.acquired_at_s(pair)
+    assert info.value.reason == "missing_partner" and "duck_q_00004.dat" in str(info.value)
 
 
 def test_missing_directory(tmp_path):

@@ -25,7 +25,7 @@ class StubProducer:
 
     def __init__(self, failures: int):
         self.refusal = types.SimpleNamespace(refusal=None)
-        self.failures, self.pauses, self.queued = failures, [], []
+        self.failures, self.pauses, self.queued, self.acquired = failures, [], [], []
 
     async def restart(self, pause_s: float) -> None:
         self.pauses.append(pause_s)
@@ -33,8 +33,9 @@ class StubProducer:
             self.failures -= 1
             raise errors.KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
 
-    async def queue_file(self, run, file_index, samples):
+    async def queue_file(self, run, file_index, samples, acquired_at_s=float("nan")):
         self.queued.append(file_index)
+        self.acquired.append(acquired_at_s)
         done = asyncio.get_running_loop().create_future()
         done.set_result((1, 1, 8))
         return done
@@ -51,7 +52,7 @@ def sending(stub, tmp_path) -> _Sending:
     s = _Sending(stub, Settings(), "run7", 1.0, time.monotonic(), ProduceReport(), tmp_path / "q", False,
                  Checkpoint(None), 2)
     for k in (12, 13):
-        s.in_flight.append(_FileInFlight(k, np.zeros(3072, np.complex64)))
+        s.in_flight.append(_FileInFlight(k, np.zeros(3072, np.complex64), acquired_at_s=1.7e9 + k))
     return s
 
 
@@ -61,6 +62,7 @@ def test_each_attempt_is_logged_once_with_the_file_and_the_wait(tmp_path, caplog
     asyncio.run(sending(stub, tmp_path)._ride_out(errors.RequestTimedOutError()))
     assert stub.pauses == [1.0, 2.0, 4.0]  # the third attempt reaches the broker
     assert stub.queued == [12, 13]  # the files in flight, in order, re-sent once
+    assert stub.acquired == [1.7e9 + 12, 1.7e9 + 13]  # each with its own acquisition time
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3, lines
     for attempt, (line, wait) in enumerate(zip(lines, ("1", "2", "4")), start=1):

@@ -126,6 +126,27 @@ def read_pair(pair: FilePair) -> np.ndarray:
     return samples
 
 
+def acquired_at_s(pair: FilePair) -> float:
+    """When the DAQ acquired the pair's file, Unix seconds (UTC): the later modification time of its
+    two files, i.e. when the DAQ finished writing it; NaN (unknown) for a time before 1970, logged.
+    Raises DaqError if a file is gone.
+
+    The one place that decides a pair's acquisition time: the producer stamps it on every message of
+    the file (``SliceBatch.acquired_at_s``). (A SigMF sidecar's capture time may take over here.)
+    """
+    times = []
+    for path in (pair.i_path, pair.q_path):
+        try:
+            times.append(path.stat().st_mtime)
+        except FileNotFoundError:
+            raise DaqError("missing_partner", path, "file does not exist") from None
+    latest = max(times)
+    if not latest >= 0:  # a DAQ clock not set: say so, and send the file as of unknown time
+        log.warning("%s: modification time %s is before 1970; acquisition time unknown", pair.i_path.name, latest)
+        return float("nan")
+    return latest
+
+
 def whole_slices(samples: np.ndarray, slice_len: int) -> np.ndarray:
     """View of the whole slices, shape (n_slices, slice_len); the tail is left out."""
     layout = SliceLayout(samples.shape[0], slice_len)

@@ -3,7 +3,8 @@
 ``follow`` watches a live DAQ directory: a pair is sent once both files exist and their sizes have
 not changed for ``settle_s``. A checkpoint (var/producer/<run>.json) records the files sent, so a
 restarted producer resumes with the next file; re-sending a file changes nothing downstream.
-Bad pairs are reported, moved to a quarantine folder with a ``.reason.txt``, and skipped.
+Bad pairs are reported, moved to a quarantine folder with a ``.reason.txt``, and skipped. A pair is
+read with its acquisition time (``daq.acquired_at_s``), which the producer puts on its messages.
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ class DirectoryFeed:
         return ready, bad
 
 
+@dataclass(frozen=True)
+class DaqFile:
+    """A pair as read for sending: its samples (complex64) and when the DAQ acquired it (Unix s)."""
+
+    samples: np.ndarray
+    acquired_at_s: float
+
+
 def _read_checked(pair: daq.FilePair, settings: Settings) -> np.ndarray:
     """The pair's samples; DaqError if it is bad or shorter than one slice."""
     samples = daq.read_pair(pair)
@@ -120,6 +129,11 @@ def _read_checked(pair: daq.FilePair, settings: Settings) -> np.ndarray:
     return samples
 
 
+def _read_file(pair: daq.FilePair, settings: Settings) -> DaqFile:
+    """The pair's checked samples and its acquisition time (daq.acquired_at_s); DaqError if bad."""
+    return DaqFile(_read_checked(pair, settings), daq.acquired_at_s(pair))
+
+
 def _read_in_thread(pair: daq.FilePair, settings: Settings) -> asyncio.Future:
-    """_read_checked in a worker thread, started now (numpy releases the GIL while reading)."""
-    return asyncio.ensure_future(asyncio.to_thread(_read_checked, pair, settings))
+    """_read_file in a worker thread, started now (numpy releases the GIL while reading)."""
+    return asyncio.ensure_future(asyncio.to_thread(_read_file, pair, settings))

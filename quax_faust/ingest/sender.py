@@ -13,6 +13,7 @@ authorized) stop it at once with a RuntimeError.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -38,13 +39,15 @@ from quax_faust.ingest.feed import Checkpoint, quarantine
 log = logging.getLogger(__name__)
 
 
-def batches_of_file(run: str, file_index: int, samples, settings: Settings) -> Iterator[wire.SliceBatch]:
-    """The file's whole slices in messages of settings.slices_per_message (produced_at_s set later)."""
+def batches_of_file(run: str, file_index: int, samples, settings: Settings,
+                    acquired_at_s: float = wire.UNKNOWN_TIME) -> Iterator[wire.SliceBatch]:
+    """The file's whole slices in messages of settings.slices_per_message (produced_at_s set later),
+    each with the file's acquisition time (Unix s, NaN if unknown)."""
     layout = daq.SliceLayout(samples.shape[0], settings.slice_len)
     slices = daq.whole_slices(samples, settings.slice_len)
     for first in range(0, layout.n_slices, settings.slices_per_message):
-        yield wire.SliceBatch(run, file_index, first, layout.n_slices, layout.tail_samples,
-                              settings.sample_rate_hz, 0.0, slices[first:first + settings.slices_per_message])
+        yield wire.SliceBatch(run, file_index, first, layout.n_slices, layout.tail_samples, settings.sample_rate_hz,
+                              0.0, slices[first:first + settings.slices_per_message], acquired_at_s)
 
 
 def backoff_s(attempt: int, first_s: float = 1.0, cap_s: float = 30.0) -> float:
@@ -119,18 +122,20 @@ class DaqProducer:
         self.refusal.refusal = None
         await self.producer.start()
 
-    async def send_file(self, run: str, file_index: int, samples) -> tuple[int, int, int]:
+    async def send_file(self, run: str, file_index: int, samples,
+                        acquired_at_s: float = wire.UNKNOWN_TIME) -> tuple[int, int, int]:
         """Send one file's whole slices; returns (slices, messages, bytes) once the broker acked all."""
-        return await (await self.queue_file(run, file_index, samples))
+        return await (await self.queue_file(run, file_index, samples, acquired_at_s))
 
-    async def queue_file(self, run: str, file_index: int, samples) -> asyncio.Future:
-        """Hand one file's messages to the Kafka client; the returned future gives (slices,
-        messages, bytes) once the broker acked them all."""
+    async def queue_file(self, run: str, file_index: int, samples,
+                         acquired_at_s: float = wire.UNKNOWN_TIME) -> asyncio.Future:
+        """Hand one file's messages (acquired at acquired_at_s, Unix s; NaN unknown) to the Kafka
+        client; the returned future gives (slices, messages, bytes) once the broker acked them all."""
         key = wire.file_key(run, file_index)
         pending, n_slices, n_bytes = [], 0, 0
         started = time.perf_counter()
-        for batch in batches_of_file(run, file_index, samples, self.settings):
-            value = wire.encode_slice_batch(_stamped(batch))
+        for batch in batches_of_file(run, file_index, samples, self.settings, acquired_at_s):
+            value = wire.encode_slice_batch(dataclasses.replace(batch, produced_at_s=time.time()))
             message = await self.producer.send(self.settings.slices_topic, value, key=key)
             message.add_done_callback(_consume_error)  # if the file fails half-sent, no one awaits it
             pending.append(message)
@@ -151,11 +156,6 @@ def _consume_error(future: asyncio.Future) -> None:
     """Mark a failure as seen: an outage fails futures that a re-send replaces (no asyncio warning)."""
     if not future.cancelled():
         future.exception()
-
-
-def _stamped(batch: wire.SliceBatch) -> wire.SliceBatch:
-    return wire.SliceBatch(batch.run, batch.file_index, batch.first_slice, batch.slices_in_file,
-                           batch.tail_samples, batch.sample_rate_hz, time.time(), batch.samples)
 
 
 @dataclass
@@ -186,6 +186,7 @@ class _FileInFlight:
     samples: np.ndarray
     acked: asyncio.Future | None = None
     """Gives (slices, messages, bytes) once the broker acked every message; None: not queued yet."""
+    acquired_at_s: float = wire.UNKNOWN_TIME
 
     @property
     def needs_sending(self) -> bool:
@@ -241,9 +242,10 @@ class _Sending:
         metrics.PRODUCER_BLOCKED_SECONDS.set_function(self.outage.blocked_s)
 
     async def send_pair(self, pair: daq.FilePair, file_index: int, reading: asyncio.Future) -> bool:
-        """Send one pair (paced) once read; quarantine it if bad. True if it was queued."""
+        """Send one pair (paced) once read (reading gives a feed.DaqFile); quarantine it if bad.
+        True if it was queued."""
         try:
-            samples = await reading
+            read = await reading
         except daq.DaqError as exc:
             quarantine([pair.i_path, pair.q_path], str(exc), self.quarantine_dir)
             self.report.skipped.append(str(exc))
@@ -253,11 +255,11 @@ class _Sending:
         delay = self.started + self.queued_data_s / self.speed - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        self.queued_data_s += samples.shape[0] / self.settings.sample_rate_hz
-        file = _FileInFlight(file_index, samples)
+        file = _FileInFlight(file_index, read.samples, acquired_at_s=read.acquired_at_s)
+        self.queued_data_s += file.samples.shape[0] / self.settings.sample_rate_hz
         self.in_flight.append(file)
         try:
-            file.acked = await self.producer.queue_file(self.run, file_index, samples)
+            file.acked = await self.producer.queue_file(self.run, file_index, file.samples, file.acquired_at_s)
         except Exception as exc:
             await self._ride_out(exc)
         while len(self.in_flight) >= max(1, self.files_in_flight):
@@ -324,7 +326,8 @@ class _Sending:
                 await self.producer.restart(pause_s)
                 # After the old client stopped: a file it did deliver in the meantime is not re-sent.
                 for file in [f for f in self.in_flight if f.needs_sending]:
-                    file.acked = await self.producer.queue_file(self.run, file.file_index, file.samples)
+                    file.acked = await self.producer.queue_file(self.run, file.file_index, file.samples,
+                                                                file.acquired_at_s)
                 return
             except Exception as again:
                 exc = again
