@@ -47,11 +47,14 @@ def run_document(acc: RunAccumulator, lo_frequency_hz: float) -> dict[str, Any]:
 
 
 def file_document(spec: FileSpectrum, *, with_spectrum: bool = True) -> dict[str, Any]:
+    """A finished file: times in Unix seconds; ``acquired_at_s`` (when the DAQ acquired the file)
+    is null when unknown (a file sent before the producer read acquisition times)."""
     doc: dict[str, Any] = {
         "run": spec.run,
         "file_index": spec.file_index,
         "n_slices": spec.n_slices,
         "tail_samples": spec.tail_samples,
+        "acquired_at_s": spec.acquired_at_s if math.isfinite(spec.acquired_at_s) else None,
         "first_produced_at_s": spec.first_produced_at_s,
         "last_produced_at_s": spec.last_produced_at_s,
         "completed_at_s": spec.completed_at_s,
