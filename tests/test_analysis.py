@@ -24,7 +24,7 @@ from quax_faust.search.spectrum_search import SearchConfig
 
 from quax_faust.core import daq, dsp, synth
 from quax_faust.tools.cli import main as quax
-from quax_faust.client import write_export
+from quax_faust.exports import write_export
 from quax_faust.search_settings import config_from_settings
 from quax_faust.settings import Settings
 

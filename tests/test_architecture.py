@@ -13,6 +13,7 @@ way, as MAY_IMPORT lists):
     1  client        quax_faust.client (HTTP client of the workers' views): settings only
     1  ops_files     quax_faust.ops_files (where ops/ is, checkout or wheel): nothing of ours
     1  search        quax_faust.search: core only (no Faust, no Kafka, no settings object)
+    2  exports       quax_faust.exports (run exports: h5, npz, csv; load_run): core, settings, client
     2  stream        quax_faust.stream (Faust app, views, ...): core, search, settings, connection
     3  ingest        quax_faust.ingest (producer): core, stream, settings, connection
     4  tools         quax_faust.tools (cli, launch, bench): any of quax_faust; nothing imports it
@@ -53,6 +54,7 @@ TIER_OF_PREFIX = {
     "quax_faust.ops_files": "ops_files",
     "quax_faust.search": "search",
     "quax_faust.search_settings": "search_settings",
+    "quax_faust.exports": "exports",
     "quax_faust.stream": "stream",
     "quax_faust.ingest": "ingest",
     "quax_faust.tools": "tools",
@@ -60,7 +62,7 @@ TIER_OF_PREFIX = {
     "dashboard": "dashboard",
 }
 RANK = {"core": 0, "settings": 1, "connection": 1, "client": 1, "ops_files": 1, "search": 1,
-        "search_settings": 2, "stream": 3, "ingest": 4, "tools": 5, "spark_batch": 6, "dashboard": 6}
+        "search_settings": 2, "exports": 2, "stream": 3, "ingest": 4, "tools": 5, "spark_batch": 6, "dashboard": 6}
 QUAX_TIERS = frozenset(t for prefix, t in TIER_OF_PREFIX.items() if prefix.startswith("quax_faust."))
 MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a module and what is below it
     "core": frozenset(),
@@ -70,6 +72,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
     "ops_files": frozenset(),
     "search": frozenset({"core"}),
     "search_settings": frozenset({"search", "settings"}),  # the one bridge: SearchConfig from Settings
+    "exports": frozenset({"core", "settings", "client"}),  # writing and reading run exports (no Kafka)
     "stream": frozenset({"core", "search", "search_settings", "settings", "connection"}),
     "ingest": frozenset({"core", "stream", "settings", "connection"}),
     "tools": QUAX_TIERS,

@@ -280,8 +280,9 @@ def test_export_reports_its_paging_progress():
         def do_GET(self):
             url = urlparse(self.path)
             if url.path == "/quax/runs/r/":
-                doc = {"n_files": n_files, "n_slices": 2 * n_files, "frequency_hz": list(range(n_bins)),
-                       "mean": [1.0] * n_bins, "sem": [0.0] * n_bins, "std": [0.1] * n_bins}
+                doc = {"run": "r", "n_files": n_files, "n_slices": 2 * n_files, "frequency_hz": list(range(n_bins)),
+                       "mean": [1.0] * n_bins, "sem": [0.0] * n_bins, "std": [0.1] * n_bins,
+                       "file_indices": list(range(n_files)), "sample_rate_hz": float(n_bins)}
             else:
                 query = parse_qs(url.query)
                 start, limit = int(query["start"][0]), int(query["limit"][0])

@@ -204,17 +204,20 @@ def cmd_worker(args, settings: Settings) -> int:
 
 
 def cmd_export(args, settings: Settings) -> int:
-    from quax_faust.client import fetch_run, write_export
+    from quax_faust.client import fetch_run_average, iter_file_pages
+    from quax_faust.exports import layout, write
 
+    average = fetch_run_average(settings, args.run)  # the files exported: those of this average
     with _progress(unit="file", desc=f"export {args.run}") as bar:
         def progress(fetched: int, total: int) -> None:
             bar.total = total
             bar.update(fetched - bar.n)
 
-        data = fetch_run(settings, args.run, progress=progress)
-    out = write_export(data, args.out)
-    print(f"wrote {out}: run {args.run}, {len(data['file_index'])} files, "
-          f"{int(data['n_slices_total'])} slices, {data['frequency_hz'].shape[0]} bins")
+        pages = iter_file_pages(settings, args.run, average.file_indices, progress=progress)
+        written = write.write_run(args.out, average, pages, layout.describe(average), force=args.force,
+                                  per_file_csv=args.per_file_csv)
+    print(f"wrote {args.out}: run {args.run}, {written['n_files']} files, {written['n_slices']} slices, "
+          f"{average.slice_len} bins")
     return EXIT_OK
 
 
@@ -275,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print every setting: its env variable, its value here and its meaning")
     p.set_defaults(func=cmd_settings)
 
-    p = sub.add_parser("export", parents=[common], help="write a run from the live tables to .npz/.csv")
+    p = sub.add_parser("export", parents=[common], help="write a run from the live tables to .h5/.npz/.csv")
     p.add_argument("--run", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="FILE.h5, FILE.npz or FILE.csv (the run average)")
+    p.add_argument("--per-file-csv", type=Path, help="with a .csv: each file's spectrum, a row per file and bin")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
     from quax_faust.tools import analyse_cmd
