@@ -3,6 +3,8 @@
 The per-file spectra are streamed from the Parquet written by Spark into memory-mapped .npy files
 (so a week-long run -- 144,000 files, 3.5 GB per array -- needs no driver memory), then stored in
 ``run.npz`` exactly as ``np.savez`` would (a ZIP_STORED archive of ``<key>.npy`` members).
+``file_acquired_at_s`` (when the DAQ acquired each file, Unix s, NaN unknown) is the views' per-file
+``acquired_at_s``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from numpy.lib.format import open_memmap, write_array
 from .recompute import frequency_axis_hz
 
 SMALL_COLUMNS = ["file_index", "n_slices", "slices_in_file", "complete", "problem", "slice_len",
-                 "sample_rate_hz", "tail_samples", "n_messages", "duplicate_slices", "latency_s"]
+                 "sample_rate_hz", "tail_samples", "n_messages", "duplicate_slices", "latency_s",
+                 "acquired_at_s"]
 
 
 def read_file_table(files_parquet: Path) -> pa.Table:
@@ -62,8 +65,14 @@ def arrays(files_parquet: Path, small: pa.Table, scratch: Path, *, run: str, n_s
         "file_std": spectra["std"],
         "file_n_slices": done.column("n_slices").to_numpy().astype(np.int64),
         "file_latency_s": done.column("latency_s").to_numpy(zero_copy_only=False).astype(np.float64),
+        "file_acquired_at_s": _floats(done.column("acquired_at_s")),
         "run": np.array(run),
     }
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column as an array, null (unknown) as NaN."""
+    return column.fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def write_npz(data: dict[str, np.ndarray], out: Path) -> Path:

@@ -51,6 +51,7 @@ PART_SCHEMA = pa.schema([
     ("first_produced_at_s", pa.float64()),
     ("last_produced_at_s", pa.float64()),
     ("completed_at_s", pa.float64()),     # spectra: the live worker's clock; slices: NaN
+    ("acquired_at_s", pa.float64()),      # when the DAQ acquired the file (Unix s), NaN: unknown
 ])
 
 FILE_SCHEMA = pa.schema([
@@ -69,6 +70,7 @@ FILE_SCHEMA = pa.schema([
     ("first_produced_at_s", pa.float64()),
     ("last_produced_at_s", pa.float64()),
     ("latency_s", pa.float64()),          # spectra: last slice sent -> spectrum complete; slices: NaN
+    ("acquired_at_s", pa.float64()),      # the earliest known of its parts' (Unix s), NaN: unknown
 ])
 
 RUN_PART_SCHEMA = pa.schema([
@@ -175,6 +177,7 @@ class _SliceFiles:
             "first_produced_at_s": sums.first_produced_at_s,
             "last_produced_at_s": sums.last_produced_at_s,
             "completed_at_s": float("nan"),
+            "acquired_at_s": sums.acquired_at_s,
         }
 
 
@@ -250,7 +253,7 @@ def _spectrum_row(spec: wire.FileSpectrum, partition: int, offset: int) -> dict:
         "counted": np.packbits(np.ones(n, dtype=bool)).tobytes(),
         "power_sum": power_sum, "power_sumsq": power_sumsq,
         "first_produced_at_s": spec.first_produced_at_s, "last_produced_at_s": spec.last_produced_at_s,
-        "completed_at_s": spec.completed_at_s,
+        "completed_at_s": spec.completed_at_s, "acquired_at_s": spec.acquired_at_s,
     }
 
 
@@ -296,6 +299,9 @@ def merge_file_parts(parts: pa.Table) -> pa.Table:
         "first_produced_at_s": min(r["first_produced_at_s"] for r in rows),
         "last_produced_at_s": max(r["last_produced_at_s"] for r in rows),
         "latency_s": latency[0] if latency else float("nan"),
+        # As the live file table: the earliest acquisition time known (NaN, or null, is unknown).
+        "acquired_at_s": float(np.fmin.reduce([np.nan if r["acquired_at_s"] is None else r["acquired_at_s"]
+                                               for r in rows])),
     }
     return pa.Table.from_pylist([row], schema=FILE_SCHEMA)
 

@@ -65,8 +65,10 @@ class FileSums:
     """One file's whole slices, each slice index counted once: sums of their periodograms.
 
     A slice message is anything with the attributes of quax_faust.core.wire.SliceBatch: first_slice,
-    slices_in_file, tail_samples, sample_rate_hz, produced_at_s and samples (slice_count,
-    slice_len). The first copy of a slice index counts; later copies only add to duplicate_slices.
+    slices_in_file, tail_samples, sample_rate_hz, produced_at_s, acquired_at_s and samples
+    (slice_count, slice_len). The first copy of a slice index counts; later copies only add to
+    duplicate_slices. The file's acquisition time is the earliest known (not NaN) one of the
+    messages that counted slices, NaN if none knew it.
     """
 
     file_index: int
@@ -84,6 +86,8 @@ class FileSums:
     duplicate_slices: int = 0
     first_produced_at_s: float = float("inf")
     last_produced_at_s: float = float("-inf")
+    acquired_at_s: float = float("nan")
+    """When the DAQ acquired the file, Unix seconds; NaN: unknown."""
 
     @classmethod
     def for_message(cls, file_index: int, message) -> "FileSums":
@@ -129,6 +133,7 @@ class FileSums:
             self.n_slices += n_new
             self.first_produced_at_s = min(self.first_produced_at_s, float(message.produced_at_s))
             self.last_produced_at_s = max(self.last_produced_at_s, float(message.produced_at_s))
+            self.acquired_at_s = float(np.fmin(self.acquired_at_s, float(message.acquired_at_s)))
         self.duplicate_slices += count - n_new
         return n_new
 

@@ -1,7 +1,8 @@
 """Compare a batch recompute with the live tables: the verdict of ``quax verify``. Pure numpy.
 
-Equal means: the same set of finished files, the same slice count per file and for the run, and
-every file's mean spectrum and the run mean equal to within ``tolerance`` times the run's mean level
+Equal means: the same set of finished files, the same slice count per file and for the run, the
+same acquisition time per file (when both layouts carry ``file_acquired_at_s``; NaN, unknown, equals
+NaN), and every file's mean spectrum and the run mean equal to within ``tolerance`` times the run's mean level
 (the average of the live run mean over all bins, V**2/Hz) -- or times the bin's own power where that
 is larger: the live FFT and sums are float32 and the recompute's float64 (recompute.py), so a line
 40x above the noise may differ by the live chain's rounding, ~3e-7 of its own power, ~1e-5 of the
@@ -33,13 +34,15 @@ class Verdict:
     """file -> (live, batch) slice counts."""
     power_differs: dict[int, float] = field(default_factory=dict)
     """file -> largest relative deviation of its mean spectrum."""
+    acquired_differs: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """file -> (live, batch) acquisition times, Unix s, where they differ."""
     run_slices: tuple[int, int] = (0, 0)
     """(live, batch) slice counts of the run."""
 
     @property
     def differing_files(self) -> list[int]:
         return sorted(set(self.missing_from_batch) | set(self.missing_from_live)
-                      | set(self.slice_count_differs) | set(self.power_differs))
+                      | set(self.slice_count_differs) | set(self.power_differs) | set(self.acquired_differs))
 
     @property
     def equal(self) -> bool:
@@ -61,6 +64,8 @@ class Verdict:
             out.append(f"  complete in the archive but not in the live tables: {_short(self.missing_from_live)}")
         for i, (live, batch) in sorted(self.slice_count_differs.items())[:20]:
             out.append(f"  file {i}: {live} slices live, {batch} recomputed")
+        for i, (live, batch) in sorted(self.acquired_differs.items())[:20]:
+            out.append(f"  file {i}: acquired at {live!r} s live, {batch!r} s recomputed")
         for i, dev in sorted(self.power_differs.items())[:20]:
             out.append(f"  file {i}: power differs by {dev:.2e} of the mean level (tolerance {self.tolerance:.0e})")
         if self.run_slices[0] != self.run_slices[1]:
@@ -81,12 +86,17 @@ def compare(live: dict[str, np.ndarray], batch: dict[str, np.ndarray], tolerance
     level = float(np.mean(live["run_mean"]))
     if not level > 0:
         raise ValueError(f"run {live['run']}: the live run mean level is {level}, expected > 0")
-    slice_count_differs, power_differs, max_dev = {}, {}, 0.0
+    slice_count_differs, power_differs, acquired_differs, max_dev = {}, {}, {}, 0.0
+    times = "file_acquired_at_s" in live and "file_acquired_at_s" in batch
     for i in sorted(live_files.keys() & batch_files.keys()):
         a, b = live_files[i], batch_files[i]
         n_live, n_batch = int(live["file_n_slices"][a]), int(batch["file_n_slices"][b])
         if n_live != n_batch:
             slice_count_differs[i] = (n_live, n_batch)
+        if times:
+            at_live, at_batch = float(live["file_acquired_at_s"][a]), float(batch["file_acquired_at_s"][b])
+            if at_live != at_batch and not (np.isnan(at_live) and np.isnan(at_batch)):
+                acquired_differs[i] = (at_live, at_batch)
         dev = _deviation(live["file_mean"][a], batch["file_mean"][b], level)
         max_dev = max(max_dev, dev)
         if not dev <= tolerance:
@@ -99,6 +109,7 @@ def compare(live: dict[str, np.ndarray], batch: dict[str, np.ndarray], tolerance
         missing_from_batch=sorted(live_files.keys() - batch_files.keys()),
         missing_from_live=sorted(batch_files.keys() - live_files.keys()),
         slice_count_differs=slice_count_differs, power_differs=power_differs,
+        acquired_differs=acquired_differs,
         run_slices=(int(live["n_slices_total"]), int(batch["n_slices_total"])))
 
 

@@ -9,6 +9,8 @@ partially overlapping slice messages the archive holds.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 import scipy.signal
 
@@ -293,3 +296,87 @@ def test_the_spectra_topic_round_trip_keeps_a_files_mean_and_std():
     back_mean, back_std = recompute.mean_and_std(17, s1, s2)
     np.testing.assert_allclose(back_mean, mean, rtol=1e-14)
     np.testing.assert_allclose(back_std, std, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# A file's acquisition time: the rule of the live file table, so `quax verify` can compare it
+
+def _acquired(file_index: int, x: np.ndarray, first: int, stop: int, at: float) -> wire.SliceBatch:
+    return dataclasses.replace(_message(file_index, x, first, stop), acquired_at_s=at)
+
+
+def test_a_files_acquisition_time_is_the_earliest_known_of_its_counted_messages_as_live():
+    from quax_faust.core.accumulators import FileAccumulator  # the live rule, in the test only
+
+    x = _noise(3, 12)
+    messages = [_acquired(0, x, 0, 4, np.nan),            # a version-1 producer: unknown
+                _acquired(0, x, 4, 8, 1.7e9 + 60),
+                _acquired(0, x, 0, 8, 1.0),               # nothing new in it: not counted, time ignored
+                _acquired(0, x, 6, 12, 1.7e9 + 30)]       # re-sent after the file's time changed
+    row = _file_rows(messages).to_pylist()[0]
+    assert row["complete"] and row["acquired_at_s"] == 1.7e9 + 30
+    live = FileAccumulator.for_batch(messages[0])
+    for m in messages:
+        live.fold(m, block_rows=4, threads=1)
+    assert live.acquired_at_s == row["acquired_at_s"]
+    # Parts of one file from two tasks (disjoint slices): the earliest known of both; none known: NaN.
+    key = wire.file_key("r1", 0)
+    parts = [b for m, p in ((_acquired(0, x, 0, 6, 1.7e9 + 9), 0), (_acquired(0, x, 6, 12, np.nan), 1))
+             for b in fold.fold_slices("r1")([_records_of([m], key, p)])]
+    merged = fold.merge_file_parts(pa.Table.from_batches(parts).drop(["kind", "reason", "error"])).to_pylist()[0]
+    assert merged["complete"] and merged["acquired_at_s"] == 1.7e9 + 9
+    unknown = _file_rows([_message(0, x, 0, 12)]).to_pylist()[0]
+    assert np.isnan(unknown["acquired_at_s"])
+
+
+def _records_of(messages: list[wire.SliceBatch], key: bytes, partition: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({
+        "key": pa.array([key] * len(messages), pa.binary()),
+        "value": pa.array([wire.encode_slice_batch(m) for m in messages], pa.binary()),
+        "partition": pa.array([partition] * len(messages), pa.int32()),
+        "offset": pa.array(range(len(messages)), pa.int64())})
+
+
+def test_the_spectra_fold_carries_each_files_acquisition_time_version_1_as_unknown():
+    mean = np.full(L, 2.0)
+    v2 = wire.encode_file_spectrum(wire.FileSpectrum("r1", 0, 4, TAIL, FS, 1.0, 2.0, 3.0, mean, mean, 1.7e9))
+    head = struct.pack("<4sHHHHIIIIdddd", b"QXSP", 1, 62, 2, 0, 1, 4, L, TAIL, FS, 1.0, 2.0, 3.0)
+    v1 = head + b"r1" + mean.tobytes() + mean.tobytes()  # as a worker wrote it before acquisition times
+    batch = pa.RecordBatch.from_pydict({"key": pa.array([b"r1", b"r1"], pa.binary()),
+                                        "value": pa.array([v2, v1], pa.binary()),
+                                        "partition": pa.array([0, 0], pa.int32()),
+                                        "offset": pa.array([0, 1], pa.int64())})
+    rows = {r["file_index"]: r for b in fold.fold_spectra("r1")([batch]) for r in b.to_pylist()}
+    assert rows[0]["acquired_at_s"] == 1.7e9 and np.isnan(rows[1]["acquired_at_s"])
+
+
+def test_the_export_layout_has_each_files_acquisition_time(tmp_path):
+    from spark_batch import export
+
+    x = _noise(4, 6)
+    rows = _file_rows([_acquired(2, x, 0, 6, 1.7e9 + 2), _acquired(1, x, 0, 6, np.nan)])
+    pq_path = tmp_path / "files.parquet"
+    pq_path.mkdir()
+    pa.parquet.write_table(rows, pq_path / "part-0.parquet")
+    small = export.read_file_table(pq_path)
+    data = export.arrays(pq_path, small, tmp_path / "scratch", run="r1", n_slices=12, run_mean=np.ones(L),
+                         run_std=np.ones(L), run_sem=np.ones(L), lo_frequency_hz=0.0)
+    assert list(data["file_index"]) == [1, 2] and data["file_acquired_at_s"].dtype == np.float64
+    assert np.isnan(data["file_acquired_at_s"][0]) and data["file_acquired_at_s"][1] == 1.7e9 + 2
+
+
+def test_verify_compares_acquisition_times_when_both_sides_carry_them():
+    from spark_batch.verify import compare
+
+    def run(times=None):
+        data = {"run": np.array("r1"), "run_mean": np.ones(L), "n_slices_total": np.int64(8),
+                "file_index": np.array([0, 1]), "file_n_slices": np.array([4, 4]), "file_mean": np.ones((2, L))}
+        if times is not None:
+            data["file_acquired_at_s"] = np.array(times, dtype=np.float64)
+        return data
+
+    assert compare(run([np.nan, 1.7e9]), run([np.nan, 1.7e9]), 1e-6).equal  # unknown = unknown
+    assert compare(run(), run([np.nan, 1.7e9]), 1e-6).equal  # a live export without them: not compared
+    verdict = compare(run([1.7e9, 1.7e9 + 4]), run([np.nan, 1.7e9 + 4]), 1e-6)
+    assert not verdict.equal and verdict.differing_files == [0]
+    assert "file 0: acquired at 1700000000.0 s live, nan s recomputed" in "\n".join(verdict.lines())
