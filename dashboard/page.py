@@ -21,8 +21,8 @@ from functools import partial
 import numpy as np
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (Button, ColorBar, ColumnDataSource, CustomJS, DataTable, Div,
-                          HoverTool, LinearColorMapper, NumberFormatter, RadioButtonGroup,
+from bokeh.models import (Button, ColorBar, ColumnDataSource, CustomJS, CustomJSTickFormatter, DataTable,
+                          Div, HoverTool, LinearColorMapper, NumberFormatter, RadioButtonGroup,
                           Range1d, RangeSlider, ScientificFormatter, Select, Span, TableColumn, Toggle)
 from bokeh.palettes import RdBu11, interp_palette
 from bokeh.plotting import figure
@@ -66,6 +66,8 @@ class PageUpdate:
     waterfall_rows: dict = field(default_factory=dict)
     waterfall_spectra: dict = field(default_factory=dict)
     """file_index -> mean spectrum of the files given rows in this update."""
+    waterfall_acquired: dict = field(default_factory=dict)
+    """file_index -> acquisition time (Unix s, None unknown) of the same files."""
     file_rows: dict = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)
     candidates_columns: dict | None = None
@@ -91,6 +93,7 @@ class LiveDashboard:
         self.latest_latency_s: float | None = None
         self.noise_scale = 1.0
         self.waterfall_spectra: dict[int, np.ndarray] = {}
+        self.waterfall_acquired: dict[int, float | None] = {}
         self.waterfall_normalised_at = 1
         self.run_spectrum: shaping.RunSpectrum | None = None
         self.run_summary: dict | None = None
@@ -125,8 +128,7 @@ class LiveDashboard:
         self.marks_src = ColumnDataSource({k: [] for k in ("frequency_hz", "frequency_khz", "excess")},
                                           name="excess_marks")
         self.cand_src = ColumnDataSource(shaping.candidate_columns(None, s.lo_frequency_hz), name="candidates")
-        self.waterfall_src = ColumnDataSource({k: [] for k in ("image", "x", "y", "dw", "dh", "file_index")},
-                                              name="waterfall")
+        self.waterfall_src = ColumnDataSource({k: [] for k in shaping.WATERFALL_COLUMNS}, name="waterfall")
         self.files_src = ColumnDataSource({k: [] for k in ("file_index", "latency_s", "n_slices")}, name="files")
         self.throughput_src = ColumnDataSource(
             {k: [] for k in ("time", "realtime_factor", "files_per_s", "slices_per_s")}, name="throughput")
@@ -170,12 +172,14 @@ class LiveDashboard:
                                         nan_color=(0, 0, 0, 0))
         wf = figure(toolbar_location="above", height=300, width=LEFT_WIDTH, x_range=self.x_range, tools="xpan,xwheel_zoom,box_zoom,reset,save",
                     title=f"Waterfall of the last {s.waterfall_files} files: file / run average − 1",
-                    x_axis_label=x_label, y_axis_label="file index (4.19 s per file)",
+                    x_axis_label=x_label, y_axis_label="file index · acquired (UTC)",
                     output_backend="canvas")
         img = wf.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.waterfall_src,
                        color_mapper=self.colour)
+        wf.yaxis.formatter = CustomJSTickFormatter(args={"src": self.waterfall_src}, code=_ROW_LABEL_JS)
         wf.add_tools(HoverTool(visible=False, renderers=[img], tooltips=[
-            ("file", "@file_index"), ("f", "$x{0,0.00} kHz"), ("deviation", "@image{0.00} %")]))
+            ("file", "@file_index"), ("acquired", "@acquired_utc"), ("f", "$x{0,0.00} kHz"),
+            ("deviation", "@image{0.00} %")]))
         wf.add_layout(ColorBar(color_mapper=self.colour, title="%", width=12), "right")
         _style(wf)
         self.waterfall_fig = wf
@@ -363,8 +367,9 @@ class LiveDashboard:
             if update.colour_limit_percent is None and update.new_run:
                 update.colour_limit_percent = shaping.waterfall_colour_limit_percent(f["n_slices"])
             rows.append(shaping.waterfall_row(f["file_index"], shaping.relative_deviation_percent(f_mean, mean),
-                                              freq_khz))
+                                              freq_khz, f.get("acquired_at_s")))
             update.waterfall_spectra[f["file_index"]] = f_mean
+            update.waterfall_acquired[f["file_index"]] = f.get("acquired_at_s")
             if latest_index is None or f["file_index"] > latest_index:
                 latest_index, newest_doc = f["file_index"], (f, f_mean, f_std)
         update.waterfall_rows = shaping.merge_rows(rows)
@@ -428,6 +433,7 @@ class LiveDashboard:
         self.latest_src.data = update.latest_columns or {k: [] for k in self.latest_src.data}
         self.waterfall_src.data = update.waterfall_rows or {k: [] for k in self.waterfall_src.data}
         self.waterfall_spectra = dict(update.waterfall_spectra)
+        self.waterfall_acquired = dict(update.waterfall_acquired)
         self.waterfall_normalised_at = update.run_spectrum.n_files
         self.files_src.data = update.file_rows
         if update.candidates_columns is not None:
@@ -466,12 +472,15 @@ class LiveDashboard:
     def _update_waterfall(self, update: PageUpdate) -> None:
         """Stream the new rows; redo the whole window against the current average when the run doubled."""
         self.waterfall_spectra.update(update.waterfall_spectra)
+        self.waterfall_acquired.update(update.waterfall_acquired)
         for old in sorted(self.waterfall_spectra)[:-self.settings.waterfall_files]:
             del self.waterfall_spectra[old]
+            self.waterfall_acquired.pop(old, None)
         n_files = update.run_spectrum.n_files
         if shaping.waterfall_needs_renormalising(n_files, self.waterfall_normalised_at):
             self.waterfall_src.data = shaping.waterfall_rows(
-                self.waterfall_spectra, update.run_columns["mean"], update.run_columns["frequency_khz"])
+                self.waterfall_spectra, update.run_columns["mean"], update.run_columns["frequency_khz"],
+                self.waterfall_acquired)
             self.waterfall_normalised_at = n_files
         else:
             self.waterfall_src.stream(update.waterfall_rows, rollover=self.settings.waterfall_files)
@@ -482,7 +491,7 @@ class LiveDashboard:
         self.run, self.version, self.seen = None, None, set()
         self.latest_index = self.latest_latency_s = None
         self.run_spectrum, self.noise_scale = None, 1.0
-        self.waterfall_spectra, self.waterfall_normalised_at = {}, 1
+        self.waterfall_spectra, self.waterfall_acquired, self.waterfall_normalised_at = {}, {}, 1
 
     def _mark_failure(self, time_s: float, error: str | None) -> None:
         self.last_error = error
@@ -660,6 +669,14 @@ link.download = d.filename[0];
 document.body.appendChild(link);
 link.click();
 setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
+"""
+
+# A waterfall row's label: its file index, and its acquisition time (UTC) when the file view knows it.
+_ROW_LABEL_JS = """
+const d = src.data;
+const row = Array.from(d.file_index).indexOf(tick);
+const at = row < 0 ? NaN : d.acquired_at_s[row];
+return at >= 0 ? tick + " · " + new Date(at * 1000).toISOString().substring(11, 19) : String(tick);
 """
 
 _ZOOM_TO_RANGE_JS = """

@@ -12,6 +12,7 @@ import io
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -108,18 +109,40 @@ def waterfall_colour_limit_percent(n_slices_per_file: int, n_sigma: float = 4.0)
     return n_sigma * 100.0 / math.sqrt(max(n_slices_per_file, 1))
 
 
-def waterfall_row(file_index: int, deviation_percent: np.ndarray, freq_khz: np.ndarray) -> dict[str, list]:
-    """One file as one row of the waterfall image source (a 1 x n_bins image at y = file_index)."""
+WATERFALL_COLUMNS = ("image", "x", "dw", "y", "dh", "file_index", "acquired_at_s", "acquired_utc")
+
+
+def known_time_s(value: float | None) -> float:
+    """A time of a view (Unix s; null when unknown) as a float, NaN when unknown."""
+    return math.nan if value is None else float(value)
+
+
+def utc_label(time_s: float | None) -> str:
+    """'2026-11-30 02:41:07 UTC' for a Unix time (s), '' when unknown (None or NaN)."""
+    if time_s is None or not math.isfinite(time_s):
+        return ""
+    return datetime.fromtimestamp(time_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def waterfall_row(file_index: int, deviation_percent: np.ndarray, freq_khz: np.ndarray,
+                  acquired_at_s: float | None = None) -> dict[str, list]:
+    """One file as one row of the waterfall image source (a 1 x n_bins image at y = file_index),
+    with the file's acquisition time (Unix s, NaN unknown) and its UTC label ('' unknown)."""
     bin_khz = float(freq_khz[1] - freq_khz[0]) if len(freq_khz) > 1 else 1.0
     return {"image": [np.asarray(deviation_percent, dtype=np.float32).reshape(1, -1)],
             "x": [float(freq_khz[0]) - bin_khz / 2], "dw": [bin_khz * len(freq_khz)],
-            "y": [file_index - 0.5], "dh": [1.0], "file_index": [file_index]}
+            "y": [file_index - 0.5], "dh": [1.0], "file_index": [file_index],
+            "acquired_at_s": [known_time_s(acquired_at_s)], "acquired_utc": [utc_label(acquired_at_s)]}
 
 
-def waterfall_rows(spectra: Mapping[int, np.ndarray], run_mean: np.ndarray, freq_khz: np.ndarray) -> dict[str, list]:
-    """The whole waterfall: each file's mean spectrum (by file index) relative to run_mean."""
-    return merge_rows([waterfall_row(i, relative_deviation_percent(spectra[i], run_mean), freq_khz)
-                       for i in sorted(spectra)]) or {k: [] for k in ("image", "x", "dw", "y", "dh", "file_index")}
+def waterfall_rows(spectra: Mapping[int, np.ndarray], run_mean: np.ndarray, freq_khz: np.ndarray,
+                   acquired_at_s: Mapping[int, float | None] | None = None) -> dict[str, list]:
+    """The whole waterfall: each file's mean spectrum (by file index) relative to run_mean, each
+    row with its file's acquisition time where ``acquired_at_s`` (by file index) knows it."""
+    acquired_at_s = acquired_at_s or {}
+    return merge_rows([waterfall_row(i, relative_deviation_percent(spectra[i], run_mean), freq_khz,
+                                     acquired_at_s.get(i)) for i in sorted(spectra)]) \
+        or {k: [] for k in WATERFALL_COLUMNS}
 
 
 def waterfall_needs_renormalising(n_files: int, n_files_when_normalised: int) -> bool:

@@ -79,6 +79,19 @@ def test_waterfall_row_is_the_file_relative_to_the_run_average_in_percent():
     assert merged["file_index"] == [7, 8] and len(merged["image"]) == 2
 
 
+def test_waterfall_rows_carry_their_files_acquisition_time_in_utc_when_known():
+    freq_khz = np.array([-1.0, 0.0])
+    row = shaping.waterfall_row(7, np.zeros(2), freq_khz, 1_764_470_467.25)  # the file view's acquired_at_s
+    assert row["acquired_at_s"] == [1_764_470_467.25] and row["acquired_utc"] == ["2025-11-30 02:41:07 UTC"]
+    unknown = shaping.waterfall_row(8, np.zeros(2), freq_khz, None)  # null in the view: a file of before
+    assert math.isnan(unknown["acquired_at_s"][0]) and unknown["acquired_utc"] == [""]
+    assert set(row) == set(unknown) == set(shaping.WATERFALL_COLUMNS)  # one stream() takes both
+    assert shaping.utc_label(float("nan")) == "" and shaping.utc_label(0.0) == "1970-01-01 00:00:00 UTC"
+    rows = shaping.waterfall_rows({4: np.ones(2), 3: np.ones(2)}, np.ones(2), freq_khz, {4: 86_400.0})
+    assert rows["file_index"] == [3, 4] and rows["acquired_utc"] == ["", "1970-01-02 00:00:00 UTC"]
+    assert set(shaping.waterfall_rows({}, np.ones(2), freq_khz)) == set(shaping.WATERFALL_COLUMNS)
+
+
 def test_whole_waterfall_is_redone_against_the_run_average_each_time_the_run_doubles():
     run = np.array([1.0, 2.0])
     rows = shaping.waterfall_rows({4: np.array([1.1, 2.0]), 3: np.array([0.9, 2.2])}, run, np.array([0.0, 1.0]))
