@@ -229,3 +229,16 @@ def test_the_binary_files_page_holds_what_the_json_page_holds():
     assert set(FILE_COLUMNS) <= set(page.columns)
     assert len(decode_files_page(files_page_npz([]))) == 0
 
+
+def test_the_dashboard_reads_a_binary_page_as_the_json_documents():
+    from dashboard.feed import file_documents, spectrum_arrays
+
+    _, indices = fake_run(3)
+    pages = list(fake_pages(indices))
+    pages[0].columns["acquired_at_s"] = np.array([np.nan, 1.7e9, np.nan])
+    docs = file_documents("r7", pages[0])
+    assert [d["file_index"] for d in docs] == [0, 1, 2] and docs[1]["n_slices"] == 101
+    assert docs[0]["acquired_at_s"] is None and docs[1]["acquired_at_s"] == 1.7e9  # null, as in JSON
+    mean, std = spectrum_arrays(docs[2])
+    np.testing.assert_array_equal(mean, file_spectrum(2)[0])
+
