@@ -242,3 +242,14 @@ def test_the_dashboard_reads_a_binary_page_as_the_json_documents():
     mean, std = spectrum_arrays(docs[2])
     np.testing.assert_array_equal(mean, file_spectrum(2)[0])
 
+
+def test_a_page_of_files_is_cut_from_the_intervals():
+    from quax_faust.core.index_set import IndexSet
+    from quax_faust.stream.web import _page_of
+
+    files = IndexSet()
+    for i in [*range(0, 5), *range(7, 9), *range(20, 30), 40]:
+        files.add(i)
+    for start in range(0, 45, 3):
+        for limit in (1, 4, 7, 100):
+            assert _page_of(files.bounds(), start, limit) == [i for i in files if i >= start][:limit], (start, limit)
