@@ -57,9 +57,9 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
     # The JAAS line holds the password. The plan does not show the source's options; where Spark
     # prints options it redacts those whose key or value matches spark.redaction.regex ("password"
     # in the default), and Kafka's client logs sasl.jaas.config as [hidden].
-    connection = {f"kafka.{key}": value for key, value in connection.java_client_properties(settings).items()}
+    kafka_options = {f"kafka.{key}": value for key, value in connection.java_client_properties(settings).items()}
     df = (spark.read.format("kafka")
-          .options(**connection)
+          .options(**kafka_options)
           .option("assign", json.dumps({topic: sorted(bounds)}))
           .option("startingOffsets", json.dumps(start))
           .option("endingOffsets", json.dumps(end))
