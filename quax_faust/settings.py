@@ -74,6 +74,9 @@ class Settings:
     the broker unreachable and re-sends the files in flight after a backoff (s)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest record the producer, the broker and the consumers accept (bytes)."""
+    slices_retention_s: float = 7 * 86400.0
+    """How long the broker keeps the raw slices (s; -1: forever); 16 MB/s of disk at 2 MS/s, so 9.7 TB
+    for 7 days (`quax topics` prints it). spectra and candidates are kept forever (stream/topics.py)."""
 
     # --- the Faust workers -----------------------------------------------------------------------
     app_id: str = "quax"

@@ -188,6 +188,29 @@ def test_quax_topics_creates_the_topics_the_usage_summary_names():
     summary = section(DOCS / "usage.md", "quax topics", "\n")
     s = Settings()
     assert "create slices / spectra / slices.rejected / candidates" in summary
-    assert topic_plan(s) == {s.slices_topic: s.partitions, s.spectra_topic: 1, "slices.rejected": 1,
-                             s.candidates_topic: 1}
+    assert {name: spec.partitions for name, spec in topic_plan(s).items()} == {
+        s.slices_topic: s.partitions, s.spectra_topic: 1, "slices.rejected": 1, s.candidates_topic: 1}
     assert (s.slices_topic, s.spectra_topic, s.candidates_topic) == ("slices", "spectra", "candidates")
+
+
+def test_topics_and_retention_are_the_documented_ones():
+    from quax_faust.stream.topics import topic_plan
+
+    text = section(DOCS / "usage.md", "## Topics and retention", "## Running on real data")
+    plan, kept = topic_plan(Settings()), {}
+    for row in table_rows(text)[1:]:  # after the header
+        kept[row[0].strip("`")] = row[2]
+        assert row[1].startswith(f"{plan[row[0].strip('`')].partitions}, "), row
+    assert set(kept) == set(plan)
+    assert kept["slices"] == "`slices_retention_s` (7 days)" and Settings().slices_retention_s == 7 * 86400
+    assert plan["slices"].configs["retention.ms"] == str(7 * 86400 * 1000)
+    for name in ("spectra", "candidates"):
+        assert kept[name] == "forever"
+        assert plan[name].configs["retention.ms"] == plan[name].configs["retention.bytes"] == "-1"
+    assert kept["slices.rejected"] == "30 days"
+    assert plan["slices.rejected"].configs["retention.ms"] == str(30 * 86400 * 1000)
+    assert "**Nothing is compacted** (`cleanup.policy=delete` on all four)" in text
+    assert {spec.configs["cleanup.policy"] for spec in plan.values()} == {"delete"}
+    flat = " ".join(text.split())
+    assert "16 MB/s" in flat and "9.7 TB for the default 7 days" in flat
+    assert 2 * 4 * Settings().sample_rate_hz * 7 * 86400 == pytest.approx(9.7e12, rel=0.01)

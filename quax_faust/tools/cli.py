@@ -169,10 +169,9 @@ def cmd_synth(args, settings: Settings) -> int:
 
 
 def cmd_topics(args, settings: Settings) -> int:
-    from quax_faust.stream.topics import ensure_topics
+    from quax_faust.stream.topics import describe_plan, ensure_topics
 
-    for name, n in asyncio.run(ensure_topics(settings)).items():
-        print(f"{name}: {n} partitions")
+    print("\n".join(describe_plan(settings, asyncio.run(ensure_topics(settings)))))
     return EXIT_OK
 
 
@@ -249,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tone-amplitude", type=float, action="append", help="its amplitude (V; noise is 1 V rms per channel)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("topics", parents=[common], help="create the slices/spectra topics")
+    p = sub.add_parser("topics", parents=[common], help="create our topics, or fix their configs")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("produce", parents=[common], help="send DAQ file pairs to the slices topic")
