@@ -74,7 +74,7 @@ def main() -> None:
 
     bin_hz = settings.bin_width_hz
     gain = synth.passband_power_gain(np.array([TONE_HZ]), model)[0]
-    curves, searched_s = {}, []
+    curves = {}
     n_total = np.cumsum(counts)
     window = window_bins(settings.baseline_window_hz, bin_hz)
     s2, s3 = block_moments(block_baseline_weights(1, window, settings.baseline_polyorder), 1)

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quax_faust.core import daq, synth, wire
+from quax_faust.core import daq, wire
 
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, _group_positions, free_port, wait_for_run
