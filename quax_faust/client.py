@@ -172,8 +172,9 @@ def iter_file_pages(settings: Settings, run: str, file_indices: np.ndarray, page
 
 def fetch_run(settings: Settings, run: str, page_size: int = PAGE_FILES,
               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """The run's average and every file's spectrum, all in memory, in the layout of the .npz export
-    (docs/usage.md): for comparisons (Spark verify, tests); ``quax export`` streams instead."""
+    """The run's average and every file's spectrum, all in memory, as the .npz export names them
+    (its arrays but the per-file times; docs/usage.md): for comparisons (Spark verify, tests).
+    ``quax export`` streams the pages to a file instead (quax_faust/exports/)."""
     average = fetch_run_average(settings, run)
     pages = list(iter_file_pages(settings, run, average.file_indices, page_size, progress))
     n_bins = average.slice_len

@@ -6,6 +6,7 @@ spectra topic must hold one record per file.
 """
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from quax_faust.core import daq, wire
 from quax_faust.client import fetch_run
+from quax_faust.exports import load_run
 from quax_faust.tools.launch import wait_for_run
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.ingest.sender import DaqProducer
@@ -134,24 +136,60 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
         np.testing.assert_array_equal(latest["frequency_hz"], data["frequency_hz"])
         health = get_url(base + "/quax/health/")
         assert health["status"] == "ok" and health["assigned"]
+        # The binary page (format=npz), routed like the JSON one, holds the very same numbers.
+        with urllib.request.urlopen(base + "/quax/runs/e2e/files/?start=4&limit=3&spectra=1&format=npz",
+                                    timeout=10) as answer:
+            binary = np.load(io.BytesIO(answer.read()))
+        for row, doc in enumerate(page["files"]):
+            for key, value in doc.items():
+                if key != "run":
+                    np.testing.assert_array_equal(binary[key][row], np.nan if value is None else value, err_msg=key)
+        assert set(binary.files) == set(page["files"][0]) - {"run"}
 
     # quax export reads the run through the views (docs/usage.md, "Export").
     flags = ["--run", "e2e", "--broker", settings.broker, "--web-port-base", str(settings.web_port_base),
              "--workers", str(settings.workers)]
-    for suffix in (".npz", ".csv"):
-        subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}")],
-                       check=True, capture_output=True, timeout=120)
+    for suffix in (".h5", ".npz", ".csv"):
+        extra = ["--per-file-csv", str(tmp_path / "files.csv")] if suffix == ".csv" else []
+        subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}"),
+                        *extra], check=True, capture_output=True, timeout=120)
+    again = subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out",
+                            str(tmp_path / "run.h5")], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--force" in again.stderr  # an existing export is not overwritten
     npz = np.load(tmp_path / "run.npz")
     assert set(npz.files) == {"frequency_hz", "run_mean", "run_std", "run_sem", "n_slices_total", "file_index",
-                              "file_mean", "file_std", "file_n_slices", "file_latency_s", "run"}
+                              "file_mean", "file_std", "file_n_slices", "file_latency_s", "run", "metadata",
+                              "file_tail_samples", "file_first_produced_at_s", "file_last_produced_at_s",
+                              "file_completed_at_s", "file_acquired_at_s"}
     assert npz["file_mean"].shape == npz["file_std"].shape == (N_FILES, settings.slice_len)
     for key in ("run_mean", "run_sem", "file_mean", "file_index", "file_n_slices"):
         np.testing.assert_array_equal(npz[key], data[key])
     header = (tmp_path / "run.csv").read_text().splitlines()[0].split(",")
-    assert header == ["frequency_hz", "run_mean", "run_sem"] + [f"file_{k:05d}_mean" for k in range(N_FILES)]
+    assert header == ["frequency_hz", "run_mean", "run_std", "run_sem"]  # the run average, one row per bin
     table = np.loadtxt(tmp_path / "run.csv", delimiter=",", skiprows=1)
-    assert table.shape == (settings.slice_len, 3 + N_FILES)
+    assert table.shape == (settings.slice_len, 4)
     np.testing.assert_allclose(table[:, 1], data["run_mean"], rtol=1e-9)
+    files = np.loadtxt(tmp_path / "files.csv", delimiter=",", skiprows=1)  # file_index, frequency_hz, mean, std
+    assert files.shape == (N_FILES * settings.slice_len, 4)
+    np.testing.assert_allclose(files[:, 2].reshape(N_FILES, -1), data["file_mean"], rtol=1e-9)
+
+    # The .h5 equals the live tables, and so Welch's oracle; its metadata describes the run.
+    h5 = load_run(tmp_path / "run.h5")
+    for key, value in data.items():
+        np.testing.assert_array_equal(h5.as_dict()[key], value, err_msg=key)
+    for row in (0, 5, N_FILES - 1):
+        _, p = welch_oracle(daq.read_pair(daq.pair_paths(daq_dir, row)))
+        assert np.max(np.abs(h5.file_mean[row] - p)) <= 1e-5 * p.mean(), f"file {row}"
+    assert np.max(np.abs(h5.run_mean - p_run)) <= 1e-5 * p_run.mean()
+    assert {k: h5.metadata[k] for k in ("run", "n_files", "n_slices", "nperseg", "window", "sample_rate_hz",
+                                        "lo_frequency_hz", "power_unit")} == {
+        "run": "e2e", "n_files": N_FILES, "n_slices": N_FILES * n_whole, "nperseg": settings.slice_len,
+        "window": "boxcar", "sample_rate_hz": settings.sample_rate_hz, "lo_frequency_hz": settings.lo_frequency_hz,
+        "power_unit": "V**2/Hz"}
+    assert (h5.file_columns["file_latency_s"] > 0).all()
+    for suffix in (".npz", ".csv"):
+        np.testing.assert_array_equal(load_run(tmp_path / f"run{suffix}").run_mean, h5.run_mean)
+    assert load_run(tmp_path / "run.npz").metadata["n_files"] == N_FILES
 
 
 def get_url(url: str) -> dict:
