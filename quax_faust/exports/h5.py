@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import h5py
-import numpy as np
 
 from quax_faust.client import FilePage, RunAverage
 from quax_faust.exports import layout
