@@ -10,7 +10,7 @@ import logging
 import pytest
 from aiokafka.admin import NewTopic
 
-from quax_faust.connection import connect_admin
+from quax_faust.connection import connect_admin, existing_partition_counts
 from quax_faust.settings import Settings
 from quax_faust.stream.topics import (DAY_S, TopicSpec, daq_bytes_per_s, describe_plan,
                                       describe_topic_configs, ensure_topics, topic_plan)
@@ -100,6 +100,10 @@ def test_existing_topics_with_wrong_configs_are_fixed_and_reported(broker, tmp_p
         try:
             await admin.create_topics([NewTopic(name, topic_plan(settings)[name].partitions, 1,
                                                 topic_configs=configs) for name, configs in wrong.items()])
+            for _ in range(100):  # until the broker describes them (a new topic takes a moment)
+                if set(await existing_partition_counts(admin, wrong)) == set(wrong):
+                    break
+                await asyncio.sleep(0.1)
         finally:
             await admin.close()
 
