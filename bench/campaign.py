@@ -84,20 +84,30 @@ def profile(pids: dict[int, int], seconds: float, out_dir: Path) -> dict:
 
 
 def top_frames(collapsed: str, n: int = 15) -> dict:
-    """Share of samples per leaf frame (self) and per frame anywhere in the stack (inclusive)."""
-    own, inclusive, total = Counter(), Counter(), 0
+    """From py-spy's collapsed stacks: busy share of the sampled period, % of samples per leaf
+    function (self), per package of the leaf (quax_faust/<tier>, numpy, aiokafka, ...) and per
+    quax_faust function anywhere in the stack (inclusive)."""
+    own, package, ours, total = Counter(), Counter(), Counter(), 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
-        total += int(count)
-        own[frames[-1]] += int(count)
-        for f in set(frames):
-            inclusive[f] += int(count)
+        frames = []
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            path = where.rsplit(":", 1)[0]
+            frames.append((name, path))
+        c = int(count)
+        total += c
+        name, path = frames[-1]
+        own[f"{name} ({path.rsplit('/', 1)[-1]})"] += c
+        parts = path.split("/")
+        package[("/".join(parts[:2]) if parts[0] == "quax_faust" else parts[0]) if len(parts) > 1 else path] += c
+        for f in {f"{nm} ({p})" for nm, p in frames if p.startswith("quax_faust/")}:
+            ours[f] += c
     share = lambda c: [(f, round(100 * v / total, 1)) for f, v in c.most_common(n)]  # noqa: E731
-    return {"samples": total, "self_percent": share(own), "inclusive_percent": share(inclusive)}
+    return {"samples": total, "self_percent": share(own), "self_by_package_percent": share(package),
+            "quax_inclusive_percent": share(ours)}
 
 
 def main() -> None:
@@ -126,6 +136,8 @@ def main() -> None:
     report: dict = {"files": args.files, "workers": args.workers, "slices_per_file": args.slices,
                     "started_utc": stamp, "cpu": cpu_name(), "work_dir": str(tmp)}
     watch = None
+    marks: list[tuple[str, float]] = []
+    mark = lambda name: marks.append((name, time.time()))  # noqa: E731
     try:
         workers.wait_assigned()
         watch = Watch({k: settings.worker_url(k) for k in range(args.workers)},
@@ -153,17 +165,28 @@ def main() -> None:
         report["every_slice_once"] = phases.check_run(settings, run, args.files, args.slices)
         report["run_table_owner"] = phases.run_table_owner(workers)
         print_progress(report)
+        mark("dashboard")
         if "dashboard" not in args.skip:
             report["dashboard"] = phases.dashboard_refresh(settings)
+        mark("export")
         if "export" not in args.skip:
             report["export_h5"] = phases.export_h5(settings, run, out_dir.resolve())
+        mark("spark verify")
         if "spark" not in args.skip:
             report["spark_verify"] = phases.spark_verify(settings, run, out_dir.resolve())
         n_files = args.files
         if "recovery" not in args.skip:
-            report["recovery"] = [phases.recover_owner(workers, run, n_files, lose_store=False),
-                                  phases.recover_owner(workers, run, n_files, lose_store=True)]
+            report["recovery"] = []
+            for lose_store in (False, True):
+                mark("kill -9 owner" + (", store deleted" if lose_store else ""))
+                try:
+                    report["recovery"].append(phases.recover_owner(workers, run, n_files, lose_store=lose_store,
+                                                                   timeout_s=3600))
+                except TimeoutError as exc:
+                    report["recovery"].append({"store": "deleted" if lose_store else "kept", "error": str(exc)})
+                    workers.wait_assigned(timeout_s=3600)
             if args.extra:
+                mark(f"+{args.extra} files")
                 extra = start_feed(settings, tmp / "daq", run, n_files, args.extra, args.slices,
                                    args.chunk, out_dir / "feed-extra.log")
                 extra.wait()
@@ -178,7 +201,8 @@ def main() -> None:
                 report["samples"] = watch.samples
                 (out_dir / "campaign.json").write_text(json.dumps(report, indent=1, default=str))
                 if len(watch.samples) > 2:
-                    plot(watch.samples, out_dir / "campaign.png", f"{args.files} files, {args.workers} workers")
+                    report["phases"] = marks
+                plot(watch.samples, out_dir / "campaign.png", f"{args.files} files, {args.workers} workers", marks)
         finally:
             workers.stop()
             broker.stop()
@@ -198,7 +222,7 @@ def fold_figures(samples: list[dict], started: float, fold_end: float, n_files: 
     _, rate = files_per_s(t, folded)
     wall = fold_end - started
     return {"wall_s": round(wall, 1), "files_per_s": round(n_files / wall, 1),
-            "files_per_s_window_p10_p50_p90": [round(float(np.nanpercentile(rate, q)), 1) for q in (10, 50, 90)]
+            "files_per_s_15s_p10_p50_p90": [round(float(np.nanpercentile(rate, q)), 1) for q in (10, 50, 90)]
             if np.isfinite(rate).any() else None,
             "week_at_this_rate_min": round(144_000 / (n_files / wall) / 60, 1),
             "realtime_factor": round(n_files * FILE_S / wall), "run_n_slices": summary["n_slices"]}
@@ -249,10 +273,14 @@ def print_report(report: dict, out_dir: Path) -> None:
             lines.append(f"{key}: {report[key]}")
     if "spark_verify" in report:
         sv = report["spark_verify"]
-        lines.append(f"spark_verify: equal={sv['equal']} {sv['seconds']} s peak {sv['peak_rss_mib']} MiB")
+        errors = [ln for ln in sv.get("output_tail", "").splitlines() if "Error" in ln or "ERROR" in ln]
+        why = f" -- {errors[-1][-300:]}" if not sv["equal"] and errors else ""
+        lines.append(f"spark_verify: equal={sv['equal']} {sv['seconds']} s peak {sv['peak_rss_mib']} MiB{why}")
     for k, prof in report.get("profile", {}).items():
         if isinstance(prof, dict):
-            lines.append(f"profile worker {k} ({prof['samples']} samples), self %: {prof['self_percent'][:10]}")
+            lines.append(f"profile worker {k} ({prof['samples']} samples at 50/s), self %: {prof['self_percent'][:10]}"
+                         f"\n  by package: {prof['self_by_package_percent'][:8]}"
+                         f"\n  quax inclusive: {prof['quax_inclusive_percent'][:10]}")
     print("\n".join(lines))
     print(f"written: {out_dir / 'campaign.json'}, {out_dir / 'campaign.png'}")
 

@@ -32,11 +32,13 @@ def folded_total(url: str) -> float | None:
 
 
 def dir_bytes(path: Path) -> int:
+    """Bytes allocated on disk under path (st_blocks: Kafka's preallocated sparse index files count
+    for what they really take, not their 10 MiB size)."""
     total = 0
     for p in Path(path).rglob("*"):
         try:
             if p.is_file():
-                total += p.stat().st_size
+                total += p.stat().st_blocks * 512
         except OSError:  # RocksDB and Kafka delete files while we walk
             pass
     return total
@@ -106,12 +108,13 @@ def folded_series(samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return t, np.array(out)
 
 
-def files_per_s(t: np.ndarray, folded: np.ndarray, window_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rate over a sliding window (files/s) at each sample time."""
+def files_per_s(t: np.ndarray, folded: np.ndarray, window_s: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rate over a window centred on each sample time (files/s)."""
     rates = []
-    for i, ti in enumerate(t):
-        j = int(np.searchsorted(t, ti - window_s))
-        rates.append((folded[i] - folded[j]) / (ti - t[j]) if ti > t[j] else np.nan)
+    for ti in t:
+        i = int(np.searchsorted(t, ti - window_s / 2))
+        j = min(int(np.searchsorted(t, ti + window_s / 2, side="right")) - 1, len(t) - 1)
+        rates.append((folded[j] - folded[i]) / (t[j] - t[i]) if t[j] > t[i] else np.nan)
     return t, np.array(rates)
 
 
@@ -134,7 +137,8 @@ def rss_check(samples: list[dict], limit_mib: float = 1024.0, growth_limit: floa
     return {"workers": out, "ok": ok, "limit_mib": limit_mib, "growth_limit": growth_limit}
 
 
-def plot(samples: list[dict], out: Path, title: str) -> Path:
+def plot(samples: list[dict], out: Path, title: str, marks: list[tuple[str, float]] = ()) -> Path:
+    """files/s, RSS per worker and disk over time; marks: (phase name, time.time() it began)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +148,7 @@ def plot(samples: list[dict], out: Path, title: str) -> Path:
     _, rate = files_per_s(t, folded)
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(t / 60, rate)
-    axes[0].set_ylabel("files/s (30 s window)")
+    axes[0].set_ylabel("files/s (15 s window)")
     axes[0].set_title(title)
     for k in sorted({k for s in samples for k in s["rss_mib"]}):
         axes[1].plot(t / 60, [s["rss_mib"].get(k) or np.nan for s in samples], label=f"worker {k}")
@@ -158,6 +162,11 @@ def plot(samples: list[dict], out: Path, title: str) -> Path:
     axes[2].set_ylabel("GiB")
     axes[2].set_xlabel("minutes")
     axes[2].legend(fontsize=8)
+    for name, at in marks:
+        for ax in axes:
+            ax.axvline((at - samples[0]["t"]) / 60, color="grey", lw=0.6, ls=":")
+        axes[0].annotate(name, ((at - samples[0]["t"]) / 60, 0.98), xycoords=("data", "axes fraction"),
+                         rotation=90, va="top", fontsize=7, color="grey")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
