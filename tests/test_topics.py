@@ -54,6 +54,8 @@ def test_quax_topics_prints_the_disk_the_slices_retention_costs():
     *_, cost, cap = describe_plan(s, broker_has)
     assert cap.startswith(f"  but the byte cap retention.bytes={500 << 30} per partition keeps only 37.3 h")
     assert (500 << 30) * 4 / 16e6 / 3600 == pytest.approx(37.3, abs=0.05)
+    short = describe_plan(s.replace(slices_retention_s=600), broker_has)[-1]  # the demo's
+    assert short == "slices retention 10 min x 16 MB/s of DAQ data = 10 GB of disk (one replica)"
     forever = describe_plan(s.replace(slices_retention_s=-1, replication_factor=3), broker_has)[-1]
     assert forever == "slices kept forever: 16 MB/s of DAQ data, 4147 GB of disk per day (x 3 replicas)"
 

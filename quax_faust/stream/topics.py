@@ -181,7 +181,7 @@ def describe_plan(settings: Settings, topics: dict[str, TopicSpec]) -> list[str]
         lines.append(f"{settings.slices_topic} kept forever: {rate / 1e6:.0f} MB/s of DAQ data, "
                      f"{rate * DAY_S * settings.replication_factor / 1e9:.0f} GB of disk per day ({copies})")
         return lines
-    lines.append(f"{settings.slices_topic} retention {kept_s / DAY_S:g} days x {rate / 1e6:.0f} MB/s of DAQ "
+    lines.append(f"{settings.slices_topic} retention {_duration(kept_s)} x {rate / 1e6:.0f} MB/s of DAQ "
                  f"data = {rate * kept_s * settings.replication_factor / 1e9:.0f} GB of disk ({copies})")
     slices = topics.get(settings.slices_topic)
     cap = slices.configs.get("retention.bytes", "-1") if slices else "-1"
@@ -190,3 +190,8 @@ def describe_plan(settings: Settings, topics: dict[str, TopicSpec]) -> list[str]
                      f"{int(cap) * slices.partitions / rate / 3600:.1f} h: raise the broker's "
                      "KAFKA_RETENTION_BYTES or set the topic's retention.bytes")
     return lines
+
+
+def _duration(seconds: float) -> str:
+    return (f"{seconds / DAY_S:.3g} days" if seconds >= DAY_S else f"{seconds / 3600:.3g} h" if seconds >= 3600
+            else f"{seconds / 60:.3g} min")
