@@ -5,8 +5,12 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export PATH=$repo/.venv/bin:$PATH PYTHONUNBUFFERED=1
 port_base=${QUAX_WEB_PORT_BASE:-6066}
+# The DAQ emulator makes 16 MB/s of slices, 58 GB an hour: the demo keeps them 10 minutes, not the
+# 7 days a detector's broker does (spectra and candidates are kept forever either way; docs/usage.md).
+export QUAX_SLICES_RETENTION_S=${QUAX_SLICES_RETENTION_S:-600}
 cat <<MSG
-quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace.
+quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace
+  (a fresh synthetic file every 4.2 s; slices kept ${QUAX_SLICES_RETENTION_S} s).
   dashboard:     http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard   (panels: docs/dashboard.md)
   worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import textwrap
+import time
 from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
@@ -153,15 +154,23 @@ def _progress(**kwargs):
 
 def cmd_synth(args, settings: Settings) -> int:
     from quax_faust.core import daq, synth
+    from quax_faust.ingest.producer import parse_pace
 
     if len(args.tone_hz or []) != len(args.tone_amplitude or []):
         raise ValueError("give one --tone-amplitude per --tone-hz")
     tones = tuple(zip(args.tone_hz or [], args.tone_amplitude or []))
     model = synth.SynthModel(sample_rate_hz=settings.sample_rate_hz, tones=tones)
+    every_s = args.samples / settings.sample_rate_hz / parse_pace(args.pace) if args.pace else 0.0
+    started = time.monotonic()
     with _progress(total=args.files, unit="file", desc="synth") as bar:
         for k in range(args.files):
             index = args.first_index + k
+            time.sleep(max(0.0, started + k * every_s - time.monotonic()))  # a DAQ: one file per duration
             pair = daq.write_pair(args.out, index, synth.synth_file(index, args.samples, model, args.seed))
+            if args.keep and k >= args.keep:  # only pairs this command wrote
+                old = daq.pair_paths(args.out, index - args.keep)
+                old.i_path.unlink(missing_ok=True)
+                old.q_path.unlink(missing_ok=True)
             bar.write(f"wrote {pair.i_path.name} + {pair.q_path.name} ({args.samples} samples)", file=sys.stdout)
             sys.stdout.flush()
             bar.update()
@@ -246,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tone-hz", type=float, action="append", help="inject a line at this baseband frequency")
     p.add_argument("--tone-amplitude", type=float, action="append", help="its amplitude (V; noise is 1 V rms per channel)")
+    p.add_argument("--pace", help="like a DAQ: realtime (one file per file duration) or X times faster (default: max)")
+    p.add_argument("--keep", type=int, metavar="K", help="delete the pairs it wrote beyond the newest K")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("topics", parents=[common], help="create our topics, or fix their configs")

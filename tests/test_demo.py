@@ -1,0 +1,61 @@
+"""The demo is honest: its DAQ emulator (`quax synth --pace --keep`, ops/demo/produce.sh) writes new
+noise in every file, so the dashboard's excess panel keeps a 1-sigma scatter however long the run;
+the 8 files it used to loop over gave 1.5 sigma after 18 files."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from dashboard.shaping import baseline_and_excess, robust_scatter
+from quax_faust.core import daq, dsp, synth
+from quax_faust.settings import REPO_DIR, Settings
+from quax_faust.tools import cli
+
+DEMO_TONE = ((250_000.0, 0.02),)  # ops/demo/produce.sh's line
+N_FILES = 18
+
+
+def excess_scatter(file_indices: list[int], n_samples: int, seed: int) -> float:
+    """Robust scatter of the dashboard's normalised excess of the run average of these files."""
+    settings = Settings()
+    model = synth.SynthModel(tones=DEMO_TONE)
+    sums = {}
+    for k in set(file_indices):
+        slices = daq.whole_slices(synth.synth_file(k, n_samples, model, seed), settings.slice_len)
+        sums[k] = dsp.power_sums(slices, settings.sample_rate_hz)  # fftshifted, like the views
+    power_sum = sum(sums[k].power_sum for k in file_indices)
+    n_slices = sum(sums[k].n_slices for k in file_indices)
+    excess = baseline_and_excess(power_sum / n_slices, n_slices, settings.sample_rate_hz, settings).excess
+    return robust_scatter(excess)
+
+
+def test_fresh_files_keep_the_excess_at_one_sigma_where_looped_files_do_not():
+    n_samples = 3072 * 100  # 100 slices per file: the statistics do not care how many
+    fresh = excess_scatter(list(range(N_FILES)), n_samples, seed=7)
+    looped = excess_scatter([k % 8 for k in range(N_FILES)], n_samples, seed=7)
+    # ~2600 searched bins: a robust scatter has a standard error of about 0.02.
+    assert fresh == pytest.approx(1.0, abs=0.06)
+    # 18 files of 8: weights 3,3,2,...,2, variance 42/18 of the honest one.
+    assert looped == pytest.approx(np.sqrt(42 / 18), abs=0.1)
+
+
+def test_the_emulator_writes_at_its_pace_and_keeps_a_window_of_its_own_pairs(tmp_path):
+    stranger = daq.write_pair(tmp_path, 0, np.ones(4096, np.complex64))  # not the emulator's
+    pace = 4096 / 2e6 / 0.05  # one 4096-sample file every 0.05 s
+    started = time.monotonic()
+    assert cli.main(["synth", "--out", str(tmp_path), "--files", "6", "--first-index", "10",
+                     "--samples", "4096", "--pace", str(pace), "--keep", "2"]) == 0
+    assert time.monotonic() - started >= 5 * 0.05
+    pairs, problems = daq.scan_dir(tmp_path)
+    assert [p.file_index for p in pairs] == [0, 14, 15] and not problems
+    assert stranger.i_path.exists()
+
+
+def test_the_demo_runs_the_emulator_and_a_following_producer():
+    script = (REPO_DIR / "ops" / "demo" / "produce.sh").read_text()
+    assert "quax synth --out \"$daq\" --files \"$files\" --pace" in script and "--keep" in script
+    assert "quax produce --source \"$daq\" --run \"$run\" --follow" in script
+    assert "--loop" not in script
