@@ -27,7 +27,7 @@ from quax_faust import connection
 from quax_faust.tools import cli
 
 from quax_faust.core import daq, synth, wire
-from quax_faust.client import fetch_run
+from quax_faust.client import fetch_run, get_json
 from quax_faust.tools.launch import Workers, wait_for_run
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.ingest.sender import DaqProducer
@@ -43,7 +43,9 @@ N_FILES, N_SAMPLES, PER_MESSAGE = 8, 65536, 8
 RUN = "sparkrun"
 TEST_CONF = {"spark.ui.enabled": "false"}
 EXPORT_KEYS = {"frequency_hz", "run_mean", "run_sem", "run_std", "n_slices_total", "file_index",
-               "file_mean", "file_std", "file_n_slices", "file_latency_s", "run"}
+               "file_mean", "file_std", "file_n_slices", "file_latency_s", "file_acquired_at_s", "run"}
+ACQUIRED_AT_S = 1_750_000_000.0
+"""File k of the run was acquired at ACQUIRED_AT_S + 4.25 k (the pairs' modification times)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +288,10 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
     from spark_batch.job import reprocess
 
     settings, _workers = make_stack(workers=2, slices_per_message=PER_MESSAGE)
+    for k in range(N_FILES):
+        pair = daq.pair_paths(daq_dir, k)
+        for path in (pair.i_path, pair.q_path):
+            os.utime(path, (ACQUIRED_AT_S + 4.25 * k, ACQUIRED_AT_S + 4.25 * k))
     report = asyncio.run(produce_directory(settings, daq_dir, RUN, "max", progress=False))
     assert report.files_sent == N_FILES and not report.skipped
     n_duplicates, extra = asyncio.run(_send_duplicates_and_garbage(settings, daq_dir))
@@ -303,6 +309,15 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
     result = reprocess(settings, RUN, "slices", tmp_path / "slices", spark=spark)
     verdict = compare(live, result.data, settings.verify_tolerance)
     assert verdict.equal, verdict.lines()
+    # Each file's acquisition time, as the live file views show it (the extra file's messages knew none).
+    expected = [ACQUIRED_AT_S + 4.25 * k for k in range(N_FILES)] + [np.nan]
+    np.testing.assert_array_equal(result.data["file_acquired_at_s"], expected)
+    views = {f["file_index"]: f["acquired_at_s"] for f in get_json(
+        settings, f"/quax/runs/{RUN}/files/?start=0&limit=100")["files"]}
+    live_times = {**live, "file_acquired_at_s": np.array([np.nan if views[i] is None else views[i]
+                                                          for i in live["file_index"]])}
+    np.testing.assert_array_equal(live_times["file_acquired_at_s"], expected)
+    assert compare(live_times, result.data, settings.verify_tolerance).equal
     _assert_equals_oracle(result.data, daq_dir, indices, settings.slice_len)
     assert result.duplicate_slices == n_duplicates, "each repeated slice seen and not counted"
     assert result.malformed == {"truncated": 1}
@@ -327,6 +342,7 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
         data = {k: npz[k] for k in npz.files}
     _assert_equals_oracle(data, daq_dir, indices, settings.slice_len)
     assert np.all(np.isfinite(data["file_latency_s"]) & (data["file_latency_s"] >= 0))
+    np.testing.assert_array_equal(data["file_acquired_at_s"], expected)  # from the spectra records
 
     # The archive loses the first record of a partition (as retention would): verify names the
     # file that can no longer be recomputed, and exits non-zero.
