@@ -4,7 +4,8 @@
                                 event loop: stream/patch the named ColumnDataSources, redraw health
 
 Named data sources (the browser test reads them from the page): latest_file, run_average, excess,
-excess_marks, candidates, waterfall, files, throughput, download.
+excess_marks, candidates, waterfall, files, throughput, download; and the waterfall's row labels
+(waterfall_row_labels: file index and acquisition time in UTC).
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class LiveDashboard:
                     output_backend="canvas")
         img = wf.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.waterfall_src,
                        color_mapper=self.colour)
-        wf.yaxis.formatter = CustomJSTickFormatter(args={"src": self.waterfall_src}, code=_ROW_LABEL_JS)
+        wf.yaxis.formatter = CustomJSTickFormatter(args={"src": self.waterfall_src}, code=_ROW_LABEL_JS,
+                                                   name="waterfall_row_labels")
         wf.add_tools(HoverTool(visible=False, renderers=[img], tooltips=[
             ("file", "@file_index"), ("acquired", "@acquired_utc"), ("f", "$x{0,0.00} kHz"),
             ("deviation", "@image{0.00} %")]))

@@ -28,6 +28,7 @@ from quax_faust.client import get_json
 from quax_faust.tools.launch import free_port, settings_env, wait_for_run
 from quax_faust.ingest.sender import DaqProducer
 from quax_faust.settings import REPO_DIR, Settings
+from dashboard import shaping
 from tests.conftest import ARTIFACTS
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--disable-extensions"]
 N_FILES, N_SAMPLES, WATERFALL = 5, 65536, 4
+ACQUIRED_AT_S = 1_764_470_400.0  # 2025-11-30 02:40:00 UTC: file k acquired 4.19 k s later
 TONE_HZ = 250_000.0
 RUN = "dash"
 WAIT_MS = 120_000  # bounds on waiting for the page (a failure, not a speed requirement)
@@ -92,9 +94,11 @@ def health_text(page) -> str:
 
 def send_file(settings: Settings, daq_dir, k: int) -> None:
     """Send one file pair (in a thread: Playwright's sync API owns this thread's event loop)."""
+    pair = daq.pair_paths(daq_dir, k)
+
     async def send():
         async with DaqProducer(settings) as producer:
-            await producer.send_file(RUN, k, daq.read_pair(daq.pair_paths(daq_dir, k)))
+            await producer.send_file(RUN, k, daq.read_pair(pair), daq.acquired_at_s(pair))
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, send()).result()
 
@@ -103,7 +107,9 @@ def send_file(settings: Settings, daq_dir, k: int) -> None:
 def daq_dir(tmp_path):
     model = synth.SynthModel(tones=((TONE_HZ, 0.2),))
     for k in range(N_FILES + 1):
-        daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=11))
+        pair = daq.write_pair(tmp_path / "daq", k, synth.synth_file(k, N_SAMPLES, model, seed=11))
+        for path in (pair.i_path, pair.q_path):
+            os.utime(path, (ACQUIRED_AT_S + 4.19 * k, ACQUIRED_AT_S + 4.19 * k))
     return tmp_path / "daq"
 
 
@@ -140,6 +146,15 @@ def test_dashboard_shows_the_tables_file_by_file_and_survives_a_worker_restart(m
         np.testing.assert_allclose(column(page, "latest_file", "mean"), latest_doc["mean"], rtol=1e-12)
         assert sorted(column(page, "files", "file_index")) == list(range(N_FILES))
         assert sorted(column(page, "waterfall", "file_index")) == list(range(N_FILES - WATERFALL, N_FILES))
+        # Each waterfall row is labelled with its file's acquisition time, in UTC.
+        labels = page.evaluate("() => { const d = Bokeh.documents[0].get_model_by_name('waterfall').data; "
+                               "return [Array.from(d.file_index), Array.from(d.acquired_utc)]; }")
+        assert dict(zip(*labels)) == {k: shaping.utc_label(ACQUIRED_AT_S + 4.19 * k)
+                                      for k in range(N_FILES - WATERFALL, N_FILES)}
+        ticks = page.evaluate(f"() => Bokeh.documents[0].get_model_by_name('waterfall_row_labels')"
+                              f".doFormat([{N_FILES - 1}, 0.5], {{loc: 0}})")
+        clock = shaping.utc_label(ACQUIRED_AT_S + 4.19 * (N_FILES - 1))[11:19]
+        assert ticks == [f"{N_FILES - 1} · {clock}", "0.5"]
         # The band of the run average is its standard error, sigma/sqrt(N), not sigma.
         n_slices = run_doc["n_slices"]
         width = column(page, "run_average", "upper") - column(page, "run_average", "lower")
