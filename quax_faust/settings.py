@@ -61,6 +61,8 @@ class Settings:
     """PEM file of the CA that signed the broker's certificate (SSL, SASL_SSL)."""
     slices_topic: str = "slices"
     spectra_topic: str = "spectra"
+    metadata_topic: str = "run-metadata"
+    """Topic (1 partition, compacted, key run) of each run's metadata (docs/usage.md, "Run metadata")."""
     partitions: int = 4
     """Partitions of the slices topic; a multiple of the worker count."""
     replication_factor: int = 1

@@ -36,6 +36,7 @@ def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
     uid = uuid.uuid4().hex[:8]
     base = dict(broker=broker.bootstrap, app_id=f"quax-{uid}", slices_topic=f"slices-{uid}",
                 spectra_topic=f"spectra-{uid}", candidates_topic=f"candidates-{uid}",
+                metadata_topic=f"run-metadata-{uid}",
                 var_dir=var_dir, workers=2,
                 web_port_base=free_port(4))
     return Settings().replace(**{**base, **changes})

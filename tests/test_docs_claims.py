@@ -187,9 +187,10 @@ def test_quax_topics_creates_the_topics_the_usage_summary_names():
 
     summary = section(DOCS / "usage.md", "quax topics", "\n")
     s = Settings()
-    assert "create slices / spectra / slices.rejected / candidates" in summary
+    assert "create slices / spectra / slices.rejected / candidates / run-metadata" in summary
     assert {name: spec.partitions for name, spec in topic_plan(s).items()} == {
-        s.slices_topic: s.partitions, s.spectra_topic: 1, "slices.rejected": 1, s.candidates_topic: 1}
+        s.slices_topic: s.partitions, s.spectra_topic: 1, "slices.rejected": 1, s.candidates_topic: 1,
+        s.metadata_topic: 1}
     assert (s.slices_topic, s.spectra_topic, s.candidates_topic) == ("slices", "spectra", "candidates")
 
 
@@ -209,8 +210,11 @@ def test_topics_and_retention_are_the_documented_ones():
         assert plan[name].configs["retention.ms"] == plan[name].configs["retention.bytes"] == "-1"
     assert kept["slices.rejected"] == "30 days"
     assert plan["slices.rejected"].configs["retention.ms"] == str(30 * 86400 * 1000)
-    assert "**Nothing is compacted** (`cleanup.policy=delete` on all four)" in text
-    assert {spec.configs["cleanup.policy"] for spec in plan.values()} == {"delete"}
+    assert "**Only `run-metadata` is compacted** (`cleanup.policy=delete` on the other four)" in text
+    assert kept["run-metadata"] == "forever, compacted"
+    assert {name: spec.configs["cleanup.policy"] for name, spec in plan.items()} == {
+        **{name: "delete" for name in plan}, "run-metadata": "compact"}
+    assert plan["run-metadata"].configs["retention.ms"] == "-1"
     flat = " ".join(text.split())
     assert "16 MB/s" in flat and "9.7 TB for the default 7 days" in flat
     assert 2 * 4 * Settings().sample_rate_hz * 7 * 86400 == pytest.approx(9.7e12, rel=0.01)

@@ -254,12 +254,15 @@ def test_a_table_value_that_cannot_be_read_goes_to_the_dead_letter_topic(make_st
     wait_for_run(settings, "bt", 1)  # file 1 is folded; file 0's messages are all rejected
     wait_processed(settings)
 
+    # Each of the file's messages is a dead letter; one delivered again (at least once: a partition
+    # re-read after a stall) is rejected again, with the same source.
     rejected = read_topic(settings.broker, f"{settings.slices_topic}.rejected")
-    reasons = [dict(r.headers)["reason"].decode() for r in rejected]
+    sources = {dict(r.headers)["source"] for r in rejected}
     n_messages = -(-(N_SAMPLES // settings.slice_len) // 8)
-    assert reasons == ["bad_table_value"] * n_messages and all(r.key == key for r in rejected)
+    assert len(sources) == n_messages and all(r.key == key for r in rejected)
+    assert {dict(r.headers)["reason"].decode() for r in rejected} == {"bad_table_value"}
     assert counter(worker_counters(settings), "quax_rejected_messages_total", topic=settings.slices_topic,
-                   reason="bad_table_value") == n_messages
+                   reason="bad_table_value") == len(rejected)
     with pytest.raises(urllib.error.HTTPError) as answer:
         get_url(f"{settings.worker_url(0)}/quax/files/?key=bt/{0:010d}")
     assert answer.value.code == 500 and json.loads(answer.value.read())["reason"] == "bad_table_value"

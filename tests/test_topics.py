@@ -19,14 +19,18 @@ from tests.conftest import stack_settings
 WEEK_MS = str(7 * DAY_S * 1000)
 
 
-def test_the_plan_keeps_the_science_product_forever_and_compacts_nothing():
+def test_the_plan_keeps_the_science_product_forever_and_compacts_only_the_run_metadata():
     s = Settings()
     plan = topic_plan(s)
     assert {name: spec.partitions for name, spec in plan.items()} == {
-        "slices": 4, "spectra": 1, "slices.rejected": 1, "candidates": 1}
-    for name in ("spectra", "candidates"):  # keyed by run, many records per run: never compacted
+        "slices": 4, "spectra": 1, "slices.rejected": 1, "candidates": 1, "run-metadata": 1}
+    for name in ("spectra", "candidates", "run-metadata"):
         assert plan[name].configs["retention.ms"] == plan[name].configs["retention.bytes"] == "-1"
-    assert {spec.configs["cleanup.policy"] for spec in plan.values()} == {"delete"}
+    # spectra and candidates: keyed by run, many records per run, never compacted; run-metadata
+    # holds a run's whole metadata in each record: its newest is all there is to keep.
+    assert {name: spec.configs["cleanup.policy"] for name, spec in plan.items()} == {
+        "slices": "delete", "spectra": "delete", "slices.rejected": "delete", "candidates": "delete",
+        "run-metadata": "compact"}
     assert plan["slices"].configs["retention.ms"] == WEEK_MS and "retention.bytes" not in plan["slices"].configs
     assert plan["slices.rejected"].configs["retention.ms"] == str(30 * DAY_S * 1000)
     assert {spec.configs["max.message.bytes"] for spec in plan.values()} == {str(16 << 20)}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
-from quax_faust.core import wire
+from quax_faust.core import run_meta, wire
 from quax_faust.core.accumulators import COMPLETE, FileAccumulator, RunAccumulator
 from quax_faust.core.errors import QuaxError
 from quax_faust.search import candidates
@@ -104,7 +105,8 @@ async def search_candidates(chain: Chain, acc: RunAccumulator) -> None:
         doc, changed = candidates.search_run(candidates.decode(stored) if stored else None, acc.run,
                                              acc.mean, acc.n_slices, acc.sample_rate_hz,
                                              acc.latest_file_index, acc.n_files,
-                                             config=chain.search_config)
+                                             config=replace(chain.search_config,
+                                                            lo_frequency_hz=chain.lo_frequency_hz(acc.run)))
         value = candidates.encode(doc)
     except ValueError as exc:  # a spectrum the search cannot use: say so, keep folding
         log.warning("candidate search of run %s after file %d failed: %s", acc.run,
@@ -115,6 +117,20 @@ async def search_candidates(chain: Chain, acc: RunAccumulator) -> None:
                                    "threshold_sigma", "local_threshold_sigma")}
     for record in changed:
         await chain.candidates_topic.send(key=key, value=candidates.encode({**context, **record}))
+
+
+async def on_run_metadata(chain: Chain, event) -> None:
+    """Keep a run's metadata record: merged with what is kept (it may grow, never change: a
+    contradicting record is rejected with reason metadata_conflict)."""
+    try:
+        run, fields = run_meta.decode(event.value if isinstance(event.value, bytes) else b"")
+        if event.key != run.encode():
+            raise wire.WireError("key_mismatch", f"key {event.key!r} but the record is run {run!r}")
+        merged = run_meta.merge(chain.metadata(run), fields, what=f"run {run}")
+        chain.run_metadata[event.key] = run_meta.encode(run, merged)
+    except QuaxError as exc:
+        await reject(chain, event, chain.settings.metadata_topic, exc)
+    done(chain, event)
 
 
 def done(chain: Chain, event) -> None:

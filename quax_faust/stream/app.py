@@ -1,5 +1,6 @@
 """The Faust app of one worker, top-down: topics, tables, agents, timers and web views.
 
+    run-metadata (1 partition, key run) --record_metadata--> table run_metadata
     slices (4 partitions, key run/file) --transform_slices--> table files   (per-file running sums)
                                                      \\-----> spectra (1 partition, key run)
     spectra --fold_spectra--> table runs          (run-wide average, files folded)
@@ -61,10 +62,12 @@ def create_app(settings: Settings) -> faust.App:
         spectra_topic=app.topic(settings.spectra_topic, partitions=1, **RAW),
         rejected_topic=app.topic(f"{settings.slices_topic}.rejected", partitions=1, **RAW),
         candidates_topic=app.topic(settings.candidates_topic, partitions=1, **RAW),
+        metadata_topic=app.topic(settings.metadata_topic, partitions=1, **RAW),
         files=app.Table("files", partitions=settings.partitions, **table),
         runs=app.Table("runs", partitions=1, **table),
         file_spectra=app.Table("file_spectra", partitions=1, **table),
         candidates=app.Table("candidates", partitions=1, **table),
+        run_metadata=app.Table("run_metadata", partitions=1, **table),
     ).attach()
 
     @app.agent(chain.slices_topic, name="transform_slices")
@@ -78,6 +81,12 @@ def create_app(settings: Settings) -> faust.App:
         """Fold each finished file into its run's average, once; keep it; search the run."""
         async for event in stream.events():
             await agents.on_file_spectrum(chain, event)
+
+    @app.agent(chain.metadata_topic, name="record_metadata")
+    async def record_metadata(stream):
+        """Keep each run's metadata (written by the producer) in the run_metadata table."""
+        async for event in stream.events():
+            await agents.on_run_metadata(chain, event)
 
     @app.task
     async def plan_fft():

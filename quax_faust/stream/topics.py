@@ -14,6 +14,8 @@ the change is logged. What each topic keeps, and why (docs/usage.md, "Topics and
 - ``candidates``: one record per new, updated or dropped candidate, key the run: kept forever (under
   a kB per record) and not compacted, which would keep only the last change of each run and lose its
   other candidates. A run's current candidates are in the ``candidates`` table (compacted changelog).
+- ``run-metadata``: one record per run (key the run) holding all its metadata, rewritten whole when a
+  field is added: compacted, so it keeps each run's latest record, forever.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def topic_plan(settings: Settings) -> dict[str, TopicSpec]:
         f"{settings.slices_topic}.rejected": TopicSpec(1, {
             **common, "retention.ms": retention_ms(DEAD_LETTER_RETENTION_S, "dead-letter retention")}),
         settings.candidates_topic: TopicSpec(1, {**common, **KEPT_FOREVER}),
+        settings.metadata_topic: TopicSpec(1, {**common, **KEPT_FOREVER, "cleanup.policy": "compact"}),
     }
 
 

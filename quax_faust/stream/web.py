@@ -122,7 +122,9 @@ class RunView(View):
     async def get(self, request: Request, run: str) -> Response:
         chain = Chain.of(self.app)
         acc = chain.run(run)
-        return self.json(views.run_document(acc, chain.settings.lo_frequency_hz)) if acc else _no_run(self, run)
+        if acc is None:
+            return _no_run(self, run)
+        return self.json({**views.run_document(acc, chain.lo_frequency_hz(run)), "metadata": chain.metadata(run)})
 
 
 @blueprint.route("/quax/runs/{run}/files/", name="run_files")
@@ -162,7 +164,7 @@ class FileView(View):
         spec = chain.file_spectrum(run, index) if index is not None else None
         if spec is None:
             return self.json({"error": f"no finished file {file_index} in run {run!r}"}, status=404)
-        frequency_hz = dsp.frequency_axis_hz(spec.slice_len, spec.sample_rate_hz, chain.settings.lo_frequency_hz)
+        frequency_hz = dsp.frequency_axis_hz(spec.slice_len, spec.sample_rate_hz, chain.lo_frequency_hz(run))
         return self.json({**views.file_document(spec), "frequency_hz": views.floats(frequency_hz)})
 
 

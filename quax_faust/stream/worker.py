@@ -22,7 +22,7 @@ def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
     web_port_base + K."""
     malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory
     faust_fixes.install()  # flush really flushes; only processed offsets are committed
-    faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic])
+    faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic, settings.metadata_topic])
     asyncio.run(ensure_topics(settings))  # Faust subscribes only to topics that exist (idempotent)
 
     datadir = Path(settings.var_dir) / "workers" / str(index)
