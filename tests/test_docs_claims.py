@@ -117,7 +117,10 @@ def raised_reasons(path: Path, error: str) -> set[str]:
 def test_wire_format_names_every_rejection_reason_and_no_other():
     text = (DOCS / "wire-format.md").read_text()
     documented = set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejection reasons", "## `spectra`")))
-    documented |= set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejections of", "## Compatibility")))
+    documented |= set(re.findall(r"`([a-z_]+)`", section(DOCS / "wire-format.md", "Rejections of", "## `run-metadata`")))
+    metadata_doc = section(DOCS / "wire-format.md", "Rejections of a metadata record", "## Compatibility")
+    assert set(re.findall(r"`([a-z_]+)`", metadata_doc)) - {"record_metadata"} == (
+        raised_reasons(REPO_DIR / "quax_faust" / "core" / "run_meta.py", "MetadataError") | {"key_mismatch"})
     code = REPO_DIR / "quax_faust"
     raised = (raised_reasons(code / "core" / "wire.py", "WireError")
               | set().union(*(raised_reasons(path, "WireError") for path in (code / "stream").glob("*.py")))
@@ -197,7 +200,7 @@ def test_quax_topics_creates_the_topics_the_usage_summary_names():
 def test_topics_and_retention_are_the_documented_ones():
     from quax_faust.stream.topics import topic_plan
 
-    text = section(DOCS / "usage.md", "## Topics and retention", "## Running on real data")
+    text = section(DOCS / "usage.md", "## Topics and retention", "## Run metadata")
     plan, kept = topic_plan(Settings()), {}
     for row in table_rows(text)[1:]:  # after the header
         kept[row[0].strip("`")] = row[2]

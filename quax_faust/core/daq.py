@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quax_faust.core import run_meta
+
 log = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"duck_([iq])_(\d{5,10})\.dat")
@@ -132,8 +134,12 @@ def acquired_at_s(pair: FilePair) -> float:
     Raises DaqError if a file is gone.
 
     The one place that decides a pair's acquisition time: the producer stamps it on every message of
-    the file (``SliceBatch.acquired_at_s``). (A SigMF sidecar's capture time may take over here.)
+    the file (``SliceBatch.acquired_at_s``). A SigMF sidecar's capture time, where the DAQ writes
+    one (core/run_meta.py), takes precedence over the modification times.
     """
+    sidecar = read_sidecar(pair)
+    if sidecar is not None and sidecar.capture_time_s is not None:
+        return sidecar.capture_time_s
     times = []
     for path in (pair.i_path, pair.q_path):
         try:
@@ -145,6 +151,31 @@ def acquired_at_s(pair: FilePair) -> float:
         log.warning("%s: modification time %s is before 1970; acquisition time unknown", pair.i_path.name, latest)
         return float("nan")
     return latest
+
+
+def read_sidecar(pair: FilePair) -> "run_meta.Sidecar | None":
+    """The pair's SigMF sidecar (``duck_NNNNN.sigmf-meta``), or None; DaqError ``bad_sidecar`` if
+    it cannot be read."""
+    path = run_meta.sidecar_path(pair.i_path)
+    if path is None:
+        return None
+    try:
+        return run_meta.read_sigmf(path)
+    except run_meta.MetadataError as exc:
+        raise DaqError("bad_sidecar", path, str(exc)) from None
+
+
+def check_sidecar(pair: FilePair, sample_rate_hz: float, lo_frequency_hz: float) -> None:
+    """DaqError ``sidecar_mismatch`` if the pair's sidecar gives another sample rate or centre
+    frequency than the run's (Hz)."""
+    sidecar = read_sidecar(pair)
+    if sidecar is None:
+        return
+    for name, said, run_value in (("sample rate", sidecar.sample_rate_hz, sample_rate_hz),
+                                  ("centre frequency", sidecar.centre_frequency_hz, lo_frequency_hz)):
+        if said is not None and abs(said - run_value) > 1e-9 * max(abs(said), abs(run_value), 1.0):
+            raise DaqError("sidecar_mismatch", pair.i_path, f"its SigMF sidecar gives {name} {said:g} Hz, "
+                           f"the run's is {run_value:g} Hz")
 
 
 def whole_slices(samples: np.ndarray, slice_len: int) -> np.ndarray:

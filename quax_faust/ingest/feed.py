@@ -122,6 +122,7 @@ class DaqFile:
 
 def _read_checked(pair: daq.FilePair, settings: Settings) -> np.ndarray:
     """The pair's samples; DaqError if it is bad or shorter than one slice."""
+    daq.check_sidecar(pair, settings.sample_rate_hz, settings.lo_frequency_hz)  # settings: the run's LO
     samples = daq.read_pair(pair)
     if daq.SliceLayout(samples.shape[0], settings.slice_len).n_slices == 0:
         raise daq.DaqError("too_short", pair.i_path, f"{samples.shape[0]} samples, fewer than one "

@@ -12,16 +12,32 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from quax_faust.stream import metrics
 
-from quax_faust.core import daq, wire
+from quax_faust.core import daq, run_meta, wire
 from quax_faust.settings import Settings
 from quax_faust.ingest.feed import Checkpoint, DirectoryFeed, _read_in_thread
+from quax_faust.ingest.run_record import record_run_metadata
 from quax_faust.ingest.sender import DaqProducer, ProduceReport, _Sending
 
 log = logging.getLogger(__name__)
+
+
+def _given_metadata(settings: Settings, source: Path, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What this producer says about the run: the given fields, the first pair's sidecar (rate,
+    centre frequency = LO), and settings.lo_frequency_hz if neither gives an LO."""
+    given = run_meta.merge({}, metadata or {}, what="the given metadata")
+    pairs = daq.scan_dir(source)[0]
+    sidecar = daq.read_sidecar(pairs[0]) if pairs else None
+    if sidecar is not None:
+        given = run_meta.merge(given, sidecar.run_fields(), what=f"the given metadata (sidecar of {pairs[0].i_path.name})")
+    given.setdefault("sample_rate_hz", settings.sample_rate_hz)
+    if given["sample_rate_hz"] != settings.sample_rate_hz:
+        raise run_meta.MetadataError("metadata_conflict", f"sample_rate_hz {given['sample_rate_hz']:g} Hz, but "
+                                     f"this producer cuts slices at {settings.sample_rate_hz:g} Hz (setting sample_rate_hz)")
+    return given
 
 
 def parse_pace(pace: str | float) -> float:
@@ -47,13 +63,19 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
                             indices: Iterable[int] | None = None, follow: bool = False,
                             checkpoint: bool = True, quarantine_dir: Path | None = None,
                             idle_exit_s: float | None = None, settle_s: float = 1.0,
-                            partner_timeout_s: float = 120.0) -> ProduceReport:
+                            partner_timeout_s: float = 120.0,
+                            metadata: Mapping[str, Any] | None = None) -> ProduceReport:
     """Send the valid pairs of ``source`` as run ``run``; return what was sent and skipped.
 
     loop > 1 sends the directory again with new file numbers (a demo of an endless run; no
     checkpoint then). follow keeps watching for new pairs until Ctrl-C, or until no new pair has
     come for idle_exit_s seconds. Bad pairs are logged, quarantined (default: source/quarantine)
     and listed in the report; the run goes on.
+
+    metadata: fields for the run's metadata record (core/run_meta.py), merged with what is recorded
+    and what the first pair's SigMF sidecar says before anything is sent; a contradiction raises
+    MetadataError and nothing is sent. A run without a recorded LO gets settings.lo_frequency_hz.
+    Every pair is then checked against the run's LO and sample rate (its sidecar, if any).
     """
     wire.check_run_id(run)
     speed = float("inf") if follow else parse_pace(pace)
@@ -68,7 +90,9 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
     wanted = None if indices is None else set(indices)
     report = ProduceReport()
     started = last_new = time.monotonic()
-    async with DaqProducer(settings) as producer:
+    async with DaqProducer(settings) as producer:  # the topics exist from here
+        fields = await record_run_metadata(settings, run, _given_metadata(settings, source, metadata))
+        settings = settings.replace(lo_frequency_hz=fields["lo_frequency_hz"])
         sending = _Sending(producer, settings, run, speed, started, report, feed.quarantine_dir,
                            progress, done, settings.producer_files_in_flight)
         next_index = None

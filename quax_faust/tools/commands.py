@@ -37,6 +37,10 @@ def register(sub, common) -> None:
     p.add_argument("--source", type=Path, required=True, help="directory of duck_i/duck_q pairs")
     p.add_argument("--run", required=True, help="run id (A-Z a-z 0-9 _ . -)")
     p.add_argument("--pace", default="realtime", help="realtime, max, or a real-time factor (e.g. 10)")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="the run's metadata (repeatable): lo_frequency_hz='9.2 GHz', loaded_q=1e5, "
+                        "operator=..., see docs/usage.md 'Run metadata'; --lo-frequency-hz HZ sets the LO")
+    p.add_argument("--meta-file", type=Path, metavar="TOML", help="the run's metadata from a TOML file")
     p.add_argument("--loop", type=int, default=1, help="send the directory this many times, renumbering files")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was skipped")
     p.add_argument("--follow", action="store_true",
@@ -108,14 +112,19 @@ def cmd_topics(args, settings: Settings) -> int:
 
 
 def cmd_produce(args, settings: Settings) -> int:
+    from quax_faust.core import run_meta
     from quax_faust.stream.metrics import serve_producer_metrics
     from quax_faust.ingest.producer import produce_directory
 
+    given = run_meta.read_file(args.meta_file) if args.meta_file else {}
+    given = run_meta.merge(given, run_meta.parse_pairs(args.meta), what="--meta-file")
+    if "lo_frequency_hz" in getattr(args, "settings_given", {}):  # said on this command line: the run's
+        given = run_meta.merge(given, {"lo_frequency_hz": settings.lo_frequency_hz}, what="--meta")
     serve_producer_metrics(settings.producer_metrics_port, settings.web_host)  # /metrics (docs/metrics.md)
     report = asyncio.run(produce_directory(
         settings, args.source, args.run, args.pace, loop=args.loop, follow=args.follow,
         checkpoint=not args.no_checkpoint, quarantine_dir=args.quarantine, idle_exit_s=args.idle_exit,
-        settle_s=args.settle_s))
+        settle_s=args.settle_s, metadata=given))
     print(f"sent {report.files_sent} files, {report.slices_sent} slices in {report.messages_sent} "
           f"messages ({report.bytes_sent / 1e6:.1f} MB), {report.data_seconds:.1f} s of data in "
           f"{report.wall_seconds:.1f} s = {report.realtime_factor:.2f}x real time; "
