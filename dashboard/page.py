@@ -74,6 +74,8 @@ class PageUpdate:
     candidates_columns: dict | None = None
     run_spectrum: shaping.RunSpectrum | None = None
     colour_limit_percent: float | None = None
+    lo_frequency_hz: float | None = None
+    """The shown run's LO (Hz): its metadata's, else the setting's."""
 
 
 class LiveDashboard:
@@ -98,6 +100,7 @@ class LiveDashboard:
         self.waterfall_normalised_at = 1
         self.run_spectrum: shaping.RunSpectrum | None = None
         self.run_summary: dict | None = None
+        self.lo_frequency_hz: float | None = None
         self.last_ok_s: float | None = None
         self.stale_since_s: float | None = None
         self.started_s = time.time()
@@ -128,7 +131,7 @@ class LiveDashboard:
                                            name="excess")
         self.marks_src = ColumnDataSource({k: [] for k in ("frequency_hz", "frequency_khz", "excess")},
                                           name="excess_marks")
-        self.cand_src = ColumnDataSource(shaping.candidate_columns(None, s.lo_frequency_hz), name="candidates")
+        self.cand_src = ColumnDataSource(shaping.candidate_columns(None, 0.0), name="candidates")
         self.waterfall_src = ColumnDataSource({k: [] for k in shaping.WATERFALL_COLUMNS}, name="waterfall")
         self.files_src = ColumnDataSource({k: [] for k in ("file_index", "latency_s", "n_slices")}, name="files")
         self.throughput_src = ColumnDataSource(
@@ -137,8 +140,8 @@ class LiveDashboard:
                                              name="download")
         self.download_src.js_on_change("data", CustomJS(code=_DOWNLOAD_JS))
 
-        lo = s.lo_frequency_hz
-        x_label = "frequency (kHz)" if lo == 0 else f"frequency − LO (kHz), LO = {lo:.6g} Hz"
+        # Until a run is shown; each run's own LO relabels the axes (_load_run).
+        x_label = shaping.frequency_axis_label(s.lo_frequency_hz)
         half_khz = s.sample_rate_hz / 2 / 1e3
         self.x_range = Range1d(-half_khz, half_khz, bounds=(-half_khz, half_khz))
 
@@ -338,8 +341,9 @@ class LiveDashboard:
         update.new_run = poll.run != request.shown_run
         update.version = shaping.run_version(doc)
         s = self.settings
+        update.lo_frequency_hz = lo = shaping.run_lo_frequency_hz(doc, s.lo_frequency_hz)
         freq_hz = shaping.as_array(doc["frequency_hz"])
-        freq_khz = shaping.frequency_khz(freq_hz, s.lo_frequency_hz)
+        freq_khz = shaping.frequency_khz(freq_hz, lo)
         mean, sem, std = (shaping.as_array(doc[k]) for k in ("mean", "sem", "std"))
         n_slices = int(doc["n_slices"])
         shown = shaping.baseline_and_excess(mean, n_slices, float(doc["sample_rate_hz"]), s)
@@ -355,7 +359,7 @@ class LiveDashboard:
                                 "excess": excess[above]}
         update.run_spectrum = shaping.RunSpectrum(poll.run, freq_hz, mean, sem, std, n_slices, int(doc["n_files"]))
         if poll.candidates_known:
-            update.candidates_columns = shaping.candidate_columns(poll.candidates, s.lo_frequency_hz)
+            update.candidates_columns = shaping.candidate_columns(poll.candidates, lo)
 
         if update.new_run:
             latest_index = None
@@ -411,6 +415,14 @@ class LiveDashboard:
         # Workers recovering their tables may briefly list no runs: keep showing the last summary.
         self.run_summary = next((r for r in poll.runs or [] if r["run"] == poll.run), None) \
             if poll.runs else self.run_summary
+        if update.run_columns is not None and not update.new_run \
+                and update.lo_frequency_hz != self.lo_frequency_hz:
+            # The run's metadata arrived after its first files (usage.md, Run metadata): its axis
+            # moved, so reload it whole rather than patch columns on the old axis.
+            self._reset()
+            self._record_workers(poll)
+            self._render_health()
+            return
         if update.run_columns is not None:
             if update.new_run or len(self.run_src.data["mean"]) != len(update.run_columns["mean"]):
                 self._load_run(poll.run, update)
@@ -442,6 +454,10 @@ class LiveDashboard:
             self.cand_src.data = update.candidates_columns
         if update.colour_limit_percent is not None:
             self.colour.low, self.colour.high = -update.colour_limit_percent, update.colour_limit_percent
+        self.lo_frequency_hz = update.lo_frequency_hz
+        x_label = shaping.frequency_axis_label(update.lo_frequency_hz)
+        for fig in (self.spectrum_lin, self.spectrum_log, self.excess_fig, self.waterfall_fig):
+            fig.xaxis.axis_label = x_label
         freq = update.run_columns["frequency_khz"]
         bin_khz = float(freq[1] - freq[0]) if len(freq) > 1 else 1.0
         lo_edge, hi_edge = float(freq[0]) - bin_khz / 2, float(freq[-1]) + bin_khz / 2
@@ -492,7 +508,7 @@ class LiveDashboard:
         self.generation += 1
         self.run, self.version, self.seen = None, None, set()
         self.latest_index = self.latest_latency_s = None
-        self.run_spectrum, self.noise_scale = None, 1.0
+        self.run_spectrum, self.noise_scale, self.lo_frequency_hz = None, 1.0, None
         self.waterfall_spectra, self.waterfall_acquired, self.waterfall_normalised_at = {}, {}, 1
 
     def _mark_failure(self, time_s: float, error: str | None) -> None:

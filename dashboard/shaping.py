@@ -77,6 +77,20 @@ def frequency_khz(frequency_hz: np.ndarray, lo_frequency_hz: float) -> np.ndarra
     return (np.asarray(frequency_hz, dtype=np.float64) - lo_frequency_hz) / 1e3
 
 
+def run_lo_frequency_hz(run_doc: Mapping[str, Any], fallback_hz: float) -> float:
+    """The run's own LO (Hz) from its view's ``metadata``; ``fallback_hz`` (the setting) only for a
+    run recorded before metadata existed, as the workers do."""
+    lo = (run_doc.get("metadata") or {}).get("lo_frequency_hz")
+    return float(fallback_hz if lo is None else lo)
+
+
+def frequency_axis_label(lo_frequency_hz: float) -> str:
+    """The kHz axis' label, naming the LO it is offset from."""
+    if lo_frequency_hz == 0:
+        return "frequency (kHz)"
+    return f"frequency − LO (kHz), LO = {lo_frequency_hz:.6g} Hz"
+
+
 def file_standard_error(std: np.ndarray, n_slices: int) -> np.ndarray:
     """Standard error of a file's mean spectrum, sigma/sqrt(n) per bin (V**2/Hz).
 

@@ -217,6 +217,20 @@ def test_candidate_columns_from_the_analysis_view():
     assert shaping.candidate_columns(doc, 0.0)["frequency_hz"] == [250_000.0, -1000.0]
 
 
+def test_the_axis_is_offset_from_the_runs_own_lo_not_the_setting():
+    """A run recorded at 9.2 GHz is drawn around its LO whatever this dashboard's setting says;
+    only a run without metadata (produced before metadata existed) falls back to the setting."""
+    f_baseband = dsp.frequency_axis_hz(8, 2e6)
+    doc = {"frequency_hz": list(9.2e9 + f_baseband), "metadata": {"lo_frequency_hz": 9.2e9, "operator": "A. R."}}
+    lo = shaping.run_lo_frequency_hz(doc, fallback_hz=9.3e9)
+    assert lo == 9.2e9
+    assert shaping.frequency_khz(np.array(doc["frequency_hz"]), lo) == pytest.approx(f_baseband / 1e3)
+    assert shaping.frequency_axis_label(lo) == "frequency − LO (kHz), LO = 9.2e+09 Hz"
+    assert shaping.run_lo_frequency_hz({"metadata": {"operator": "A. R."}}, fallback_hz=9.3e9) == 9.3e9
+    assert shaping.run_lo_frequency_hz({"frequency_hz": []}, fallback_hz=0.0) == 0.0
+    assert shaping.frequency_axis_label(0.0) == "frequency (kHz)"
+
+
 # --- downloads -----------------------------------------------------------------------------------
 
 def test_run_spectrum_downloads_hold_the_tables_values():
