@@ -12,7 +12,7 @@ import io
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -67,7 +67,7 @@ def _column(values: list) -> np.ndarray:
 @dataclass(frozen=True)
 class RunAverage:
     """A run's document (``/quax/runs/<run>/``) as arrays: power in V**2/Hz per bin, frequency in Hz
-    (fftshifted, plus the workers' LO frequency)."""
+    (fftshifted, plus the run's LO frequency), and the run's metadata."""
 
     run: str
     frequency_hz: np.ndarray
@@ -81,6 +81,8 @@ class RunAverage:
     """The files folded into this average, ascending (int64)."""
     sample_rate_hz: float
     tail_samples_dropped: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The run's own metadata as recorded (docs/usage.md, "Run metadata"); {} if none."""
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> RunAverage:
@@ -88,7 +90,8 @@ class RunAverage:
                    std=_array(doc["std"]), sem=_array(doc["sem"]), n_slices=int(doc["n_slices"]),
                    file_indices=np.array(doc["file_indices"], dtype=np.int64),
                    sample_rate_hz=float(doc["sample_rate_hz"]),
-                   tail_samples_dropped=int(doc.get("tail_samples_dropped") or 0))
+                   tail_samples_dropped=int(doc.get("tail_samples_dropped") or 0),
+                   metadata=dict(doc.get("metadata") or {}))
 
     @property
     def slice_len(self) -> int:
@@ -96,7 +99,8 @@ class RunAverage:
 
     @property
     def lo_frequency_hz(self) -> float:
-        """The workers' LO: the frequency of the bin at 0 Hz baseband (fftshifted: the middle one)."""
+        """The run's LO as the views applied it: the frequency of the bin at 0 Hz baseband
+        (fftshifted: the middle one)."""
         return float(self.frequency_hz[self.slice_len // 2])
 
 
@@ -173,7 +177,8 @@ def iter_file_pages(settings: Settings, run: str, file_indices: np.ndarray, page
 def fetch_run(settings: Settings, run: str, page_size: int = PAGE_FILES,
               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """The run's average and every file's spectrum, all in memory, as the .npz export names them
-    (its arrays but the per-file times; docs/usage.md): for comparisons (Spark verify, tests).
+    (its arrays but the per-file times, except the acquisition time; docs/usage.md): for
+    comparisons (Spark verify, tests).
     ``quax export`` streams the pages to a file instead (quax_faust/exports/)."""
     average = fetch_run_average(settings, run)
     pages = list(iter_file_pages(settings, run, average.file_indices, page_size, progress))
@@ -197,6 +202,8 @@ def fetch_run(settings: Settings, run: str, page_size: int = PAGE_FILES,
         "file_std": rows("std"),
         "file_n_slices": column("n_slices", np.int64),
         "file_latency_s": column("latency_s", np.float64),
+        "file_acquired_at_s": np.concatenate([p.columns.get("acquired_at_s", np.full(p.file_index.shape, np.nan))
+                                              for p in pages]).astype(np.float64) if pages else np.zeros(0),
         "run": np.array(run),
     }
 

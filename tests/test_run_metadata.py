@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from quax_faust.core import run_meta
+from quax_faust.exports.load import load_run
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.tools.launch import free_port, settings_env, wait_for_run
 from tests.conftest import write_synthetic_run
@@ -115,6 +116,12 @@ def test_quax_produce_records_the_metadata_and_refuses_a_conflict_before_sending
     assert doc["metadata"] == {"lo_frequency_hz": 9.2e9, "operator": "AR", "loaded_q": 1e5, "b_field_t": 8.0,
                                "notes": "after the refill", "sample_rate_hz": 2e6}
     assert doc["frequency_hz"][settings.slice_len // 2] == 9.2e9
+    # The export describes the run with its own metadata.
+    out = quax(settings, "export", "--run", "m1", "--out", "m1.h5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    exported = load_run(tmp_path / "m1.h5")
+    assert exported.metadata["run_metadata"] == doc["metadata"] and exported.metadata["lo_frequency_hz"] == 9.2e9
+    assert exported.frequency_hz[settings.slice_len // 2] == 9.2e9
     sent = count_records(settings)
 
     # The run again with another LO: refused, showing the recorded one; nothing sent.

@@ -154,7 +154,7 @@ def cmd_export(args, settings: Settings) -> int:
             bar.update(fetched - bar.n)
 
         pages = iter_file_pages(settings, args.run, average.file_indices, progress=progress)
-        written = write.write_run(args.out, average, pages, layout.describe(average), force=args.force,
+        written = write.write_run(args.out, average, pages, layout.describe(average, average.metadata), force=args.force,
                                   per_file_csv=args.per_file_csv)
     print(f"wrote {args.out}: run {args.run}, {written['n_files']} files, {written['n_slices']} slices, "
           f"{average.slice_len} bins")
