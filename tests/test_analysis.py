@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dataclasses import MISSING, fields
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -546,7 +548,12 @@ def test_many_deviating_blocks_give_the_candidates_of_the_exact_tail(monkeypatch
 
 # --- the knobs ------------------------------------------------------------------------------------
 
-def test_search_config_defaults_are_the_settings_defaults():
-    """SearchConfig repeats the defaults of its settings (search/ does not import the settings):
-    they must not drift apart."""
-    assert config_from_settings(Settings()) == SearchConfig()
+def test_search_config_takes_every_knob_from_the_settings():
+    """SearchConfig has no defaults of its own (they would repeat the settings'): each of its
+    fields is set, from the setting of the same name."""
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(SearchConfig))
+    s = Settings()
+    config = config_from_settings(s)
+    assert {f.name: getattr(config, f.name) for f in fields(SearchConfig)} == {
+        f.name: getattr(s, "candidate_threshold_sigma" if f.name == "threshold_sigma" else f.name)
+        for f in fields(SearchConfig)}

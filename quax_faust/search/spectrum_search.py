@@ -46,24 +46,24 @@ _MAX_REFITS = 4
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The knobs of the search. Defaults are those of the settings of the same names
-    (``candidate_threshold_sigma`` for threshold_sigma); quax_faust/search_settings.py makes one
-    from a Settings object."""
+    """The knobs of the search, all given (no defaults here: the settings of the same names hold
+    them, ``candidate_threshold_sigma`` for threshold_sigma); quax_faust/search_settings.py makes
+    one from a Settings object."""
 
-    baseline_window_hz: float = 65_000.0
+    baseline_window_hz: float
     """Savitzky-Golay window of the passband fit (Hz): far wider than a line."""
-    baseline_polyorder: int = 4
-    line_width_hz: float = 0.0
+    baseline_polyorder: int
+    line_width_hz: float
     """Expected line width: adjacent bins are co-added in blocks this wide (Hz; 0 = single bins)."""
-    search_band_fraction: float = 0.85
+    search_band_fraction: float
     """Searched baseband |f| <= this fraction of sample_rate_hz/2."""
-    dc_exclude_hz: float = 2000.0
+    dc_exclude_hz: float
     """Bins within this distance of 0 Hz baseband are not searched, and left out of every fit."""
-    threshold_sigma: float = 5.0
+    threshold_sigma: float
     """Global significance a candidate must exceed, after the look-elsewhere correction."""
-    lo_frequency_hz: float = 0.0
+    lo_frequency_hz: float
     """Local-oscillator frequency added to the reported frequencies (Hz)."""
-    persist_searches: int = 3
+    persist_searches: int
     """A candidate is persistent once above threshold in this many consecutive searches (used by
     candidates.py, which follows candidates from search to search)."""
 

@@ -103,6 +103,11 @@ def _page_of(intervals: np.ndarray, start: int, limit: int) -> list[int]:
     return indices
 
 
+def _chain_and_run(view: View, run: str) -> tuple[Chain, RunAccumulator | None]:
+    chain = Chain.of(view.app)
+    return chain, chain.run(run)
+
+
 def _no_run(view: View, run: str) -> Response:
     return view.json({"error": f"no run {run!r}"}, status=404)
 
@@ -120,8 +125,7 @@ class RunsView(View):
 class RunView(View):
     @routed("runs", match_info="run")
     async def get(self, request: Request, run: str) -> Response:
-        chain = Chain.of(self.app)
-        acc = chain.run(run)
+        chain, acc = _chain_and_run(self, run)
         if acc is None:
             return _no_run(self, run)
         return self.json({**views.run_document(acc, chain.lo_frequency_hz(run)), "metadata": chain.metadata(run)})
@@ -134,8 +138,7 @@ class RunFilesView(View):
 
     @routed("runs", match_info="run")
     async def get(self, request: Request, run: str) -> Response:
-        chain = Chain.of(self.app)
-        acc = chain.run(run)
+        chain, acc = _chain_and_run(self, run)
         if acc is None:
             return _no_run(self, run)
         try:
