@@ -2,6 +2,7 @@
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,21 @@ def test_synthetic_noise_is_1_v_rms_per_channel_before_a_passband_that_drifts_fr
     flat = synth.synth_file(0, n, synth.SynthModel(drift_fraction=0.0), seed=3)
     for channel in (flat.real, flat.imag):
         assert np.sqrt(np.mean(channel.astype(np.float64) ** 2)) == pytest.approx(1.0, abs=0.005)
+
+
+def test_a_file_deleted_while_being_read_is_a_daq_error(tmp_path, monkeypatch):
+    """A DAQ (or the demo's emulator) may delete a pair after it was listed: the producer gets a
+    DaqError (quarantine, the run goes on), not a FileNotFoundError that stops it."""
+    from quax_faust.core import daq as daq_module
+
+    pair = daq_module.write_pair(tmp_path, 0, np.ones(4096, np.complex64))
+    real_fromfile = np.fromfile
+
+    def fromfile_after_deletion(path, *args, **kwargs):
+        Path(path).unlink()
+        return real_fromfile(path, *args, **kwargs)
+
+    monkeypatch.setattr(daq_module.np, "fromfile", fromfile_after_deletion)
+    with pytest.raises(daq_module.DaqError, match="deleted while being read") as error:
+        daq_module.read_pair(pair)
+    assert error.value.reason == "missing_partner"

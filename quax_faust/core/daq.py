@@ -116,7 +116,10 @@ def read_pair(pair: FilePair) -> np.ndarray:
     samples = np.empty(n_samples, dtype=np.complex64)
     parts = samples.view(np.float32).reshape(n_samples, 2)
     for column, path in enumerate((pair.i_path, pair.q_path)):
-        channel = np.fromfile(path, dtype="<f4")
+        try:
+            channel = np.fromfile(path, dtype="<f4")
+        except FileNotFoundError:  # deleted since check_pair (a DAQ cleaning its directory)
+            raise DaqError("missing_partner", path, "file does not exist (deleted while being read)") from None
         if channel.shape[0] != n_samples:  # the file changed under us
             raise DaqError("length_mismatch", path, f"{channel.shape[0]} samples read, expected {n_samples}")
         bad = ~np.isfinite(channel)
