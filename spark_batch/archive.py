@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from quax_faust import connection
+from quax_faust.core import run_meta
+from quax_faust.core.errors import QuaxError
 from quax_faust.settings import Settings
 from quax_faust.connection import partition_counts
+
+log = logging.getLogger("quax.spark")
 
 RECEIVE_BUFFER_BYTES = 4 << 20
 """Socket buffer of Spark's Kafka consumer: the 64 KiB default throttles MiB-sized records."""
@@ -69,3 +76,60 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
           .load())
     key = F.col("key").cast("string")
     return df.where(key_filter(key)).select("key", "value", "partition", "offset")
+
+
+@dataclass
+class RunMetadata:
+    """A run's metadata as the workers keep it: its records on the metadata topic, merged in order."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The run's fields ({} when the topic holds no record of the run)."""
+    offsets: list[int] = field(default_factory=list)
+    """Offsets of the records merged into fields."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    """Offset -> why a record of the run was left out (bad_metadata, metadata_conflict, ...)."""
+
+
+async def _run_metadata(settings: Settings, run: str) -> RunMetadata:
+    topic = settings.metadata_topic
+    n_partitions = (await partition_counts(settings, [topic])).get(topic)
+    if not n_partitions:
+        return RunMetadata()  # a broker from before run metadata: no run has any
+    consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
+                                max_partition_fetch_bytes=settings.max_message_bytes)
+    await consumer.start()
+    found, key = RunMetadata(), run.encode()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(n_partitions)]
+        end = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    if record.key == key and record.offset < end[TopicPartition(topic, record.partition)]:
+                        _merge_record(found, run, record.offset, record.value or b"")
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _merge_record(found: RunMetadata, run: str, offset: int, value: bytes) -> None:
+    """The workers' rule (stream/agents.on_run_metadata): a record may add fields, never change one."""
+    try:
+        recorded_run, fields = run_meta.decode(value)
+        if recorded_run != run:
+            raise run_meta.MetadataError("key_mismatch", f"key {run!r} but the record is run {recorded_run!r}")
+        found.fields = run_meta.merge(found.fields, fields, what=f"run {run}")
+        found.offsets.append(offset)
+    except QuaxError as exc:
+        found.rejected[offset] = str(exc)
+
+
+def run_metadata(settings: Settings, run: str) -> RunMetadata:
+    """The run's metadata from the compacted metadata topic (settings.metadata_topic), read to its
+    end now; records the workers would reject are left out, and logged."""
+    found = asyncio.run(_run_metadata(settings, run))
+    for offset, why in found.rejected.items():
+        log.warning("%s@%d: run %s's metadata record left out (%s)", settings.metadata_topic, offset, run, why)
+    return found

@@ -6,13 +6,20 @@
 Output directory:
     files.parquet/  one row per file seen (fold.FILE_SCHEMA), incomplete ones too
     run.parquet     one row: the run average (mean, std, sem per bin) and its counts
-    run.npz         the layout of ``quax export`` (quax_faust/client.py fetch_run)
-    report.json     offsets read, malformed records, duplicates, incomplete files, timing
+    run.npz         the layout of ``quax export`` (quax_faust/client.py fetch_run), and "metadata":
+                    JSON with the run's own metadata (run_metadata) and the LO of its frequency axis
+    report.json     offsets read, malformed records, duplicates, incomplete files, timing, the run's
+                    metadata and where its LO came from
+
+The frequency axis is offset by the run's own LO, its recorded ``lo_frequency_hz`` (read by the
+driver from the metadata topic, as the workers keep it); the ``lo_frequency_hz`` setting only for a
+run with no LO recorded (produced before run metadata existed), and the report and log say so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -32,6 +39,8 @@ from quax_faust.settings import Settings
 
 from . import archive, export, fold, recompute
 from .session import get_session
+
+log = logging.getLogger("quax.spark")
 
 SOURCES = ("slices", "spectra")
 MALFORMED_EXAMPLES = 20
@@ -57,6 +66,12 @@ class ReprocessResult:
     """Detector time covered by the complete files (whole slices and dropped tails), s."""
     wall_seconds: float
     """From the offsets' resolution to the last output written (Spark session start excluded), s."""
+    run_metadata: dict = field(default_factory=dict)
+    """The run's own metadata as recorded on the metadata topic ({} if none)."""
+    lo_frequency_hz: float = 0.0
+    """The LO of the frequency axis, Hz."""
+    lo_from: str = ""
+    """Where the LO came from: the run's metadata (topic@offsets) or the setting (no LO recorded)."""
 
     @property
     def n_files(self) -> int:
@@ -85,6 +100,7 @@ class ReprocessResult:
         lines = [f"run {self.run} from topic {self.topic} ({self.source}): {self.n_files} complete "
                  f"files, {self.n_slices} slices, {self.data_seconds:.1f} s of data in "
                  f"{self.wall_seconds:.1f} s = {self.realtime_factor:.2f}x real time",
+                 f"  frequency axis around LO {self.lo_frequency_hz:.9g} Hz, from the {self.lo_from}",
                  f"  {self.n_messages} records, {self.duplicate_slices} duplicate slices ignored, "
                  f"{len(self.incomplete_files)} incomplete files, {self.n_malformed} malformed records"]
         lines += [f"  malformed: {n} x {reason}" for reason, n in sorted(self.malformed.items())]
@@ -108,6 +124,7 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     started = time.monotonic()
     topic = settings.slices_topic if source == "slices" else settings.spectra_topic
     bounds = archive.topic_bounds(settings, topic)
+    lo, recorded, lo_from = _run_lo(settings, run)
     if source == "slices":
         records = archive.read_topic(spark, settings, topic, bounds, lambda key: key.startswith(f"{run}/"))
         folder = fold.fold_slices(run, workers=settings.fft_threads)
@@ -135,7 +152,8 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
                 files.unpersist()
         finally:
             parts.unpersist()
-        result = _result(settings, run, source, topic, bounds, work, scratch, run_parts, malformed_rows, started)
+        result = _result(run, source, topic, bounds, work, scratch, run_parts, malformed_rows, started,
+                         lo=lo, recorded=recorded, lo_from=lo_from)
         if out is not None:
             export.write_npz(result.data, work / "run.npz")
             _write_run_parquet(result, work / "run.parquet")
@@ -147,8 +165,21 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     return result
 
 
-def _result(settings: Settings, run: str, source: str, topic: str, bounds, work: Path, scratch: Path,
-            run_parts: list[dict], malformed_rows: list[dict], started: float) -> ReprocessResult:
+def _run_lo(settings: Settings, run: str) -> tuple[float, dict, str]:
+    """(LO in Hz, the run's metadata, where the LO came from): the run's recorded LO; the setting
+    only for a run with none recorded, logged."""
+    found = archive.run_metadata(settings, run)
+    if "lo_frequency_hz" in found.fields:
+        offsets = ",".join(str(o) for o in found.offsets)
+        return float(found.fields["lo_frequency_hz"]), found.fields, f"run metadata ({settings.metadata_topic}@{offsets})"
+    log.warning("run %s has no lo_frequency_hz on %s: its frequency axis uses the lo_frequency_hz "
+                "setting, %g Hz", run, settings.metadata_topic, settings.lo_frequency_hz)
+    return settings.lo_frequency_hz, found.fields, "setting lo_frequency_hz (no LO recorded for the run)"
+
+
+def _result(run: str, source: str, topic: str, bounds, work: Path, scratch: Path, run_parts: list[dict],
+            malformed_rows: list[dict], started: float, *, lo: float, recorded: dict,
+            lo_from: str) -> ReprocessResult:
     small = export.read_file_table(work / "files.parquet")
     try:
         n_total, power_sum, power_sumsq = fold.merge_run_parts(run_parts)
@@ -157,7 +188,9 @@ def _result(settings: Settings, run: str, source: str, topic: str, bounds, work:
     run_mean, run_std, run_sem = recompute.run_statistics(n_total, power_sum, power_sumsq)
     data = export.arrays(work / "files.parquet", small, scratch, run=run, n_slices=n_total,
                          run_mean=run_mean, run_std=run_std, run_sem=run_sem,
-                         lo_frequency_hz=settings.lo_frequency_hz)
+                         lo_frequency_hz=lo)
+    data["metadata"] = np.array(json.dumps({"run": run, "lo_frequency_hz": lo, "lo_from": lo_from,
+                                            "run_metadata": recorded}))  # as quax export's "metadata"
     complete = small.column("complete").to_numpy(zero_copy_only=False)
     incomplete = small.filter(pa.array(~complete)).select(
         ["file_index", "n_slices", "slices_in_file", "problem"]).to_pylist()
@@ -171,7 +204,7 @@ def _result(settings: Settings, run: str, source: str, topic: str, bounds, work:
         n_messages=int(sum(small.column("n_messages").to_pylist())),
         duplicate_slices=int(sum(small.column("duplicate_slices").to_pylist())),
         data_seconds=(n_total * slice_len + tails) / rate,
-        wall_seconds=time.monotonic() - started)
+        wall_seconds=time.monotonic() - started, run_metadata=recorded, lo_frequency_hz=lo, lo_from=lo_from)
 
 
 def _write_run_parquet(result: ReprocessResult, path: Path) -> None:

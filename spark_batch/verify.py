@@ -7,6 +7,8 @@ NaN), and every file's mean spectrum and the run mean equal to within ``toleranc
 is larger: the live FFT and sums are float32 and the recompute's float64 (recompute.py), so a line
 40x above the noise may differ by the live chain's rounding, ~3e-7 of its own power, ~1e-5 of the
 mean level.
+The frequency axes must agree too (when both layouts carry ``frequency_hz``): both are offset by the
+run's own LO, so a batch that took another LO than the live views is a MISMATCH, not a relabelling.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+FREQUENCY_TOLERANCE_HZ = 1e-3
+"""Largest |live - batch| of a frequency bin, Hz: far below a bin (651 Hz), far above float64
+rounding at a 10 GHz LO (2e-6 Hz)."""
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Verdict:
     """file -> (live, batch) acquisition times, Unix s, where they differ."""
     run_slices: tuple[int, int] = (0, 0)
     """(live, batch) slice counts of the run."""
+    frequency_deviation_hz: float = 0.0
+    """Largest |batch - live| of the frequency axis, Hz (infinite if the axes' lengths differ)."""
 
     @property
     def differing_files(self) -> list[int]:
@@ -47,7 +55,8 @@ class Verdict:
     @property
     def equal(self) -> bool:
         return (not self.differing_files and self.run_slices[0] == self.run_slices[1]
-                and self.run_deviation <= self.tolerance)
+                and self.run_deviation <= self.tolerance
+                and self.frequency_deviation_hz <= FREQUENCY_TOLERANCE_HZ)
 
     def lines(self) -> list[str]:
         if self.equal:
@@ -72,6 +81,8 @@ class Verdict:
             out.append(f"  run: {self.run_slices[0]} slices live, {self.run_slices[1]} recomputed")
         if self.run_deviation > self.tolerance:
             out.append(f"  run mean differs by {self.run_deviation:.2e} of the mean level")
+        if not self.frequency_deviation_hz <= FREQUENCY_TOLERANCE_HZ:
+            out.append(f"  frequency axis differs by {self.frequency_deviation_hz:.6g} Hz (another LO?)")
         return out
 
 
@@ -110,7 +121,20 @@ def compare(live: dict[str, np.ndarray], batch: dict[str, np.ndarray], tolerance
         missing_from_live=sorted(batch_files.keys() - live_files.keys()),
         slice_count_differs=slice_count_differs, power_differs=power_differs,
         acquired_differs=acquired_differs,
+        frequency_deviation_hz=_axis_deviation_hz(live.get("frequency_hz"), batch.get("frequency_hz")),
         run_slices=(int(live["n_slices_total"]), int(batch["n_slices_total"])))
+
+
+def _axis_deviation_hz(live: np.ndarray | None, batch: np.ndarray | None) -> float:
+    """max |live - batch| of two frequency axes, Hz; 0 if either is absent, infinite if their
+    lengths differ or a value is not finite."""
+    if live is None or batch is None:
+        return 0.0
+    live, batch = np.asarray(live, dtype=np.float64), np.asarray(batch, dtype=np.float64)
+    if live.shape != batch.shape:
+        return float("inf")
+    diff = np.abs(live - batch)
+    return float(np.max(diff, initial=0.0)) if np.isfinite(diff).all() else float("inf")
 
 
 def _deviation(live: np.ndarray, batch: np.ndarray, level: float) -> float:

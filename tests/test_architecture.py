@@ -17,7 +17,7 @@ way, as MAY_IMPORT lists):
     2  stream        quax_faust.stream (Faust app, views, ...): core, search, settings, connection
     3  ingest        quax_faust.ingest (producer): core, stream, settings, connection
     4  tools         quax_faust.tools (cli, launch, bench): any of quax_faust; nothing imports it
-    5  spark_batch   quax_faust.core.wire/errors, settings, connection, client only
+    5  spark_batch   quax_faust.core.wire/errors/run_meta, settings, connection, client only
     5  dashboard     client, settings, search, core only
 
 The last four tests import the runtime modules (all of quax_faust but tools/), the app first, in
@@ -76,8 +76,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
     "stream": frozenset({"core", "search", "search_settings", "settings", "connection"}),
     "ingest": frozenset({"core", "stream", "settings", "connection"}),
     "tools": QUAX_TIERS,
-    "spark_batch": frozenset({"quax_faust.core.wire", "quax_faust.core.errors", "settings", "connection",
-                              "client"}),
+    "spark_batch": frozenset({"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.core.run_meta",
+                              "settings", "connection", "client"}),
     "dashboard": frozenset({"client", "settings", "search", "search_settings", "core"}),
 }
 KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "kafka", "pyspark"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,10 @@ N_FILES, N_SAMPLES, PER_MESSAGE = 8, 65536, 8
 RUN = "sparkrun"
 TEST_CONF = {"spark.ui.enabled": "false"}
 EXPORT_KEYS = {"frequency_hz", "run_mean", "run_sem", "run_std", "n_slices_total", "file_index",
-               "file_mean", "file_std", "file_n_slices", "file_latency_s", "file_acquired_at_s", "run"}
+               "file_mean", "file_std", "file_n_slices", "file_latency_s", "file_acquired_at_s", "run",
+               "metadata"}
+RUN_LO_HZ = 9.2e9
+"""The run's recorded LO; the recomputes run with another lo_frequency_hz setting, which must not relabel it."""
 ACQUIRED_AT_S = 1_750_000_000.0
 """File k of the run was acquired at ACQUIRED_AT_S + 4.25 k (the pairs' modification times)."""
 
@@ -160,6 +164,13 @@ def test_verdict_names_the_files_that_differ():
     line = _run_dict([0], [5], [[1.0, 1.0, 300.0]], [1.0, 1.0, 300.0])
     assert compare(line, _run_dict([0], [5], [[1.0, 1.0, 300.0 * (1 + 5e-7)]], [1.0, 1.0, 300.0]), 1e-6).equal
     assert not compare(line, _run_dict([0], [5], [[1.0, 1.0 + 3e-4, 300.0]], [1.0, 1.0, 300.0]), 1e-6).equal
+    # The same spectra around another LO are not the same run's spectra.
+    axis = 9.2e9 + np.array([-651.0, 0.0])
+    at_lo = {**live, "frequency_hz": axis}
+    assert compare(at_lo, {**same, "frequency_hz": axis.copy()}, 1e-6).equal
+    relabelled = compare(at_lo, {**same, "frequency_hz": axis + 1e8}, 1e-6)
+    assert not relabelled.equal and relabelled.frequency_deviation_hz == pytest.approx(1e8)
+    assert "frequency axis differs by 1e+08 Hz" in "\n".join(relabelled.lines())
 
 
 def test_spark_connects_with_the_live_chains_security_settings():
@@ -243,7 +254,8 @@ def _assert_equals_oracle(data: dict, daq_dir, indices, slice_len: int) -> None:
 def _quax(args: list[str], settings: Settings, capsys) -> tuple[int, str]:
     """Run the `quax` command in this process (so it reuses the module's SparkSession)."""
     flags = ["--broker", settings.broker, "--slices-topic", settings.slices_topic,
-             "--spectra-topic", settings.spectra_topic, "--web-port-base", str(settings.web_port_base),
+             "--spectra-topic", settings.spectra_topic, "--metadata-topic", settings.metadata_topic,
+             "--lo-frequency-hz", str(settings.lo_frequency_hz), "--web-port-base", str(settings.web_port_base),
              "--workers", str(settings.workers), "--slices-per-message", str(settings.slices_per_message)]
     saved = dict(os.environ)
     try:
@@ -292,7 +304,8 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
         pair = daq.pair_paths(daq_dir, k)
         for path in (pair.i_path, pair.q_path):
             os.utime(path, (ACQUIRED_AT_S + 4.25 * k, ACQUIRED_AT_S + 4.25 * k))
-    report = asyncio.run(produce_directory(settings, daq_dir, RUN, "max", progress=False))
+    report = asyncio.run(produce_directory(settings, daq_dir, RUN, "max", progress=False,
+                                           metadata={"lo_frequency_hz": "9.2 GHz", "operator": "A. R."}))
     assert report.files_sent == N_FILES and not report.skipped
     n_duplicates, extra = asyncio.run(_send_duplicates_and_garbage(settings, daq_dir))
     wait_for_run(settings, RUN, N_FILES + 1)
@@ -300,15 +313,34 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
     # A repeated spectrum and a malformed one on the spectra topic too.
     asyncio.run(send_raw_async(settings.broker, settings.spectra_topic, RUN.encode(), spectra[0].value))
     asyncio.run(send_raw_async(settings.broker, settings.spectra_topic, RUN.encode(), b"not a spectrum"))
-    assert len(wait_records(settings.broker, f"{settings.slices_topic}.rejected", 2)) == 2  # live saw all
+    # live saw all: two rejections, by distinct sources (a stalled partition's re-read may reject a
+    # message twice, as in test_pipeline_e2e)
+    deadline, sources = time.monotonic() + 60, {}
+    while len(sources) < 2 and time.monotonic() < deadline:
+        sources = {dict(r.headers)["source"]: dict(r.headers)["reason"]
+                   for r in wait_records(settings.broker, f"{settings.slices_topic}.rejected", 2)}
+        time.sleep(0.5)
+    assert len(sources) == 2, sources
     live = fetch_run(settings, RUN)
     indices = list(range(N_FILES + 1))
     _assert_equals_oracle(live, daq_dir, indices, settings.slice_len)
+    assert np.mean(live["frequency_hz"]) == pytest.approx(RUN_LO_HZ, abs=settings.bin_width_hz)
 
-    # --from slices: the full recompute, called as a library.
-    result = reprocess(settings, RUN, "slices", tmp_path / "slices", spark=spark)
+    # --from slices: the full recompute, called as a library, with another LO setting: the run's own
+    # LO (its metadata record) makes the frequency axis; a run without a record falls back to the setting.
+    elsewhere = settings.replace(lo_frequency_hz=9.3e9)
+    result = reprocess(elsewhere, RUN, "slices", tmp_path / "slices", spark=spark)
     verdict = compare(live, result.data, settings.verify_tolerance)
     assert verdict.equal, verdict.lines()
+    np.testing.assert_allclose(result.data["frequency_hz"], live["frequency_hz"], rtol=0, atol=1e-6)
+    recorded = {"lo_frequency_hz": RUN_LO_HZ, "operator": "A. R.", "sample_rate_hz": settings.sample_rate_hz}
+    with np.load(tmp_path / "slices" / "run.npz") as npz:
+        written = json.loads(str(npz["metadata"]))
+    assert written["lo_frequency_hz"] == RUN_LO_HZ and written["run_metadata"] == recorded
+    report_doc = json.loads((tmp_path / "slices" / "report.json").read_text())
+    assert report_doc["run_metadata"] == recorded and report_doc["lo_frequency_hz"] == RUN_LO_HZ
+    assert report_doc["lo_from"].startswith(f"run metadata ({settings.metadata_topic}@")
+    assert archive.run_metadata(elsewhere, "no-such-run").fields == {}
     # Each file's acquisition time, as the live file views show it (the extra file's messages knew none).
     expected = [ACQUIRED_AT_S + 4.25 * k for k in range(N_FILES)] + [np.nan]
     np.testing.assert_array_equal(result.data["file_acquired_at_s"], expected)
@@ -333,8 +365,9 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
 
     # --from spectra through `quax verify`: EQUAL, and its outputs say what it skipped.
     code, out = _quax(["verify", "--run", RUN, "--from", "spectra", "--out", str(tmp_path / "spectra")],
-                      settings, capsys)
+                      elsewhere, capsys)
     assert code == 0 and "VERDICT: EQUAL" in out, out
+    assert f"frequency axis around LO {RUN_LO_HZ:.9g} Hz, from the run metadata" in out, out
     doc = json.loads((tmp_path / "spectra" / "report.json").read_text())
     assert doc["malformed"] == {"truncated": 1} and doc["n_messages"] == N_FILES + 2
     assert doc["offsets"] == {"0": [0, N_FILES + 3]}

@@ -46,9 +46,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-ALLOWED_LIVE = {"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.settings"}
-"""All that spark_batch may take from the live package: the message decoder (and its error type)
-and the settings."""
+ALLOWED_LIVE = {"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.core.run_meta", "quax_faust.settings"}
+"""All that spark_batch may take from the live package: the message decoder (and its error type),
+the run metadata record's decoder (read by the driver: the run's LO) and the settings."""
 CONNECTION_ONLY = {
     "archive.py": {"quax_faust.connection"},  # how to log in to the broker
     "cli.py": {"quax_faust.client"},  # fetch_run: reading the live tables, the side being audited
