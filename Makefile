@@ -12,9 +12,10 @@ setup:
 demo: setup
 	@ops/demo.sh
 
-## The test suite, against a real broker the fixtures start on 127.0.0.1.
+## The test suite, against a real broker the fixtures start on 127.0.0.1 (ops/test.sh: the tests
+## that need no broker run beside the others).
 test: setup
-	$(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
+	@ops/test.sh $(PYTEST_ARGS)
 
 ## Everything but the tests marked slow (fault drills, memory soak, cluster, Spark, browser):
 ## the unit tests and the short broker tests, a few minutes.

@@ -36,7 +36,9 @@ case $cmd in
     echo "cluster up: QUAX_BROKER=$("$0" bootstrap "$base")"
     ;;
   stop)
-    for k in $(seq 1 "$nodes"); do KAFKA_DATA_DIR=$dir/node-$k "$here/broker.sh" stop "$(port_of "$k")" || true; done
+    # All at once: one by one, each waits for the controlled shutdown of the last (~10 s each).
+    for k in $(seq 1 "$nodes"); do (KAFKA_DATA_DIR=$dir/node-$k "$here/broker.sh" stop "$(port_of "$k")" || true) & done
+    wait
     ;;
   bootstrap)
     out=""
