@@ -42,6 +42,15 @@ def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
     return Settings().replace(**{**base, **changes})
 
 
+def end_outage_drill(producer, own: Broker, workers: Workers) -> None:
+    """Teardown of a broker-outage drill: a producer still waiting for the broker would keep pytest
+    from exiting, so its broker comes back for it; then the workers stop."""
+    if producer is not None and producer.is_alive():
+        own.start()
+        producer.join(120)
+    workers.stop()
+
+
 @pytest.fixture
 def make_stack(broker, tmp_path):
     """Factory: make_stack(workers=2, **settings) -> (settings, Workers) with workers started."""

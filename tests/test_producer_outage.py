@@ -15,7 +15,7 @@ from quax_faust.ingest.feed import Checkpoint
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.ingest.sender import (DaqProducer, ProduceReport, _FileInFlight, _Sending, backoff_s,
                                       is_retriable)
-from tests.conftest import stack_settings, wait_until, write_synthetic_run
+from tests.conftest import end_outage_drill, stack_settings, wait_until, write_synthetic_run
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings
 from tests.test_reliability import N_SAMPLES, produce_in_background
@@ -70,10 +70,7 @@ def test_producer_waits_for_the_broker_and_resends_the_files_in_flight(tmp_path)
             wait_for_run(settings, "outage", 16, timeout_s=180)
             assert_run_matches_oracle(settings, daq_dir, "outage", range(16))
         finally:
-            if producer is not None and producer.is_alive():
-                own.start()  # a producer still waiting for the broker would keep pytest from exiting
-                producer.join(120)
-            workers.stop()
+            end_outage_drill(producer, own, workers)
     finally:
         own.stop()
 

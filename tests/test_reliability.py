@@ -25,7 +25,7 @@ from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, _group_positions, free_port, wait_for_run
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.ingest.sender import batches_of_file
-from tests.conftest import (rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
+from tests.conftest import (end_outage_drill, rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
                             write_synthetic_run)
 from tests.kafka_io import read_topic, send_raw_async, wait_records
 from tests.oracle import assert_run_matches_oracle
@@ -233,10 +233,7 @@ def broker_fault_drill(daq_dir, tmp_path, run: str, fault: str) -> None:
                   f"{sum(m.get('quax_offset_holes_total', 0) for m in after.values()):.0f}, re-reads "
                   f"{sum(m.get('quax_offset_rereads_total', 0) for m in after.values()):.0f}")
         finally:
-            if producer is not None and producer.is_alive():
-                own.start()  # a producer still waiting for the broker would keep pytest from exiting
-                producer.join(120)
-            workers.stop()
+            end_outage_drill(producer, own, workers)
     finally:
         own.stop()
 
