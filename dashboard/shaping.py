@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from quax_faust.core import run_meta
 from quax_faust.search.baseline import (baseline_residual_variance, normalised_excess, savgol_baseline,
                                         window_bins)
 from quax_faust.search.spectrum_search import search_spectrum, searched_bins
@@ -80,8 +81,7 @@ def frequency_khz(frequency_hz: np.ndarray, lo_frequency_hz: float) -> np.ndarra
 def run_lo_frequency_hz(run_doc: Mapping[str, Any], fallback_hz: float) -> float:
     """The run's own LO (Hz) from its view's ``metadata``; ``fallback_hz`` (the setting) only for a
     run recorded before metadata existed, as the workers do."""
-    lo = (run_doc.get("metadata") or {}).get("lo_frequency_hz")
-    return float(fallback_hz if lo is None else lo)
+    return run_meta.lo_frequency_hz(run_doc.get("metadata") or {}, fallback_hz)
 
 
 def frequency_axis_label(lo_frequency_hz: float) -> str:

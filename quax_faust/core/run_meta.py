@@ -102,6 +102,13 @@ def _number_in_unit(key: str, field: Field, value: Any) -> float:
                         + (" (or a prefix of it: m, k, M, G)" if field.unit in ("Hz", "T") else ""))
 
 
+def lo_frequency_hz(fields: Mapping[str, Any], fallback_hz: float) -> float:
+    """A run's LO (Hz): its recorded ``lo_frequency_hz``; ``fallback_hz`` (the setting) only for a
+    run recorded before metadata existed. The one rule of the workers' views and the dashboard."""
+    lo = fields.get("lo_frequency_hz")
+    return float(fallback_hz if lo is None else lo)
+
+
 def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings (``--meta``) into parsed fields; a key given twice must agree."""
     fields: dict[str, Any] = {}

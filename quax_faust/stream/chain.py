@@ -58,7 +58,7 @@ class Chain:
 
     def lo_frequency_hz(self, run: str) -> float:
         """The run's LO as recorded in its metadata (Hz)."""
-        return float(self.metadata(run).get("lo_frequency_hz", self.settings.lo_frequency_hz))
+        return run_meta.lo_frequency_hz(self.metadata(run), self.settings.lo_frequency_hz)
 
     def file_spectrum(self, run: str, file_index: int) -> wire.FileSpectrum | None:
         stored = self.file_spectra.get(wire.file_key(run, file_index))
