@@ -31,6 +31,10 @@ log = logging.getLogger("quax.spark")
 RECEIVE_BUFFER_BYTES = 4 << 20
 """Socket buffer of Spark's Kafka consumer: the 64 KiB default throttles MiB-sized records."""
 
+TASK_BYTES = 64 << 20
+"""Records one Spark task reads (and keeps persisted) at most, about: a few 3 MiB slice messages
+or ~1,300 file spectra."""
+
 Bounds = dict[int, tuple[int, int]]
 """Kafka partition -> [start, end) offsets."""
 
@@ -55,10 +59,20 @@ def topic_bounds(settings: Settings, topic: str) -> Bounds:
     return asyncio.run(_topic_bounds(settings, topic))
 
 
+def read_tasks(bounds: Bounds, record_bytes: int, task_bytes: int = TASK_BYTES) -> int:
+    """Spark tasks to read bounds in: one per Kafka partition at least, and as many more as keep
+    a task near task_bytes of records of record_bytes each."""
+    n_records = sum(end - start for start, end in bounds.values())
+    per_task = max(1, task_bytes // max(1, record_bytes))
+    return max(len(bounds), -(-n_records // per_task))
+
+
 def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Bounds,
-               key_filter) -> DataFrame:
+               key_filter, *, tasks: int | None = None) -> DataFrame:
     """Records of topic within bounds whose key passes key_filter (a Column on the string key),
-    as columns key, value (binary), partition, offset; one Spark partition per Kafka partition."""
+    as columns key, value (binary), partition, offset; one Spark partition per Kafka partition,
+    or ``tasks`` partitions (read_tasks), each Kafka partition cut into offset ranges: a week's
+    spectra topic is one partition of ~7 GB, more than one task's memory."""
     start = {topic: {str(p): b[0] for p, b in bounds.items()}}
     end = {topic: {str(p): b[1] for p, b in bounds.items()}}
     # The JAAS line holds the password. The plan does not show the source's options; where Spark
@@ -73,6 +87,7 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
           .option("kafka.max.partition.fetch.bytes", str(settings.max_message_bytes))
           .option("kafka.fetch.max.bytes", str(2 * settings.max_message_bytes))
           .option("kafka.receive.buffer.bytes", str(RECEIVE_BUFFER_BYTES))
+          .option("minPartitions", str(max(len(bounds), tasks or 0)))
           .load())
     key = F.col("key").cast("string")
     return df.where(key_filter(key)).select("key", "value", "partition", "offset")

@@ -81,14 +81,17 @@ def cmd_reprocess(args, settings: Settings) -> int:
 
 
 def cmd_verify(args, settings: Settings) -> int:
-    from quax_faust.client import fetch_run
+    from quax_faust.client import fetch_run_average, iter_file_pages
 
-    from .verify import compare
+    from .verify import LiveFiles, compare_files
 
-    live = fetch_run(settings, args.run)  # first: no point in a Spark job if the tables are down
+    live = fetch_run_average(settings, args.run)  # first: no point in a Spark job if the tables are down
     result = _reprocess(args, settings)
     print(result.summary())
-    verdict = compare(live, result.data, settings.verify_tolerance)
+    pages = (LiveFiles(p.file_index, p.columns["n_slices"], p.mean, p.columns.get("acquired_at_s"))
+             for p in iter_file_pages(settings, args.run, live.file_indices))  # a page at a time
+    verdict = compare_files(args.run, live.mean, live.n_slices, live.frequency_hz, pages, result.data,
+                            settings.verify_tolerance)
     for line in verdict.lines():
         print(line)
     return 0 if verdict.equal else 1  # 1: a verdict, MISMATCH (quax --help, exit codes)

@@ -260,41 +260,48 @@ def _spectrum_row(spec: wire.FileSpectrum, partition: int, offset: int) -> dict:
 def merge_file_parts(parts: pa.Table) -> pa.Table:
     """An applyInArrow function over the parts of ONE file -> one FILE_SCHEMA row.
 
-    Parts from different tasks must cover disjoint slices (their bitmaps are ORed); if they
-    overlap or disagree on the file's shape the file gets a ``problem`` and is not complete.
+    Parts from different tasks cover disjoint slices (their bitmaps are ORed). Parts that overlap
+    are repeats of the file only where one of them alone holds every slice (a repeated spectrum on
+    the spectra topic, or a re-sent file, read in another task): the first whole part in
+    (partition, offset) order is the file, as the live run table keeps the first copy, and the
+    others' slices are duplicates. Any other overlap, or parts that disagree on the file's shape,
+    give the file a ``problem``: it is not complete.
     """
-    rows = parts.to_pylist()
+    rows = sorted(parts.to_pylist(), key=lambda r: (r["partition"], r["offset"]))
     head = rows[0]
     shape = ("slices_in_file", "slice_len", "tail_samples", "sample_rate_hz")
     problem = None
     if any(tuple(r[k] for k in shape) != tuple(head[k] for k in shape) for r in rows):
         problem = "inconsistent_parts"
     n_bins, n_total = head["slice_len"], head["slices_in_file"]
-    counted = np.zeros(n_total, dtype=bool)
+    counting = [] if problem else [r for r in rows if r["power_sum"] is not None]
+    masks = [np.unpackbits(np.frombuffer(r["counted"], np.uint8))[:n_total].astype(bool) for r in counting]
+    repeated = 0
+    overlap = bool(masks) and sum(int(m.sum()) for m in masks) > int(np.logical_or.reduce(masks).sum())
+    if overlap:
+        whole = [k for k, m in enumerate(masks) if m.all()]
+        if whole:
+            repeated = sum(r["n_slices"] for k, r in enumerate(counting) if k != whole[0])
+            counting = [counting[whole[0]]]
+        else:
+            problem, counting = "overlapping_parts", []
     power_sum, power_sumsq = np.zeros(n_bins), np.zeros(n_bins)
     n_slices = 0
-    for r in rows:
-        if problem or r["power_sum"] is None:
-            continue
-        mask = np.unpackbits(np.frombuffer(r["counted"], np.uint8))[:n_total].astype(bool)
-        if (mask & counted).any():
-            problem = "overlapping_parts"
-            continue
-        counted |= mask
+    for r in counting:
         power_sum += np.asarray(r["power_sum"])
         power_sumsq += np.asarray(r["power_sumsq"])
         n_slices += r["n_slices"]
     mean = std = None
     if n_slices and not problem:
         mean, std = recompute.mean_and_std(n_slices, power_sum, power_sumsq)
-    latency = [r["completed_at_s"] - r["last_produced_at_s"] for r in rows if r["power_sum"] is not None]
+    latency = [r["completed_at_s"] - r["last_produced_at_s"] for r in counting or rows if r["power_sum"] is not None]
     row = {
         "file_index": head["file_index"], "n_slices": n_slices, "slices_in_file": n_total,
         "complete": problem is None and n_slices == n_total, "problem": problem,
         "slice_len": n_bins, "tail_samples": head["tail_samples"],
         "sample_rate_hz": head["sample_rate_hz"],
         "n_messages": sum(r["n_messages"] for r in rows),
-        "duplicate_slices": sum(r["duplicate_slices"] for r in rows),
+        "duplicate_slices": sum(r["duplicate_slices"] for r in rows) + repeated,
         "mean": mean, "std": std,
         "first_produced_at_s": min(r["first_produced_at_s"] for r in rows),
         "last_produced_at_s": max(r["last_produced_at_s"] for r in rows),

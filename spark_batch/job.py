@@ -38,7 +38,7 @@ from quax_faust.core import wire
 from quax_faust.settings import Settings
 
 from . import archive, export, fold, recompute
-from .session import get_session
+from .session import SHUFFLE_PARTITIONS, get_session
 
 log = logging.getLogger("quax.spark")
 
@@ -72,6 +72,8 @@ class ReprocessResult:
     """The LO of the frequency axis, Hz."""
     lo_from: str = ""
     """Where the LO came from: the run's metadata (topic@offsets) or the setting (no LO recorded)."""
+    tasks: int = 0
+    """Spark tasks the topic was read in (archive.read_tasks)."""
 
     @property
     def n_files(self) -> int:
@@ -99,7 +101,7 @@ class ReprocessResult:
     def summary(self) -> str:
         lines = [f"run {self.run} from topic {self.topic} ({self.source}): {self.n_files} complete "
                  f"files, {self.n_slices} slices, {self.data_seconds:.1f} s of data in "
-                 f"{self.wall_seconds:.1f} s = {self.realtime_factor:.2f}x real time",
+                 f"{self.wall_seconds:.1f} s = {self.realtime_factor:.2f}x real time ({self.tasks} read tasks)",
                  f"  frequency axis around LO {self.lo_frequency_hz:.9g} Hz, from the {self.lo_from}",
                  f"  {self.n_messages} records, {self.duplicate_slices} duplicate slices ignored, "
                  f"{len(self.incomplete_files)} incomplete files, {self.n_malformed} malformed records"]
@@ -111,8 +113,12 @@ class ReprocessResult:
 
 
 def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | None = None, *,
-              spark: SparkSession | None = None, conf: dict[str, str] | None = None) -> ReprocessResult:
+              spark: SparkSession | None = None, conf: dict[str, str] | None = None,
+              task_bytes: int = archive.TASK_BYTES) -> ReprocessResult:
     """Recompute run from the archived ``source`` topic ('slices' or 'spectra').
+
+    The topic is read in tasks of about ``task_bytes`` of records (archive.read_tasks); a file
+    whose records fall in several tasks is merged from their parts (fold.merge_file_parts).
 
     With ``out``, writes files.parquet, run.parquet, run.npz and report.json there; without, the
     per-file Parquet goes to a temporary directory that is removed (the result is returned only).
@@ -126,11 +132,15 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     bounds = archive.topic_bounds(settings, topic)
     lo, recorded, lo_from = _run_lo(settings, run)
     if source == "slices":
-        records = archive.read_topic(spark, settings, topic, bounds, lambda key: key.startswith(f"{run}/"))
-        folder = fold.fold_slices(run, workers=settings.fft_threads)
+        record_bytes = settings.slices_per_message * settings.slice_len * 8  # complex64 samples
+        key_filter, folder = (lambda key: key.startswith(f"{run}/")), fold.fold_slices(run, workers=settings.fft_threads)
     else:
-        records = archive.read_topic(spark, settings, topic, bounds, lambda key: key == run)
-        folder = fold.fold_spectra(run)
+        record_bytes = 2 * settings.slice_len * 8  # a file's mean and std, float64
+        key_filter, folder = (lambda key: key == run), fold.fold_spectra(run)
+    tasks = archive.read_tasks(bounds, record_bytes, task_bytes)
+    records = archive.read_topic(spark, settings, topic, bounds, key_filter, tasks=tasks)
+    # The per-file shuffle as finely cut as the read: a file row is as large as a spectrum record.
+    spark.conf.set("spark.sql.shuffle.partitions", str(max(SHUFFLE_PARTITIONS, tasks)))
     work = Path(out) if out is not None else export.scratch_dir(None)
     scratch = export.scratch_dir(work)  # memory maps of the per-file spectra
     try:
@@ -160,6 +170,7 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
     finally:
         shutil.rmtree(work if out is None else scratch, ignore_errors=True)  # open maps stay valid
     result.wall_seconds = time.monotonic() - started
+    result.tasks = tasks
     if out is not None:
         (work / "report.json").write_text(json.dumps(result.report(), indent=1, default=float))
     return result

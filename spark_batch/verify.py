@@ -14,6 +14,7 @@ run's own LO, so a batch that took another LO than the live views is a MISMATCH,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -90,39 +91,65 @@ def _short(indices: list[int]) -> str:
     return ", ".join(str(i) for i in indices[:50]) + (" ..." if len(indices) > 50 else "")
 
 
+@dataclass
+class LiveFiles:
+    """Some of the live run's finished files, as a page of the files view brings them."""
+
+    file_index: np.ndarray
+    """(n,) int64."""
+    n_slices: np.ndarray
+    """(n,) slices counted per file."""
+    mean: np.ndarray
+    """(n, n_bins) V**2/Hz: each file's mean periodogram."""
+    acquired_at_s: np.ndarray | None = None
+    """(n,) Unix s (NaN: unknown), or None where the live side does not carry it."""
+
+
 def compare(live: dict[str, np.ndarray], batch: dict[str, np.ndarray], tolerance: float) -> Verdict:
-    """Compare two runs in the ``quax export`` layout (live: export.fetch_run; batch: job.reprocess)."""
-    live_files = {int(i): k for k, i in enumerate(live["file_index"])}
+    """Compare two runs in the ``quax export`` layout (live: client.fetch_run; batch: job.reprocess)."""
+    files = LiveFiles(live["file_index"], live["file_n_slices"], live["file_mean"], live.get("file_acquired_at_s"))
+    return compare_files(str(live["run"]), live["run_mean"], int(live["n_slices_total"]), live.get("frequency_hz"),
+                         [files], batch, tolerance)
+
+
+def compare_files(run: str, run_mean: np.ndarray, n_slices: int, frequency_hz: np.ndarray | None,
+                  pages: Iterable[LiveFiles], batch: dict[str, np.ndarray], tolerance: float) -> Verdict:
+    """Compare the live run (its average, and its files page by page: memory of one page, not of a
+    week's 144,000 spectra) with a batch recompute in the ``quax export`` layout."""
     batch_files = {int(i): k for k, i in enumerate(batch["file_index"])}
-    level = float(np.mean(live["run_mean"]))
+    level = float(np.mean(run_mean))
     if not level > 0:
-        raise ValueError(f"run {live['run']}: the live run mean level is {level}, expected > 0")
+        raise ValueError(f"run {run}: the live run mean level is {level}, expected > 0")
+    live_files: set[int] = set()
     slice_count_differs, power_differs, acquired_differs, max_dev = {}, {}, {}, 0.0
-    times = "file_acquired_at_s" in live and "file_acquired_at_s" in batch
-    for i in sorted(live_files.keys() & batch_files.keys()):
-        a, b = live_files[i], batch_files[i]
-        n_live, n_batch = int(live["file_n_slices"][a]), int(batch["file_n_slices"][b])
-        if n_live != n_batch:
-            slice_count_differs[i] = (n_live, n_batch)
-        if times:
-            at_live, at_batch = float(live["file_acquired_at_s"][a]), float(batch["file_acquired_at_s"][b])
-            if at_live != at_batch and not (np.isnan(at_live) and np.isnan(at_batch)):
-                acquired_differs[i] = (at_live, at_batch)
-        dev = _deviation(live["file_mean"][a], batch["file_mean"][b], level)
-        max_dev = max(max_dev, dev)
-        if not dev <= tolerance:
-            power_differs[i] = dev
+    batch_times = batch.get("file_acquired_at_s")
+    for page in pages:
+        for a, i in enumerate(int(i) for i in page.file_index):
+            live_files.add(i)
+            b = batch_files.get(i)
+            if b is None:
+                continue
+            n_live, n_batch = int(page.n_slices[a]), int(batch["file_n_slices"][b])
+            if n_live != n_batch:
+                slice_count_differs[i] = (n_live, n_batch)
+            if page.acquired_at_s is not None and batch_times is not None:
+                at_live, at_batch = float(page.acquired_at_s[a]), float(batch_times[b])
+                if at_live != at_batch and not (np.isnan(at_live) and np.isnan(at_batch)):
+                    acquired_differs[i] = (at_live, at_batch)
+            dev = _deviation(page.mean[a], batch["file_mean"][b], level)
+            max_dev = max(max_dev, dev)
+            if not dev <= tolerance:
+                power_differs[i] = dev
     return Verdict(
-        run=str(live["run"]), tolerance=tolerance, level=level, n_files=len(live_files),
-        n_slices=int(live["n_slices_total"]),
-        run_deviation=_deviation(live["run_mean"], batch["run_mean"], level),
+        run=run, tolerance=tolerance, level=level, n_files=len(live_files), n_slices=n_slices,
+        run_deviation=_deviation(run_mean, batch["run_mean"], level),
         max_file_deviation=max_dev,
-        missing_from_batch=sorted(live_files.keys() - batch_files.keys()),
-        missing_from_live=sorted(batch_files.keys() - live_files.keys()),
+        missing_from_batch=sorted(live_files - batch_files.keys()),
+        missing_from_live=sorted(batch_files.keys() - live_files),
         slice_count_differs=slice_count_differs, power_differs=power_differs,
         acquired_differs=acquired_differs,
-        frequency_deviation_hz=_axis_deviation_hz(live.get("frequency_hz"), batch.get("frequency_hz")),
-        run_slices=(int(live["n_slices_total"]), int(batch["n_slices_total"])))
+        frequency_deviation_hz=_axis_deviation_hz(frequency_hz, batch.get("frequency_hz")),
+        run_slices=(n_slices, int(batch["n_slices_total"])))
 
 
 def _axis_deviation_hz(live: np.ndarray | None, batch: np.ndarray | None) -> float:

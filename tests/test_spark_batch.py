@@ -65,12 +65,13 @@ def _message(file_index: int, x: np.ndarray, first: int, stop: int, n_total: int
     return wire.encode_slice_batch(wire.SliceBatch("r1", file_index, first, n_total, 5, 1e3, 1.0, x[first:stop]))
 
 
-def _records(records: list[tuple[bytes | None, bytes | None]], partition: int = 0) -> pa.RecordBatch:
+def _records(records: list[tuple[bytes | None, bytes | None]], partition: int = 0,
+             first_offset: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({
         "key": pa.array([k for k, _ in records], pa.binary()),
         "value": pa.array([v for _, v in records], pa.binary()),
         "partition": pa.array([partition] * len(records), pa.int32()),
-        "offset": pa.array(range(len(records)), pa.int64())})
+        "offset": pa.array(range(first_offset, first_offset + len(records)), pa.int64())})
 
 
 def test_task_fold_counts_each_slice_once_and_reports_malformed_records():
@@ -138,6 +139,47 @@ def test_file_parts_that_overlap_across_tasks_are_refused_not_double_counted():
     parts = pa.Table.from_batches(list(task_a) + list(disjoint_b)).drop(["kind", "reason", "error"])
     row = fold.merge_file_parts(parts).to_pylist()[0]
     assert row["problem"] is None and row["complete"] and row["n_slices"] == 10
+
+
+def _merged(*tasks) -> dict:
+    parts = pa.Table.from_batches([b for task in tasks for b in task]).drop(["kind", "reason", "error"])
+    return fold.merge_file_parts(parts).to_pylist()[0]
+
+
+def test_a_file_repeated_whole_in_another_task_counts_its_first_copy_once():
+    # A week's spectra topic is read in many tasks (offset ranges of its one partition): a file's
+    # spectrum repeated after a worker's recovery can land in another task than its first copy.
+    def spectrum(level: float) -> bytes:
+        mean = np.full(16, level)
+        return wire.encode_file_spectrum(wire.FileSpectrum("r1", 3, 30, 5, 1e3, 1.0, 2.0, 3.5, mean, mean / 2))
+
+    first = list(fold.fold_spectra("r1")([_records([(b"r1", spectrum(1.0))], first_offset=10)]))
+    later = list(fold.fold_spectra("r1")([_records([(b"r1", spectrum(9.0))], first_offset=5000)]))
+    for order in ((first, later), (later, first)):  # whatever order the shuffle hands them in
+        row = _merged(*order)
+        assert row["complete"] and row["problem"] is None and row["n_slices"] == 30
+        assert row["n_messages"] == 2 and row["duplicate_slices"] == 30
+        np.testing.assert_allclose(row["mean"], 1.0)  # the first copy in offset order, as live
+        np.testing.assert_allclose(row["std"], 0.5)
+
+    # A re-sent file: slices 0-6 sent before a crash, the whole file again later, in another task.
+    x, key = _slices(1, 10), wire.file_key("r1", 1)
+    broken = list(fold.fold_slices("r1")([_records([(key, _message(1, x, 0, 6, 10))])]))
+    resent = list(fold.fold_slices("r1")([_records([(key, _message(1, x, 0, 10, 10))], first_offset=40)]))
+    row = _merged(resent, broken)
+    assert row["complete"] and row["n_slices"] == 10 and row["duplicate_slices"] == 6
+    whole = _merged(resent)
+    np.testing.assert_allclose(row["mean"], whole["mean"], rtol=1e-12)
+    np.testing.assert_allclose(row["std"], whole["std"], rtol=1e-12)
+
+
+def test_a_topic_is_read_in_tasks_of_bounded_size():
+    assert archive.read_tasks({0: (0, 10)}, record_bytes=50_000) == 1  # one per Kafka partition at least
+    assert archive.read_tasks({0: (0, 0), 1: (0, 0), 2: (0, 0), 3: (0, 0)}, record_bytes=3 << 20) == 4
+    week = {0: (0, 144_000)}  # a week's spectra: 144,000 records of ~49 KB, ~7 GB
+    tasks = archive.read_tasks(week, record_bytes=49_152)
+    assert tasks * (archive.TASK_BYTES // 49_152) >= 144_000 > (tasks - 1) * (archive.TASK_BYTES // 49_152)
+    assert archive.read_tasks({0: (100, 105), 1: (0, 7)}, record_bytes=10, task_bytes=30) == 4
 
 
 def _run_dict(file_index, file_n, file_mean, run_mean) -> dict:
@@ -376,6 +418,13 @@ def test_reprocess_equals_live_tables_and_oracle(spark, make_stack, daq_dir, tmp
     _assert_equals_oracle(data, daq_dir, indices, settings.slice_len)
     assert np.all(np.isfinite(data["file_latency_s"]) & (data["file_latency_s"] >= 0))
     np.testing.assert_array_equal(data["file_acquired_at_s"], expected)  # from the spectra records
+
+    # Read in one task per record, as a week's spectra topic is cut into many: the repeated spectrum
+    # is in another task than its first copy, and is still counted once.
+    split = reprocess(elsewhere, RUN, "spectra", spark=spark, task_bytes=1)
+    assert split.tasks == N_FILES + 3 and split.malformed == {"truncated": 1}
+    assert split.duplicate_slices == wire.decode_file_spectrum(spectra[0].value).n_slices
+    assert not split.incomplete_files and compare(live, split.data, settings.verify_tolerance).equal
 
     # The archive loses the first record of a partition (as retention would): verify names the
     # file that can no longer be recomputed, and exits non-zero.
