@@ -13,6 +13,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
@@ -174,3 +175,35 @@ async def existing_partition_counts(admin: AIOKafkaAdminClient, names) -> dict[s
     described = await admin.describe_topics(wanted)
     return {t["topic"]: len(t["partitions"]) for t in described
             if not t.get("error_code") and t.get("partitions")}
+
+
+async def _covered_offsets(settings: Settings, wait_s: float) -> dict[str, Any]:
+    admin = await connect_admin(settings, wait_s)
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        spectra = (await existing_partition_counts(admin, [settings.spectra_topic])).get(settings.spectra_topic, 0)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(settings.spectra_topic, p) for p in range(spectra)])
+    finally:
+        await consumer.stop()
+    return {
+        "consumer_group": settings.app_id,
+        "slices_topic": settings.slices_topic,
+        "slices_committed": {str(tp.partition): meta.offset for tp, meta in sorted(committed.items())
+                             if tp.topic == settings.slices_topic},
+        "spectra_topic": settings.spectra_topic,
+        "spectra_end": {str(tp.partition): offset for tp, offset in sorted(ends.items())},
+        "read_at_s": time.time(),
+    }
+
+
+def covered_offsets(settings: Settings, wait_s: float = 10.0) -> dict[str, Any]:
+    """Where the live tables stood in the Kafka log: the workers' committed offsets on the slices
+    topic per partition (every slice before them is folded into the tables, or rejected) and the
+    end offsets of the spectra topic (the spectra of the files finished by then are before them).
+    Raises RuntimeError when the broker does not answer within wait_s seconds."""
+    return asyncio.run(_covered_offsets(settings, wait_s))

@@ -10,12 +10,14 @@ import io
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
+from quax_faust import connection
 from quax_faust.core import daq, wire
 from quax_faust.client import fetch_run
 from quax_faust.exports import load_run
@@ -146,13 +148,21 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
                     np.testing.assert_array_equal(binary[key][row], np.nan if value is None else value, err_msg=key)
         assert set(binary.files) == set(page["files"][0]) - {"run"}
 
-    # quax export reads the run through the views (docs/usage.md, "Export").
+    # quax export reads the run through the views (docs/usage.md, "Export"), and records where the
+    # tables stood in the log: here, idle, every slice message's offset is committed.
+    slices_end = {}
+    for record in read_topic(settings.broker, settings.slices_topic):
+        slices_end[str(record.partition)] = max(slices_end.get(str(record.partition), 0), record.offset + 1)
+    deadline = time.monotonic() + 60
+    while connection.covered_offsets(settings)["slices_committed"] != slices_end and time.monotonic() < deadline:
+        time.sleep(0.5)
     flags = ["--run", "e2e", "--broker", settings.broker, "--web-port-base", str(settings.web_port_base),
              "--workers", str(settings.workers)]
     for suffix in (".h5", ".npz", ".csv"):
         extra = ["--per-file-csv", str(tmp_path / "files.csv")] if suffix == ".csv" else []
-        subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out", str(tmp_path / f"run{suffix}"),
-                        *extra], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out",
+                               str(tmp_path / f"run{suffix}"), *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
     again = subprocess.run([sys.executable, "-m", "quax_faust.tools.cli", "export", *flags, "--out",
                             str(tmp_path / "run.h5")], capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--force" in again.stderr  # an existing export is not overwritten
@@ -190,6 +200,12 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
     for suffix in (".npz", ".csv"):
         np.testing.assert_array_equal(load_run(tmp_path / f"run{suffix}").run_mean, h5.run_mean)
     assert load_run(tmp_path / "run.npz").metadata["n_files"] == N_FILES
+    offsets = h5.metadata["kafka_offsets"]
+    assert offsets["consumer_group"] == settings.app_id and offsets["slices_topic"] == settings.slices_topic
+    assert offsets["slices_committed"] == slices_end, (offsets, slices_end)
+    assert offsets["spectra_end"] == {"0": len(read_topic(settings.broker, settings.spectra_topic))}
+    npz_offsets = load_run(tmp_path / "run.npz").metadata["kafka_offsets"]  # another export, read later
+    assert npz_offsets.pop("read_at_s") >= offsets.pop("read_at_s") and npz_offsets == offsets
 
 
 def get_url(url: str) -> dict:

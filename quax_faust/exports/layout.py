@@ -77,11 +77,13 @@ def software() -> dict[str, str]:
     return found
 
 
-def describe(average: RunAverage, run_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(average: RunAverage, run_metadata: dict[str, Any] | None = None,
+             kafka_offsets: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metadata of an export of ``average``: every export writes it, as attributes or JSON.
 
     ``run_metadata`` is whatever is known about the run besides the data (e.g. from a run metadata
-    table); it is kept as given, under "run_metadata"."""
+    table); it is kept as given, under "run_metadata". ``kafka_offsets``: where the tables stood in
+    the Kafka log (connection.covered_offsets), under "kafka_offsets" when given."""
     return {
         "format": FORMAT,
         "run": average.run,
@@ -101,6 +103,7 @@ def describe(average: RunAverage, run_metadata: dict[str, Any] | None = None) ->
         "exported_at_s": time.time(),
         **software(),
         "run_metadata": dict(run_metadata or {}),
+        **({"kafka_offsets": kafka_offsets} if kafka_offsets is not None else {}),
     }
 
 

@@ -216,12 +216,15 @@ class HealthView(View):
     """This worker: its assigned partitions and counters (not routed)."""
 
     async def get(self, request: Request) -> Response:
-        app = self.app
+        app, chain = self.app, Chain.of(self.app)
         assignment = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment()) \
             if app.consumer else []
         return self.json({
             "worker": app.conf.canonical_url.human_repr() if app.conf.canonical_url else None,
             "status": "ok", "time_s": time.time(), "assigned": assignment,
+            # Where its tables come from: quax export records these topics' offsets.
+            "consumer_group": app.conf.id, "slices_topic": chain.settings.slices_topic,
+            "spectra_topic": chain.settings.spectra_topic,
             "slices_total": REGISTRY.get_sample_value("quax_slices_total"),
             "files_completed_total": REGISTRY.get_sample_value("quax_files_completed_total"),
         })

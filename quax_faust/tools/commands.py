@@ -14,6 +14,7 @@ from quax_faust.tools.cli_options import format_settings
 
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FAUST_LOGLEVEL = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
+log = logging.getLogger("quax")
 
 
 def register(sub, common) -> None:
@@ -147,6 +148,7 @@ def cmd_export(args, settings: Settings) -> int:
     from quax_faust.client import fetch_run_average, iter_file_pages
     from quax_faust.exports import layout, write
 
+    offsets = _covered_offsets(settings)  # before the average: it holds at least what they cover
     average = fetch_run_average(settings, args.run)  # the files exported: those of this average
     with _progress(unit="file", desc=f"export {args.run}") as bar:
         def progress(fetched: int, total: int) -> None:
@@ -154,11 +156,27 @@ def cmd_export(args, settings: Settings) -> int:
             bar.update(fetched - bar.n)
 
         pages = iter_file_pages(settings, args.run, average.file_indices, progress=progress)
-        written = write.write_run(args.out, average, pages, layout.describe(average, average.metadata), force=args.force,
-                                  per_file_csv=args.per_file_csv)
+        written = write.write_run(args.out, average, pages, layout.describe(average, average.metadata, offsets),
+                                  force=args.force, per_file_csv=args.per_file_csv)
     print(f"wrote {args.out}: run {args.run}, {written['n_files']} files, {written['n_slices']} slices, "
           f"{average.slice_len} bins")
     return EXIT_OK
+
+
+def _covered_offsets(settings: Settings) -> dict:
+    """connection.covered_offsets of the workers' own consumer group and topics (their health view
+    names them), or why they are unknown: an export from the views alone still works."""
+    from quax_faust.client import get_json
+    from quax_faust.connection import covered_offsets
+
+    try:
+        health = get_json(settings, "/quax/health/")
+        theirs = settings.replace(app_id=health["consumer_group"], slices_topic=health["slices_topic"],
+                                  spectra_topic=health["spectra_topic"])
+        return covered_offsets(theirs, wait_s=5.0)
+    except (RuntimeError, OSError, KeyError) as exc:  # KeyError: a worker whose health view does not name them
+        log.warning("export: the Kafka offsets covered are unknown (%s)", exc)
+        return {"unknown": str(exc)}
 
 
 def cmd_settings(args, settings: Settings) -> int:
