@@ -9,19 +9,24 @@ import numpy as np
 
 
 class IndexSet:
-    """A set of non-negative integers stored as sorted disjoint half-open intervals [start, stop)."""
+    """A set of non-negative integers stored as sorted disjoint half-open intervals [start, stop).
+
+    Reading and writing the intervals (``IndexSet(bounds)``, ``bounds()``) and ``len`` cost C loops,
+    not Python ones: a run folded out of order during a backlog holds tens of thousands of
+    intervals, read and written with every file (docs/performance.md, "A week of files")."""
 
     def __init__(self, bounds: np.ndarray | list[int] | None = None):
-        flat = [] if bounds is None else [int(b) for b in np.asarray(bounds).ravel()]
-        self._starts = flat[0::2]
-        self._stops = flat[1::2]
+        flat = np.zeros(0, np.int64) if bounds is None else np.asarray(bounds, dtype=np.int64).ravel()
+        self._starts: list[int] = flat[0::2].tolist()
+        self._stops: list[int] = flat[1::2].tolist()
+        self._count = int((flat[1::2] - flat[0::2]).sum())
 
     def __contains__(self, value: int) -> bool:
         k = bisect.bisect_right(self._starts, value) - 1
         return k >= 0 and value < self._stops[k]
 
     def __len__(self) -> int:
-        return sum(b - a for a, b in zip(self._starts, self._stops))
+        return self._count
 
     def __iter__(self):
         for a, b in zip(self._starts, self._stops):
@@ -44,6 +49,7 @@ class IndexSet:
         else:
             self._starts.insert(k, value)
             self._stops.insert(k, value + 1)
+        self._count += 1
         return True
 
     def last(self) -> int | None:
@@ -51,4 +57,4 @@ class IndexSet:
 
     def bounds(self) -> np.ndarray:
         """(n_intervals, 2) uint32 array of [start, stop)."""
-        return np.array(list(zip(self._starts, self._stops)), dtype=np.uint32).reshape(-1, 2)
+        return np.array((self._starts, self._stops), dtype=np.uint32).T.reshape(-1, 2)
