@@ -45,8 +45,9 @@ class Settings:
     """Local-oscillator frequency added to the baseband frequency axis (Hz)."""
     fft_threads: int = 1
     """FFTW threads per worker process; 1 is the right value on a 2-core box shared with a broker."""
-    fft_block_rows: int = 64
-    """Slices transformed per FFTW call (cache-sized blocks, see docs/performance.md)."""
+    fft_block_rows: int = 16
+    """Slices transformed, squared and summed per block: 16 keeps a block's buffers in a 2 MiB L2
+    (docs/performance.md, "The FFT stage"); the result does not depend on it."""
 
     # --- the wire and the broker -----------------------------------------------------------------
     broker: str = "127.0.0.1:9092"

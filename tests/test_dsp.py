@@ -48,6 +48,49 @@ def test_block_size_and_mask_do_not_change_the_result():
     np.testing.assert_allclose(c.power_sumsq, d.power_sumsq, rtol=1e-12)
 
 
+def float64_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward computation: numpy's FFT and the sums, all in float64."""
+    p = np.abs(np.fft.fft(x.astype(np.complex128), axis=1)) ** 2 * dsp.psd_scale(L, FS)
+    return np.fft.fftshift(p.sum(axis=0)), np.fft.fftshift((p * p).sum(axis=0))
+
+
+def record_view(x: np.ndarray) -> np.ndarray:
+    """x as a worker gets it: a read-only view into a record's bytes, at an odd address."""
+    view = np.frombuffer(b"\0" + x.astype("<c8").tobytes(), dtype="<c8", offset=1).reshape(x.shape)
+    assert not view.flags.aligned and not view.flags.writeable
+    return view
+
+
+@pytest.mark.parametrize("block_rows", [1, 5, 16, 64, 200])
+def test_unaligned_views_and_masks_across_block_edges_match_float64(block_rows):
+    rng = np.random.default_rng(block_rows)
+    n = 3 * dsp.GROUP_ROWS + 7  # neither whole blocks nor whole summing groups
+    x = (rng.standard_normal((n, L)) + 1j * rng.standard_normal((n, L))).astype(np.complex64)
+    x *= np.linspace(0.1, 3.0, n, dtype=np.float32)[:, None]
+    counted = rng.random(n) < 0.6
+    counted[16:40] = False  # whole blocks with nothing counted (at 1, 5 and 16 rows) are skipped
+    counted[[0, n - 1]] = True
+    x[~counted] = np.nan  # uncounted slices never reach the sums
+    s = dsp.power_sums(record_view(x), FS, counted=counted, block_rows=block_rows)
+    assert s.n_slices == int(counted.sum())
+    ref_sum, ref_sumsq = float64_sums(x[counted])
+    # float32 FFT: ~1e-7 relative per periodogram where it is large, more in its dips; squared, twice
+    np.testing.assert_allclose(s.power_sum, ref_sum, rtol=1e-6)
+    np.testing.assert_allclose(s.power_sumsq, ref_sumsq, rtol=3e-6)
+    # The same numbers as the counted slices alone, in aligned memory, in other blocks.
+    alone = dsp.power_sums(np.ascontiguousarray(x[counted]), FS, block_rows=64)
+    np.testing.assert_allclose(s.power_sum, alone.power_sum, rtol=1e-12)
+    np.testing.assert_allclose(s.power_sumsq, alone.power_sumsq, rtol=1e-12)
+
+
+def test_nothing_counted_is_no_slices():
+    x = np.full((40, L), np.nan, np.complex64)
+    s = dsp.power_sums(x, FS, counted=np.zeros(40, bool))
+    assert s.n_slices == 0
+    np.testing.assert_array_equal(s.power_sum, 0.0)
+    np.testing.assert_array_equal(s.power_sumsq, 0.0)
+
+
 def test_tone_lands_in_its_bin_with_its_power():
     bin_hz = FS / L
     k = 200  # bins above DC

@@ -41,8 +41,14 @@ class PowerSums:
     n_slices: int
 
 
+GROUP_ROWS = 16
+"""Counted periodograms are summed pairwise in float32 in groups of this many, in the order they
+come, and the group sums added in float64: the result is the same whatever the FFT block size."""
+
+
 class _Plan:
-    """One FFTW plan over an aligned (block_rows, slice_len) complex64 buffer."""
+    """One FFTW plan over an aligned (block_rows, slice_len) complex64 buffer, and the float32
+    buffer the periodograms and their squares are summed in (a few hundred kB: all stays in L2)."""
 
     def __init__(self, block_rows: int, slice_len: int, threads: int):
         self.inp = pyfftw.empty_aligned((block_rows, slice_len), dtype=np.complex64)
@@ -50,21 +56,28 @@ class _Plan:
         self.fft = pyfftw.FFTW(self.inp, self.out, axes=(1,), direction="FFTW_FORWARD",
                                flags=("FFTW_MEASURE",), threads=threads)
         self.inp[:] = 0
-        self.power = np.empty((block_rows, slice_len), dtype=np.float32)
+        # [0]: periodograms, [1]: their squares; a block's rows after up to GROUP_ROWS - 1 left
+        # over from the block before. Side by side, one pairwise pass sums both.
+        self.pending = np.empty((2, block_rows + GROUP_ROWS - 1, slice_len), dtype=np.float32)
         self.scratch = np.empty((block_rows, slice_len), dtype=np.float32)
 
-    def block_power(self, rows: int, out: np.ndarray | None = None) -> np.ndarray:
-        """|FFT|**2 of the first ``rows`` output rows, (rows, slice_len) float32, into ``out``
-        (default: self.power).
+    def block_power(self, block: np.ndarray, out: np.ndarray) -> None:
+        """|FFT|**2 of block's rows (at most block_rows) into out[0] and its square into out[1],
+        out: (2, rows, slice_len) float32.
 
-        Squares of the real and imaginary parts by ufuncs into preallocated buffers: 10x faster
-        than einsum over the (re, im) axis of length 2 (docs/performance.md).
+        block is copied into the aligned input first: a view into a Kafka record is not aligned
+        for FFTW's SIMD codelets. Squares of the real and imaginary parts by ufuncs into
+        preallocated buffers: 10x faster than einsum over the (re, im) axis of length 2
+        (docs/performance.md).
         """
-        power = self.power[:rows] if out is None else out
-        scratch = self.scratch[:rows]
+        rows = block.shape[0]
+        self.inp[:rows] = block
+        self.fft.execute()
+        power, scratch = out[0], self.scratch[:rows]
         np.square(self.out[:rows].real, out=power)
         np.square(self.out[:rows].imag, out=scratch)
-        return np.add(power, scratch, out=power)
+        np.add(power, scratch, out=power)
+        np.square(power, out=out[1])
 
 
 @lru_cache(maxsize=8)
@@ -72,60 +85,65 @@ def _plan(block_rows: int, slice_len: int, threads: int) -> _Plan:
     return _Plan(block_rows, slice_len, threads)
 
 
-def plan_fft(slice_len: int, block_rows: int = 64, threads: int = 1) -> None:
+def plan_fft(slice_len: int, block_rows: int = 16, threads: int = 1) -> None:
     """Make (and cache) the FFTW plan power_sums will use: FFTW_MEASURE takes ~0.2 s, better paid
     when a worker starts than on its first file."""
     _plan(block_rows, slice_len, threads)
 
 
 def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray | None = None,
-               block_rows: int = 64, threads: int = 1) -> PowerSums:
+               block_rows: int = 16, threads: int = 1) -> PowerSums:
     """Sum and sum of squares of the slices' periodograms (V**2/Hz), fftshifted.
 
     slices: (n_slices, slice_len) complex samples. counted: optional (n_slices,) bool mask of the
-    slices to include (the others, e.g. already-counted duplicates, are transformed but ignored).
-    The periodograms of the counted slices are added pairwise in float32 (relative error ~1e-7
-    per bin, like the float32 FFT itself; 3x faster than float64 sums), then returned as float64.
-    The result does not depend on block_rows (the FFT block size).
+    slices to include (the others, e.g. already-counted duplicates, are transformed but ignored;
+    a block of block_rows slices none of which is counted is not transformed).
+    Each block is transformed, squared and summed while it is in cache: the counted periodograms
+    are added pairwise in float32 in groups of GROUP_ROWS, the group sums in float64 (relative
+    error ~1e-7 per bin, like the float32 FFT itself). The result does not depend on block_rows.
     """
     slices = _as_slices(slices)
     n, slice_len = slices.shape
     plan = _plan(block_rows, slice_len, threads)
-    power = np.empty((n if counted is None else int(np.count_nonzero(counted)), slice_len), np.float32)
+    pending = plan.pending
+    sums = np.zeros((2, slice_len))  # of the periodograms and of their squares
     n_counted = 0
+    waiting = 0  # rows of pending not yet summed, < GROUP_ROWS between blocks
     for start in range(0, n, block_rows):
         rows = min(block_rows, n - start)
         keep = None if counted is None else counted[start:start + rows]
         if keep is not None and not keep.any():
             continue
-        plan.inp[:rows] = slices[start:start + rows]
-        plan.fft()
-        if keep is None:
-            plan.block_power(rows, out=power[n_counted:n_counted + rows])
-            n_counted += rows
-        else:  # duplicates are rare: a copy of the kept rows
-            kept = plan.block_power(rows)[keep]
-            power[n_counted:n_counted + kept.shape[0]] = kept
-            n_counted += kept.shape[0]
+        block = pending[:, waiting:waiting + rows]
+        plan.block_power(slices[start:start + rows], out=block)
+        if keep is not None and not keep.all():  # duplicates are rare: close up the kept rows
+            rows = int(np.count_nonzero(keep))
+            block[:, :rows] = block[:, keep]
+        n_counted += rows
+        waiting += rows
+        summed = waiting - waiting % GROUP_ROWS
+        for first in range(0, summed, GROUP_ROWS):
+            sums += _sum_rows_pairwise(pending[:, first:first + GROUP_ROWS])
+        if summed:
+            pending[:, :waiting - summed] = pending[:, summed:waiting]
+            waiting -= summed
+    if waiting:
+        sums += _sum_rows_pairwise(pending[:, :waiting])
     if n_counted == 0:
         return PowerSums(np.zeros(slice_len), np.zeros(slice_len), 0)
-    squares = np.square(power)
     scale = psd_scale(slice_len, sample_rate_hz)
-    acc = _sum_rows_pairwise(power).astype(np.float64)
-    acc_sq = _sum_rows_pairwise(squares).astype(np.float64)
-    return PowerSums(np.fft.fftshift(acc * scale), np.fft.fftshift(acc_sq * scale * scale), n_counted)
+    return PowerSums(np.fft.fftshift(sums[0] * scale), np.fft.fftshift(sums[1] * scale * scale), n_counted)
 
 
-def _sum_rows_pairwise(block: np.ndarray) -> np.ndarray:
-    """Column sums of a (rows, n) float array, added pairwise in place: error ~log2(rows) ulp
-    instead of ~rows ulp row after row, and 3x faster than a float64 sum(axis=0) of float32.
-    Overwrites block; returns a view of its first row."""
-    n = block.shape[0]
+def _sum_rows_pairwise(blocks: np.ndarray) -> np.ndarray:
+    """Sums along axis 1 of a (k, rows, n) float array, added pairwise in place: error ~log2(rows)
+    ulp instead of ~rows ulp row after row. Overwrites blocks; returns a (k, n) view of it."""
+    n = blocks.shape[1]
     while n > 1:
         half = n // 2
-        block[:half] += block[n - half:n]
+        blocks[:, :half] += blocks[:, n - half:n]
         n -= half
-    return block[0]
+    return blocks[:, 0]
 
 
 @dataclass(frozen=True, eq=False)
