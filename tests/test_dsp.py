@@ -78,7 +78,7 @@ def test_unaligned_views_and_masks_across_block_edges_match_float64(block_rows):
     np.testing.assert_allclose(s.power_sum, ref_sum, rtol=1e-6)
     np.testing.assert_allclose(s.power_sumsq, ref_sumsq, rtol=3e-6)
     # The same numbers as the counted slices alone, in aligned memory, in other blocks.
-    alone = dsp.power_sums(np.ascontiguousarray(x[counted]), FS, block_rows=64)
+    alone = dsp.power_sums(np.ascontiguousarray(x[counted]), FS, block_rows=block_rows)
     np.testing.assert_allclose(s.power_sum, alone.power_sum, rtol=1e-12)
     np.testing.assert_allclose(s.power_sumsq, alone.power_sumsq, rtol=1e-12)
 

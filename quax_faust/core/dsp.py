@@ -56,28 +56,28 @@ class _Plan:
         self.fft = pyfftw.FFTW(self.inp, self.out, axes=(1,), direction="FFTW_FORWARD",
                                flags=("FFTW_MEASURE",), threads=threads)
         self.inp[:] = 0
-        # [0]: periodograms, [1]: their squares; a block's rows after up to GROUP_ROWS - 1 left
-        # over from the block before. Side by side, one pairwise pass sums both.
-        self.pending = np.empty((2, block_rows + GROUP_ROWS - 1, slice_len), dtype=np.float32)
+        # each slice's periodogram and its square side by side (one pairwise pass sums both):
+        # a block's slices after up to GROUP_ROWS - 1 left over from the block before
+        self.pending = np.empty((block_rows + GROUP_ROWS - 1, 2, slice_len), dtype=np.float32)
         self.scratch = np.empty((block_rows, slice_len), dtype=np.float32)
 
     def block_power(self, block: np.ndarray, out: np.ndarray) -> None:
-        """|FFT|**2 of block's rows (at most block_rows) into out[0] and its square into out[1],
-        out: (2, rows, slice_len) float32.
+        """|FFT|**2 of block's rows (at most block_rows) into out[:, 0], its square into out[:, 1];
+        out: (rows, 2, slice_len) float32.
 
         block is copied into the aligned input first: a view into a Kafka record is not aligned
-        for FFTW's SIMD codelets. Squares of the real and imaginary parts by ufuncs into
-        preallocated buffers: 10x faster than einsum over the (re, im) axis of length 2
-        (docs/performance.md).
+        for FFTW's SIMD codelets (an FFTW_UNALIGNED plan on the view is 2.6x slower than the copy
+        and the aligned plan). Squares of the real and imaginary parts by ufuncs into preallocated
+        buffers: 10x faster than einsum over the (re, im) axis of length 2 (docs/performance.md).
         """
         rows = block.shape[0]
         self.inp[:rows] = block
         self.fft.execute()
-        power, scratch = out[0], self.scratch[:rows]
+        power, scratch = out[:, 0], self.scratch[:rows]
         np.square(self.out[:rows].real, out=power)
         np.square(self.out[:rows].imag, out=scratch)
         np.add(power, scratch, out=power)
-        np.square(power, out=out[1])
+        np.square(power, out=out[:, 1])
 
 
 @lru_cache(maxsize=8)
@@ -114,36 +114,37 @@ def power_sums(slices: np.ndarray, sample_rate_hz: float, *, counted: np.ndarray
         keep = None if counted is None else counted[start:start + rows]
         if keep is not None and not keep.any():
             continue
-        block = pending[:, waiting:waiting + rows]
+        block = pending[waiting:waiting + rows]
         plan.block_power(slices[start:start + rows], out=block)
         if keep is not None and not keep.all():  # duplicates are rare: close up the kept rows
             rows = int(np.count_nonzero(keep))
-            block[:, :rows] = block[:, keep]
+            block[:rows] = block[keep]
         n_counted += rows
         waiting += rows
         summed = waiting - waiting % GROUP_ROWS
         for first in range(0, summed, GROUP_ROWS):
-            sums += _sum_rows_pairwise(pending[:, first:first + GROUP_ROWS])
+            sums += _sum_rows_pairwise(pending[first:first + GROUP_ROWS])
         if summed:
-            pending[:, :waiting - summed] = pending[:, summed:waiting]
+            pending[:waiting - summed] = pending[summed:waiting]
             waiting -= summed
     if waiting:
-        sums += _sum_rows_pairwise(pending[:, :waiting])
+        sums += _sum_rows_pairwise(pending[:waiting])
     if n_counted == 0:
         return PowerSums(np.zeros(slice_len), np.zeros(slice_len), 0)
     scale = psd_scale(slice_len, sample_rate_hz)
-    return PowerSums(np.fft.fftshift(sums[0] * scale), np.fft.fftshift(sums[1] * scale * scale), n_counted)
+    power_sum, power_sumsq = np.fft.fftshift(sums, axes=1)
+    return PowerSums(power_sum * scale, power_sumsq * (scale * scale), n_counted)
 
 
-def _sum_rows_pairwise(blocks: np.ndarray) -> np.ndarray:
-    """Sums along axis 1 of a (k, rows, n) float array, added pairwise in place: error ~log2(rows)
-    ulp instead of ~rows ulp row after row. Overwrites blocks; returns a (k, n) view of it."""
-    n = blocks.shape[1]
+def _sum_rows_pairwise(block: np.ndarray) -> np.ndarray:
+    """Sums along axis 0 of a (rows, ...) float array, added pairwise in place: error ~log2(rows)
+    ulp instead of ~rows ulp row after row. Overwrites block; returns a view of its first row."""
+    n = block.shape[0]
     while n > 1:
         half = n // 2
-        blocks[:, :half] += blocks[:, n - half:n]
+        block[:half] += block[n - half:n]
         n -= half
-    return blocks[:, 0]
+    return block[0]
 
 
 @dataclass(frozen=True, eq=False)
