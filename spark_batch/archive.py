@@ -35,6 +35,9 @@ TASK_BYTES = 64 << 20
 """Records one Spark task reads (and keeps persisted) at most, about: a few 3 MiB slice messages
 or ~1,300 file spectra."""
 
+FETCH_MIN_BYTES = 1 << 20
+"""Smallest fetch of the Spark Kafka source per partition (bytes)."""
+
 Bounds = dict[int, tuple[int, int]]
 """Kafka partition -> [start, end) offsets."""
 
@@ -68,11 +71,15 @@ def read_tasks(bounds: Bounds, record_bytes: int, task_bytes: int = TASK_BYTES) 
 
 
 def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Bounds,
-               key_filter, *, tasks: int | None = None) -> DataFrame:
+               key_filter, *, tasks: int | None = None, record_bytes: int | None = None) -> DataFrame:
     """Records of topic within bounds whose key passes key_filter (a Column on the string key),
     as columns key, value (binary), partition, offset; one Spark partition per Kafka partition,
     or ``tasks`` partitions (read_tasks), each Kafka partition cut into offset ranges: a week's
-    spectra topic is one partition of ~7 GB, more than one task's memory."""
+    spectra topic is one partition of ~7 GB, more than one task's memory. Fetches hold a few
+    records of ``record_bytes`` (default: up to max_message_bytes): Spark keeps each task's last
+    fetch for minutes, and a hundred tasks' 32 MiB fetches fill a 1 GiB heap."""
+    fetch = settings.max_message_bytes if record_bytes is None else \
+        min(settings.max_message_bytes, max(FETCH_MIN_BYTES, 4 * record_bytes))
     start = {topic: {str(p): b[0] for p, b in bounds.items()}}
     end = {topic: {str(p): b[1] for p, b in bounds.items()}}
     # The JAAS line holds the password. The plan does not show the source's options; where Spark
@@ -84,8 +91,8 @@ def read_topic(spark: SparkSession, settings: Settings, topic: str, bounds: Boun
           .option("assign", json.dumps({topic: sorted(bounds)}))
           .option("startingOffsets", json.dumps(start))
           .option("endingOffsets", json.dumps(end))
-          .option("kafka.max.partition.fetch.bytes", str(settings.max_message_bytes))
-          .option("kafka.fetch.max.bytes", str(2 * settings.max_message_bytes))
+          .option("kafka.max.partition.fetch.bytes", str(fetch))
+          .option("kafka.fetch.max.bytes", str(2 * fetch))
           .option("kafka.receive.buffer.bytes", str(RECEIVE_BUFFER_BYTES))
           .option("minPartitions", str(max(len(bounds), tasks or 0)))
           .load())

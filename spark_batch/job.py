@@ -43,6 +43,8 @@ from .session import SHUFFLE_PARTITIONS, get_session
 log = logging.getLogger("quax.spark")
 
 SOURCES = ("slices", "spectra")
+CACHE_BATCH_BYTES = 16 << 20
+"""Size of one column batch of persisted rows (a row holds a file's sums: ~2 spectrum records)."""
 MALFORMED_EXAMPLES = 20
 """Malformed records listed one by one in the report (all are counted)."""
 
@@ -138,14 +140,19 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
         record_bytes = 2 * settings.slice_len * 8  # a file's mean and std, float64
         key_filter, folder = (lambda key: key == run), fold.fold_spectra(run)
     tasks = archive.read_tasks(bounds, record_bytes, task_bytes)
-    records = archive.read_topic(spark, settings, topic, bounds, key_filter, tasks=tasks)
+    records = archive.read_topic(spark, settings, topic, bounds, key_filter, tasks=tasks, record_bytes=record_bytes)
     # The per-file shuffle as finely cut as the read: a file row is as large as a spectrum record.
     spark.conf.set("spark.sql.shuffle.partitions", str(max(SHUFFLE_PARTITIONS, tasks)))
+    # Persisted rows are cached in column batches of 10,000 rows by default: 10,000 files' spectra
+    # are ~1 GB, a whole driver heap (a week's --from spectra died of it). Batches of ~16 MiB.
+    spark.conf.set("spark.sql.inMemoryColumnarStorage.batchSize", str(max(1, CACHE_BATCH_BYTES // (2 * record_bytes))))
     work = Path(out) if out is not None else export.scratch_dir(None)
     scratch = export.scratch_dir(work)  # memory maps of the per-file spectra
     try:
         parts = records.mapInArrow(folder, from_arrow_schema(fold.PART_SCHEMA))
-        parts = parts.persist(StorageLevel.MEMORY_AND_DISK)  # the Kafka read and the FFTs happen once
+        # The Kafka read and the FFTs happen once. On disk, not in memory: a week's parts (144,000
+        # files' sums, 7 GB) in a 1 GiB heap ran it out of memory (docs/performance.md).
+        parts = parts.persist(StorageLevel.DISK_ONLY)
         try:
             malformed_rows = [r.asDict() for r in parts.where(F.col("kind") == "malformed")
                               .select("partition", "offset", "reason", "error")
@@ -153,7 +160,7 @@ def reprocess(settings: Settings, run: str, source: str = "slices", out: Path | 
             files = (parts.where(F.col("kind") == "file").drop("kind", "reason", "error")
                      .groupBy("file_index")
                      .applyInArrow(fold.merge_file_parts, from_arrow_schema(fold.FILE_SCHEMA))
-                     .persist(StorageLevel.MEMORY_AND_DISK))
+                     .persist(StorageLevel.DISK_ONLY))
             try:
                 files.withColumn("run", F.lit(run)).write.mode("overwrite").parquet(str(work / "files.parquet"))
                 run_parts = [r.asDict() for r in files.where("complete").mapInArrow(
