@@ -1,7 +1,7 @@
 """How every Kafka client of quax-stream connects: plaintext, TLS, SASL/SCRAM, from the settings.
 
-One place for the broker connection options, used by the producer, the admin client (topics), the
-Faust workers, the Spark archive reader and the test readers; and the admin connection that tells a
+One place for the broker connection options, used by the producer (librdkafka), the admin client
+(topics), the Faust workers, the Spark archive reader and the test readers; and the admin connection that tells a
 refused login from a broker still starting. Defaults: PLAINTEXT to 127.0.0.1 (a single-machine setup).
 """
 
@@ -100,6 +100,26 @@ def java_client_properties(settings: Settings) -> dict[str, str]:
                                           f"username={_jaas_quote(settings.sasl_username)} "
                                           f"password={_jaas_quote(settings.sasl_password)};")
     return properties
+
+
+def librdkafka_config(settings: Settings) -> dict[str, str]:
+    """The same connection for librdkafka (confluent-kafka, the producer's client): bootstrap
+    servers, protocol, the SASL login, and for TLS the CA file with hostname verification, as
+    ssl_context does. Holds the password: never log the result."""
+    protocol = _protocol(settings)
+    config = {"bootstrap.servers": settings.broker, "security.protocol": protocol.lower()}
+    if "SSL" in protocol:
+        if not settings.ssl_cafile:
+            raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
+        config.update({"ssl.ca.location": str(settings.ssl_cafile), "ssl.endpoint.identification.algorithm": "https"})
+    if protocol.startswith("SASL"):
+        mechanism = settings.sasl_mechanism.upper()
+        if mechanism not in LOGIN_MODULES:
+            raise ValueError(f"sasl_mechanism {settings.sasl_mechanism!r}: expected one of "
+                             f"{sorted(LOGIN_MODULES)}")
+        config.update({"sasl.mechanism": mechanism, "sasl.username": settings.sasl_username,
+                       "sasl.password": settings.sasl_password})
+    return config
 
 
 def _jaas_quote(value: str) -> str:

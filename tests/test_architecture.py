@@ -80,7 +80,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
                               "settings", "connection", "client"}),
     "dashboard": frozenset({"client", "settings", "search", "search_settings", "core"}),
 }
-KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "kafka", "pyspark"})
+KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "confluent_kafka", "kafka", "pyspark"})
 MUST_NOT_IMPORT = {  # tier -> libraries and modules (with what is below them) it never imports
     "core": KAFKA_AND_FAUST | {"prometheus_client", "quax_faust.settings"},
     "search": KAFKA_AND_FAUST | {"quax_faust.settings"},

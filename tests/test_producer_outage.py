@@ -7,14 +7,14 @@ import time
 
 import numpy as np
 import pytest
-from aiokafka import errors
+from confluent_kafka import KafkaError
 
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, free_port, wait_for_run
 from quax_faust.ingest.feed import Checkpoint
 from quax_faust.ingest.producer import produce_directory
-from quax_faust.ingest.sender import (DaqProducer, ProduceReport, _FileInFlight, _Sending, backoff_s,
-                                      is_retriable)
+from quax_faust.ingest.sender import (DaqProducer, ProduceReport, SendError, _FileInFlight, _Sending,
+                                      backoff_s, is_retriable)
 from tests.conftest import end_outage_drill, stack_settings, wait_until, write_synthetic_run
 from tests.oracle import assert_run_matches_oracle
 from tests.secure_kafka import running_secure_broker, secure_settings
@@ -76,16 +76,22 @@ def test_producer_waits_for_the_broker_and_resends_the_files_in_flight(tmp_path)
 
 
 def test_waiting_cures_timeouts_and_lost_connections_not_refusals():
-    assert is_retriable(errors.KafkaTimeoutError())  # not marked retriable by aiokafka
-    assert is_retriable(errors.KafkaConnectionError("Unable to bootstrap"))
-    assert is_retriable(errors.NodeNotReadyError())
-    assert is_retriable(errors.RequestTimedOutError())
-    assert is_retriable(errors.NotLeaderForPartitionError())
-    assert is_retriable(errors.LeaderNotAvailableError())
-    assert not is_retriable(errors.MessageSizeTooLargeError())
-    assert not is_retriable(errors.TopicAuthorizationFailedError())
-    assert not is_retriable(errors.SaslAuthenticationFailed())
-    assert not is_retriable(errors.AuthenticationFailedError())
+    def error(code: int) -> SendError:
+        return SendError(KafkaError(code))
+
+    assert is_retriable(error(KafkaError._MSG_TIMED_OUT))  # librdkafka retried for the whole timeout
+    assert is_retriable(error(KafkaError._TRANSPORT))  # connection lost
+    assert is_retriable(error(KafkaError._ALL_BROKERS_DOWN))
+    assert is_retriable(error(KafkaError._TIMED_OUT))  # no metadata answer
+    assert is_retriable(error(KafkaError.REQUEST_TIMED_OUT))
+    assert is_retriable(error(KafkaError.NOT_LEADER_FOR_PARTITION))
+    assert is_retriable(error(KafkaError.LEADER_NOT_AVAILABLE))
+    assert is_retriable(error(KafkaError._FATAL))  # e.g. an idempotence error: a new client starts afresh
+    assert is_retriable(error(KafkaError._PURGE_QUEUE))  # dropped with a client that failed
+    assert not is_retriable(error(KafkaError.MSG_SIZE_TOO_LARGE))
+    assert not is_retriable(error(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not is_retriable(error(KafkaError.SASL_AUTHENTICATION_FAILED))
+    assert not is_retriable(error(KafkaError._AUTHENTICATION))
     assert not is_retriable(OSError("disk full"))
 
 
@@ -96,7 +102,7 @@ def test_a_record_too_large_fails_at_once_with_a_clear_message(broker, tmp_path)
     settings = stack_settings(broker, tmp_path / "var", slices_per_message=4, max_message_bytes=50_000)
     retries_before = producer_metric("quax_producer_send_retries_total")
     with pytest.raises(RuntimeError, match=r"run big file 00000: the broker at .* rejected it: .*"
-                                           r"MessageSizeTooLarge.*max_message_bytes is 50000.*not retried"):
+                                           r"MSG_SIZE_TOO_LARGE.*max_message_bytes is 50000.*not retried"):
         asyncio.run(produce_directory(settings, daq_dir, "big", "max", progress=False))
     assert producer_metric("quax_producer_send_retries_total") == retries_before
 
@@ -113,7 +119,7 @@ def test_a_login_refused_when_reconnecting_fails_at_once(tmp_path):
                 sending = _Sending(producer, settings, "auth", 1.0, time.monotonic(), ProduceReport(),
                                    tmp_path / "quarantine", False, Checkpoint(None), 2)
                 sending.in_flight.append(_FileInFlight(7, np.zeros(3072, np.complex64)))
-                await sending._ride_out(errors.KafkaConnectionError("connection lost"))
+                await sending._ride_out(SendError(KafkaError(KafkaError._TRANSPORT, "connection lost")))
 
         with pytest.raises(RuntimeError, match=r"run auth file 00007: the broker at .* refused the "
                                                r"connection: .*Authentication failed.*not retried"):

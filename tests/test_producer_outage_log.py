@@ -12,11 +12,11 @@ import types
 
 import numpy as np
 import pytest
-from aiokafka import errors
+from confluent_kafka import KafkaError
 
 from quax_faust.stream import metrics
 from quax_faust.ingest.feed import Checkpoint
-from quax_faust.ingest.sender import ProduceReport, _FileInFlight, _Sending
+from quax_faust.ingest.sender import ProduceReport, SendError, _FileInFlight, _Sending
 from quax_faust.settings import Settings
 
 
@@ -31,7 +31,7 @@ class StubProducer:
         self.pauses.append(pause_s)
         if self.failures:
             self.failures -= 1
-            raise errors.KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+            raise SendError(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/bootstrap: Connection refused"))
 
     async def queue_file(self, run, file_index, samples, acquired_at_s=float("nan")):
         self.queued.append(file_index)
@@ -59,7 +59,7 @@ def sending(stub, tmp_path) -> _Sending:
 def test_each_attempt_is_logged_once_with_the_file_and_the_wait(tmp_path, caplog):
     stub = StubProducer(failures=2)
     caplog.set_level(logging.WARNING, logger="quax_faust")
-    asyncio.run(sending(stub, tmp_path)._ride_out(errors.RequestTimedOutError()))
+    asyncio.run(sending(stub, tmp_path)._ride_out(SendError(KafkaError(KafkaError._MSG_TIMED_OUT))))
     assert stub.pauses == [1.0, 2.0, 4.0]  # the third attempt reaches the broker
     assert stub.queued == [12, 13]  # the files in flight, in order, re-sent once
     assert stub.acquired == [1.7e9 + 12, 1.7e9 + 13]  # each with its own acquisition time
@@ -74,6 +74,6 @@ def test_each_attempt_is_logged_once_with_the_file_and_the_wait(tmp_path, caplog
 def test_a_topic_it_may_not_write_to_stops_it_at_once_naming_the_file(tmp_path):
     stub = StubProducer(failures=0)
     with pytest.raises(RuntimeError, match=r"run run7 file 00012: the broker at 127\.0\.0\.1:9092 rejected "
-                                           r"it: .*TopicAuthorizationFailed.*; not retried"):
-        asyncio.run(sending(stub, tmp_path)._ride_out(errors.TopicAuthorizationFailedError()))
+                                           r"it: TOPIC_AUTHORIZATION_FAILED.*; not retried"):
+        asyncio.run(sending(stub, tmp_path)._ride_out(SendError(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))))
     assert stub.pauses == []  # no waiting

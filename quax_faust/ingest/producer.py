@@ -91,7 +91,7 @@ async def produce_directory(settings: Settings, source: Path, run: str, pace: st
     report = ProduceReport()
     started = last_new = time.monotonic()
     async with DaqProducer(settings) as producer:  # the topics exist from here
-        fields = await record_run_metadata(settings, run, _given_metadata(settings, source, metadata))
+        fields = await record_run_metadata(settings, run, _given_metadata(settings, source, metadata), producer.producer)
         settings = settings.replace(lo_frequency_hz=fields["lo_frequency_hz"])
         sending = _Sending(producer, settings, run, speed, started, report, feed.quarantine_dir,
                            progress, done, settings.producer_files_in_flight)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from quax_faust import connection
 from quax_faust.core import run_meta
+from quax_faust.ingest.rdkafka import AsyncProducer
 from quax_faust.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ async def recorded_metadata(settings: Settings, run: str) -> dict[str, Any]:
         await consumer.stop()
 
 
-async def record_run_metadata(settings: Settings, run: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``given`` into the run's recorded metadata and write the result if it grew.
+async def record_run_metadata(settings: Settings, run: str, given: Mapping[str, Any],
+                              producer: AsyncProducer) -> dict[str, Any]:
+    """Merge ``given`` into the run's recorded metadata and write the result (with ``producer``,
+    the run's own Kafka client, awaiting the broker's ack) if it grew.
     MetadataError ``metadata_conflict`` (nothing written) if a given value contradicts a recorded
     one; a run with no LO recorded or given gets settings.lo_frequency_hz. Returns the run's
     metadata after the merge."""
@@ -49,12 +52,7 @@ async def record_run_metadata(settings: Settings, run: str, given: Mapping[str, 
     merged = run_meta.merge(recorded, given, what=f"run {run}")
     merged.setdefault("lo_frequency_hz", settings.lo_frequency_hz)
     if merged != recorded:
-        producer = AIOKafkaProducer(**connection.client_options(settings), acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(settings.metadata_topic, run_meta.encode(run, merged), key=run.encode())
-        finally:
-            await producer.stop()
+        await producer.send_and_wait(settings.metadata_topic, run_meta.encode(run, merged), run.encode())
         added = sorted(set(merged) - set(recorded))
         log.info("run %s metadata recorded: %s", run, ", ".join(f"{k}={merged[k]!r}" for k in added))
     return merged

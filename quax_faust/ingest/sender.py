@@ -1,13 +1,15 @@
 """Sending files to the ``slices`` topic, and riding out a broker that is away.
 
-A Kafka producer sends each file as messages of ``slices_per_message`` consecutive whole slices,
-keyed ``run/file`` so a file stays in one partition. A file counts as sent (report, metrics,
-checkpoint) only once the broker acked all its messages.
+A Kafka producer (librdkafka: rdkafka.py) sends each file as messages of ``slices_per_message``
+consecutive whole slices, keyed ``run/file`` so a file stays in one partition. A file counts as
+sent (report, metrics, checkpoint) only once the delivery reports of all its messages say the
+broker acked them.
 
-When the broker is away (down, restarting, unreachable) the producer waits for it, for ever: the
-files in flight are re-sent on a new Kafka client after a backoff of 1 s doubling to 30 s, with a
-warning each attempt. Errors that waiting cannot cure (refused login, record too large, topic not
-authorized) stop it at once with a RuntimeError.
+librdkafka retries each message itself, idempotently, for ``producer_request_timeout_s``. When the
+broker is away longer, the producer waits for it, for ever: the files in flight are re-sent on a new
+Kafka client after a backoff of 1 s doubling to 30 s, with a warning each attempt. Errors that
+waiting cannot cure (refused login, record too large, topic not authorized) stop it at once with a
+RuntimeError naming the file.
 """
 
 from __future__ import annotations
@@ -23,20 +25,18 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (BrokerNotAvailableError, KafkaError, KafkaTimeoutError,
-                             MessageSizeTooLargeError, RecordTooLargeError)
+from confluent_kafka import KafkaError
 
-from quax_faust import connection
 from quax_faust.stream import malloc, metrics
 
 from quax_faust.core import daq, wire
 from quax_faust.settings import Settings
-from quax_faust.connection import RefusalCatcher
 from quax_faust.stream.topics import ensure_topics
 from quax_faust.ingest.feed import Checkpoint, quarantine
+from quax_faust.ingest.rdkafka import AsyncProducer, Refusal, SendError, is_retriable
 
 log = logging.getLogger(__name__)
+__all__ = ["DaqProducer", "ProduceReport", "SendError", "backoff_s", "batches_of_file", "is_retriable"]
 
 
 def batches_of_file(run: str, file_index: int, samples, settings: Settings,
@@ -55,23 +55,29 @@ def backoff_s(attempt: int, first_s: float = 1.0, cap_s: float = 30.0) -> float:
     return min(cap_s, first_s * 2.0 ** min(attempt - 1, 32))
 
 
-def is_retriable(exc: BaseException) -> bool:
-    """True for Kafka errors that waiting for the broker can cure.
+class _FileAcks:
+    """One file's messages counted down by their delivery reports (in the asyncio loop): the future
+    gives (slices, messages, bytes) once every one is acked, or the first error as a SendError."""
 
-    aiokafka marks connection errors, request timeouts, unknown or leaderless partitions and the like
-    ``retriable``; its KafkaTimeoutError (no answer or no room in a batch within the request timeout)
-    is not marked but means the same. Refused logins, too-large records and missing authorization
-    are not retriable.
-    """
-    return isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, (KafkaTimeoutError,
-                                                                              BrokerNotAvailableError)))
+    def __init__(self, started: float):
+        self.future = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(_consume_error)  # a file re-sent after an outage is not awaited
+        self.started, self.pending, self.all_queued = started, 0, False
+        self.n_slices = self.n_messages = self.n_bytes = 0
 
+    def delivered(self, error: KafkaError | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(SendError(error))
+            return
+        self.pending -= 1
+        self.check_done()
 
-class _LoginRefusal(RefusalCatcher):
-    """The reason aiokafka logs when the broker refuses our login (it then raises a plain, retriable
-    KafkaConnectionError). Narrower than at start-up: TLS errors can be a broker going down."""
-
-    FATAL = ("Authentication", "UnsupportedSaslMechanism", "CERTIFICATE_VERIFY_FAILED")
+    def check_done(self) -> None:
+        if self.all_queued and self.pending == 0 and not self.future.done():
+            metrics.PRODUCER_SEND_SECONDS.observe(time.perf_counter() - self.started)
+            self.future.set_result((self.n_slices, self.n_messages, self.n_bytes))
 
 
 class DaqProducer:
@@ -80,47 +86,31 @@ class DaqProducer:
     def __init__(self, settings: Settings):
         self.settings = settings
         malloc.keep_freed_memory()  # reuse the big buffers of each file (quax_faust/stream/malloc.py)
-        self.producer = self._client()
-        self.refusal = _LoginRefusal()
-
-    def _client(self) -> AIOKafkaProducer:
-        settings = self.settings
-        return AIOKafkaProducer(
-            **connection.client_options(settings), max_request_size=settings.max_message_bytes,
-            acks="all", linger_ms=2, request_timeout_ms=round(settings.producer_request_timeout_s * 1000),
-            # Not idempotent: an idempotent aiokafka producer retries a batch for ever while the
-            # broker is away and its stop() waits for it (aio-libs/aiokafka#1101), and after an
-            # outage it can be stuck on OutOfOrderSequenceNumber (#1017). Here every batch fails
-            # within the request timeout and the whole file is re-sent; duplicates are harmless.
-            enable_idempotence=False,
-            # aiokafka keeps one request in flight per broker and one batch per partition: batches
-            # as large as the broker takes let the messages queued meanwhile go in the next request
-            # (with 1 MiB, each 3 MiB message was a request of its own: docs/performance.md).
-            max_batch_size=settings.max_message_bytes)
+        self.refusal = Refusal()
+        self.producer: AsyncProducer | None = None
 
     async def __aenter__(self) -> "DaqProducer":
         await ensure_topics(self.settings)
-        logging.getLogger("aiokafka").addHandler(self.refusal)
-        await self.producer.start()
+        self.producer = AsyncProducer(self.settings, self.refusal)
         return self
 
-    async def __aexit__(self, *exc) -> None:
-        try:
-            await self.producer.stop()
-        finally:
-            logging.getLogger("aiokafka").removeHandler(self.refusal)
+    async def __aexit__(self, exc_type, *exc) -> None:
+        # A clean end waits for the last acks (a file's future already has them); after an error
+        # nobody will wait for them.
+        if self.producer is not None:
+            await self.producer.close(self.settings.producer_request_timeout_s if exc_type is None else 0.0)
 
     async def restart(self, pause_s: float) -> None:
-        """Drop the Kafka client, wait pause_s seconds, start a new one (KafkaError if the broker
-        does not answer). A client that failed may keep stale connections and metadata."""
-        try:
-            await self.producer.stop()  # its batches fail within the request timeout
-        except KafkaError as exc:
-            log.debug("stopping the old Kafka client: %r", exc)
+        """Drop the Kafka client (its queued messages fail: their files are re-sent), wait pause_s
+        seconds, start a new one and wait until the broker answers it (SendError if it does not
+        within producer_request_timeout_s). A client that failed may keep stale connections and
+        state (an idempotent producer's sequence numbers)."""
+        if self.producer is not None:
+            await self.producer.close(0.0)
         await asyncio.sleep(pause_s)
-        self.producer = self._client()
         self.refusal.refusal = None
-        await self.producer.start()
+        self.producer = AsyncProducer(self.settings, self.refusal)
+        await self.producer.reachable(self.settings.slices_topic, self.settings.producer_request_timeout_s)
 
     async def send_file(self, run: str, file_index: int, samples,
                         acquired_at_s: float = wire.UNKNOWN_TIME) -> tuple[int, int, int]:
@@ -132,24 +122,21 @@ class DaqProducer:
         """Hand one file's messages (acquired at acquired_at_s, Unix s; NaN unknown) to the Kafka
         client; the returned future gives (slices, messages, bytes) once the broker acked them all."""
         key = wire.file_key(run, file_index)
-        pending, n_slices, n_bytes = [], 0, 0
-        started = time.perf_counter()
+        acks = _FileAcks(time.perf_counter())
         for batch in batches_of_file(run, file_index, samples, self.settings, acquired_at_s):
             value = wire.encode_slice_batch(dataclasses.replace(batch, produced_at_s=time.time()))
-            message = await self.producer.send(self.settings.slices_topic, value, key=key)
-            message.add_done_callback(_consume_error)  # if the file fails half-sent, no one awaits it
-            pending.append(message)
-            n_slices += batch.slice_count
-            n_bytes += len(value)
-
-        async def acked() -> tuple[int, int, int]:
-            await asyncio.gather(*pending)
-            metrics.PRODUCER_SEND_SECONDS.observe(time.perf_counter() - started)
-            return n_slices, len(pending), n_bytes
-
-        future = asyncio.ensure_future(acked())
-        future.add_done_callback(_consume_error)  # a file re-sent after an outage is not awaited
-        return future
+            acks.pending += 1
+            try:
+                await self.producer.produce(self.settings.slices_topic, value, key, acks.delivered)
+            except SendError:
+                acks.pending -= 1
+                raise
+            acks.n_messages += 1
+            acks.n_slices += batch.slice_count
+            acks.n_bytes += len(value)
+        acks.all_queued = True
+        acks.check_done()
+        return acks.future
 
 
 def _consume_error(future: asyncio.Future) -> None:
@@ -303,13 +290,13 @@ class _Sending:
         re-queue, in order, every file in flight not acked yet; repeat until that succeeds.
         Errors that waiting cannot cure are raised as RuntimeError."""
         while True:
-            if not isinstance(exc, KafkaError):
+            if not isinstance(exc, SendError):
                 raise exc
             refusal = self.producer.refusal.refusal
             first = next((f for f in self.in_flight if f.needs_sending), self.in_flight[0]).file_index
             if refusal or not is_retriable(exc):
                 reason = f"refused the connection: {refusal}" if refusal else f"rejected it: {exc}"
-                if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)):
+                if exc.code == KafkaError.MSG_SIZE_TOO_LARGE:
                     reason += f" (max_message_bytes is {self.settings.max_message_bytes})"
                 raise RuntimeError(f"run {self.run} file {first:05d}: the broker at "
                                    f"{self.settings.broker} {reason}; not retried") from exc

@@ -5,11 +5,14 @@ Prometheus — and the real producer (`quax produce` in its own process), then m
 
 1. the FFT stage alone (dsp.power_sums on message-sized batches, exactly as a worker gets them)
    against pure pyfftw on the same slices, as a ratio (measured first, while the box is quiet);
-2. throughput: the real-time factor with the producer at max pace over enough files to reach
+2. the box's ceiling on the same broker, before the chain runs: produce-only MB/s with librdkafka
+   and consume-only MB/s with aiokafka for messages of the chain's size; the chain's MB/s is
+   quoted as a fraction of the smaller (the ratio to compare across boxes);
+3. throughput: the real-time factor with the producer at max pace over enough files to reach
    steady state, and slices/s and MB/s (from the per-file times in the workers' tables);
-3. latency: file latency p50/p99 with the producer at real-time pace, read from Prometheus (the
+4. latency: file latency p50/p99 with the producer at real-time pace, read from Prometheus (the
    histogram the Grafana dashboard shows), and per file from the tables;
-4. resources: CPU per process, peak memory per worker, the broker's disk use per hour of data.
+5. resources: CPU per process, peak memory per worker, the broker's disk use per hour of data.
 
 Results: a summary table, bench/results/bench-<time>.json and a PNG of latency over time.
 docs/performance.md keeps the latest figures. ``--quick`` is a short smoke run (minutes).
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 from quax_faust.core import daq
+from quax_faust.tools.bench_ceiling import ceiling_phase
 from quax_faust.tools.bench_fft import fft_stage
 from quax_faust.tools.bench_phases import (SAMPLES_PER_FILE, BenchPlan, latency_phase, machine, prepare_daq,
                                            resources, throughput_phase)
@@ -64,7 +68,12 @@ def run_bench(settings: Settings, plan: BenchPlan, work_dir: Path, daq_dir: Path
           f"work dir {work_dir}", flush=True)
     try:
         stack.start()
+        print(f"[bench] the box's ceiling: {plan.ceiling_mb:.0f} MB produced (librdkafka), read back (aiokafka)",
+              flush=True)
+        results["ceiling"] = ceiling_phase(stack.settings, plan.ceiling_mb)
         results["throughput"] = throughput_phase(stack, daq_dir, plan)
+        results["throughput"]["fraction_of_ceiling"] = (results["throughput"]["wire_mb_per_s_steady"]
+                                                        / results["ceiling"]["ceiling_mb_per_s"])
         results["latency_started_at_s"] = time.time()
         results["latency"] = latency_phase(stack, daq_dir, plan)
         results["resources"] = resources(stack, results["throughput"]["data_s"] + results["latency"]["files"]
@@ -83,7 +92,7 @@ def run_bench(settings: Settings, plan: BenchPlan, work_dir: Path, daq_dir: Path
 
 def cmd_bench(args, settings: Settings) -> int:
     plan = BenchPlan.quick() if args.quick else BenchPlan()
-    for name in ("daq_files", "throughput_files", "latency_s", "fft_repeats"):
+    for name in ("daq_files", "throughput_files", "latency_s", "fft_repeats", "ceiling_mb"):
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)
@@ -119,6 +128,7 @@ def register(sub, common) -> None:
     p.add_argument("--throughput-files", type=int, help="files sent at max pace (default 96; quick 16)")
     p.add_argument("--latency-s", type=float, help="seconds of real-time-paced data (default 120; quick 25)")
     p.add_argument("--fft-repeats", type=int, help="rounds of the FFT comparison (default 20; quick 5)")
+    p.add_argument("--ceiling-mb", type=float, help="MB produced and consumed for the box's ceiling (default 2000; quick 300)")
     p.add_argument("--daq-dir", help="where the synthetic pairs are kept (default var/bench-daq)")
     p.add_argument("--work-dir", help="broker/worker/Prometheus data (default var/bench/<time>)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="results folder (default bench/results)")

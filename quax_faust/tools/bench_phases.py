@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from quax_faust.core import daq, synth
 from quax_faust.settings import Settings
+from quax_faust.tools.bench_ceiling import message_bytes
 from quax_faust.tools.bench_stack import CpuWindow, Stack, dir_bytes, peak_rss_bytes
 
 SAMPLES_PER_FILE = 1 << 23  # a real DAQ file: 4.194 s at 2 MS/s
@@ -30,10 +31,12 @@ class BenchPlan:
     latency_s: float = 120.0
     fft_repeats: int = 20
     scrape_interval_s: float = 1.0
+    ceiling_mb: float = 2000.0
+    """MB produced, then consumed, for the box's ceiling (bench_ceiling.py)."""
 
     @classmethod
     def quick(cls) -> "BenchPlan":
-        return cls(daq_files=4, throughput_files=16, latency_s=25.0, fft_repeats=5)
+        return cls(daq_files=4, throughput_files=16, latency_s=25.0, fft_repeats=5, ceiling_mb=300.0)
 
 
 def prepare_daq(directory: Path, n_files: int, settings: Settings) -> Path:
@@ -50,6 +53,13 @@ def prepare_daq(directory: Path, n_files: int, settings: Settings) -> Path:
 
 def file_data_s(doc: dict, settings: Settings) -> float:
     return (doc["n_slices"] * settings.slice_len + doc["tail_samples"]) / settings.sample_rate_hz
+
+
+def wire_bytes(slices_per_file: np.ndarray, s: Settings) -> int:
+    """Bytes of the slice messages of files with these whole-slice counts: samples and headers."""
+    header = message_bytes(s) - s.slices_per_message * s.slice_len * 8
+    messages = -(-slices_per_file // s.slices_per_message)
+    return int(slices_per_file.sum() * s.slice_len * 8 + messages.sum() * header)
 
 
 def throughput_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
@@ -80,6 +90,8 @@ def throughput_phase(stack: Stack, source: Path, plan: BenchPlan) -> dict:
         "steady_files": int(n_files - k0 - 1), "steady_window_s": float(window_s),
         "slices_per_s_steady": float(slices[k0 + 1:].sum() / window_s),
         "mb_per_s_steady": float(slices[k0 + 1:].sum() * s.slice_len * 8 / window_s / 1e6),
+        # As the ceiling counts them: the slice messages' bytes on the wire (samples and headers).
+        "wire_mb_per_s_steady": float(wire_bytes(slices[k0 + 1:], s) / window_s / 1e6),
         "files_per_s_steady": float((n_files - k0 - 1) / window_s),
         "cpu_cores": cores,
         "producer_summary": next((line for line in producer_log.splitlines() if line.startswith("sent ")), None),

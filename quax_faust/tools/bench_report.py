@@ -24,6 +24,7 @@ def summary_rows(r: dict) -> list[tuple[str, str, str, str]]:
         ("real-time factor, whole run", f"{t['realtime_factor_run']:.1f}x ({t['files']} files)", "", ""),
         ("slices/s (steady)", f"{t['slices_per_s_steady']:.0f}", ">= 6510", f"<= {ORIGINAL['spark_slices_per_s']}"),
         ("MB/s of samples (steady)", f"{t['mb_per_s_steady']:.0f}", ">= 160", ""),
+        *ceiling_rows(r),
         ("file latency p50, real-time pace (Prometheus)", f"{fmt(lat['prometheus_p50_s'], '.3f')} s", "", ""),
         ("file latency p99, real-time pace (Prometheus)", f"{fmt(lat['prometheus_p99_s'], '.3f')} s",
          f"<= {TARGETS['latency_p99_s']:.0f} s", ""),
@@ -39,6 +40,22 @@ def summary_rows(r: dict) -> list[tuple[str, str, str, str]]:
         ("CPU cores at max pace: broker/workers/producer/others",
          "{broker:.2f} / {workers_total:.2f} / {producer:.2f} / {others:.2f}".format(**{
              "producer": 0.0, **t["cpu_cores"]}), "2 cores", ""),
+    ]
+
+
+def ceiling_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The box's ceiling and the chain's fraction of it (absent in results from before it)."""
+    c, t = r.get("ceiling"), r["throughput"]
+    if not c:
+        return []
+    producer_cores = t["cpu_cores"].get("producer", 0.0)
+    return [
+        ("  box ceiling: produce-only (librdkafka) / consume-only (aiokafka)",
+         f"{c['produce']['mb_per_s']:.0f} / {c['consume']['mb_per_s']:.0f} MB/s", "", ""),
+        ("  chain MB/s on the wire / ceiling", f"{t['wire_mb_per_s_steady']:.0f} MB/s = "
+         f"{t['fraction_of_ceiling']:.2f} of {c['ceiling_mb_per_s']:.0f}", ">= 0.8", ""),
+        ("  producer CPU per second of data (max pace)",
+         f"{1000 * producer_cores / t['realtime_factor_steady']:.1f} core-ms", "", ""),
     ]
 
 

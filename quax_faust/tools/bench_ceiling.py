@@ -1,0 +1,118 @@
+"""The box's own ceiling, measured by `quax bench` on the same broker before the chain runs: how
+many MB/s librdkafka (the producer's client) puts into a topic, and how many MB/s aiokafka (the
+Faust workers' client) reads back, for messages of the chain's size. The chain's MB/s is then
+quoted as a fraction of the smaller of the two: a ratio that compares across boxes, where an
+absolute time does not (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import NewTopic
+from confluent_kafka import Producer
+
+from quax_faust import connection
+from quax_faust.core import wire
+from quax_faust.ingest.rdkafka import producer_config
+from quax_faust.settings import Settings
+
+TOPIC = "quax-bench-ceiling"
+
+
+def message_bytes(settings: Settings) -> int:
+    """Size of one slice message of the chain (slices_per_message whole slices and the header)."""
+    one = wire.SliceBatch("bench-max", 0, 0, 1, 0, settings.sample_rate_hz, 0.0,
+                          np.zeros((1, settings.slice_len), np.complex64))
+    return len(wire.encode_slice_batch(one)) + (settings.slices_per_message - 1) * settings.slice_len * 8
+
+
+def ceiling_phase(settings: Settings, total_mb: float) -> dict:
+    """Produce-only (librdkafka) then consume-only (aiokafka) of ~total_mb MB in chain-sized
+    messages on a topic of its own (settings.partitions partitions), deleted afterwards."""
+    size = message_bytes(settings)
+    n = max(8, round(total_mb * 1e6 / size))
+    asyncio.run(_create_topic(settings))
+    try:
+        produced = produce_only(settings, n, size)
+        consumed = asyncio.run(consume_only(settings, n))
+    finally:
+        asyncio.run(_delete_topic(settings))
+    return {"message_bytes": size, "messages": n, "produce": produced, "consume": consumed,
+            "ceiling_mb_per_s": min(produced["mb_per_s"], consumed["mb_per_s"])}
+
+
+def produce_only(settings: Settings, n: int, size: int) -> dict:
+    """n messages of size bytes through librdkafka with the producer's own settings, as fast as it
+    takes them; MB/s from the first produce to the last ack, and this process's CPU meanwhile."""
+    value = os.urandom(size)
+    failed: list[str] = []
+
+    def report(error, _message) -> None:
+        if error is not None:
+            failed.append(error.str())
+
+    producer = Producer(producer_config(settings))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for k in range(n):
+        while True:
+            try:
+                producer.produce(TOPIC, value, str(k).encode(), on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    left = producer.flush(120)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if left or failed:
+        raise RuntimeError(f"ceiling: {left} messages not acked, {len(failed)} failed: {failed[:3]}")
+    return _rates(n * size, wall, cpu)
+
+
+async def consume_only(settings: Settings, n: int) -> dict:
+    """Read the n messages back with one aiokafka consumer set up as the workers' (fetch sizes of
+    max_message_bytes); MB/s and this process's CPU meanwhile."""
+    consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
+                                max_partition_fetch_bytes=settings.max_message_bytes,
+                                fetch_max_bytes=4 * settings.max_message_bytes)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(TOPIC, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = n_bytes = 0
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        while seen < n:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                seen += len(records)
+                n_bytes += sum(len(r.value) for r in records)
+        return _rates(n_bytes, time.perf_counter() - t0, time.process_time() - cpu0)
+    finally:
+        await consumer.stop()
+
+
+def _rates(n_bytes: int, wall_s: float, cpu_s: float) -> dict:
+    mb = n_bytes / 1e6
+    return {"mb": round(mb, 1), "wall_s": round(wall_s, 3), "mb_per_s": round(mb / wall_s, 1),
+            "cpu_cores": round(cpu_s / wall_s, 3), "core_ms_per_mb": round(1000 * cpu_s / mb, 2)}
+
+
+async def _create_topic(settings: Settings) -> None:
+    admin = await connection.connect_admin(settings, 30.0)
+    try:
+        await admin.create_topics([NewTopic(TOPIC, settings.partitions, settings.replication_factor,
+                                            topic_configs={"max.message.bytes": str(settings.max_message_bytes)})])
+    finally:
+        await admin.close()
+
+
+async def _delete_topic(settings: Settings) -> None:
+    admin = await connection.connect_admin(settings, 30.0)
+    try:
+        await admin.delete_topics([TOPIC])
+    finally:
+        await admin.close()

@@ -1,0 +1,53 @@
+"""`quax bench`'s ceiling of the box (tools/bench_ceiling.py): the sizes it counts, its report rows,
+and one small produce-only/consume-only round on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from quax_faust.connection import partition_counts
+from quax_faust.core import daq, wire
+from quax_faust.settings import Settings
+from quax_faust.ingest.sender import batches_of_file
+from quax_faust.tools import bench_ceiling
+from quax_faust.tools.bench_phases import wire_bytes
+from quax_faust.tools.bench_report import ceiling_rows
+from tests.conftest import stack_settings, wait_until
+
+
+@pytest.mark.parametrize("changes", [{}, {"slices_per_message": 4, "slice_len": 1024}])
+def test_the_ceiling_counts_the_bytes_the_chain_sends(changes):
+    settings = Settings().replace(**changes)
+    samples = np.zeros(2730 * settings.slice_len + 2048, np.complex64)  # a real file's whole slices and tail
+    sent = [len(wire.encode_slice_batch(b)) for b in batches_of_file("bench-max", 7, samples, settings)]
+    assert bench_ceiling.message_bytes(settings) == max(sent)  # a full message
+    n_slices = daq.SliceLayout(samples.shape[0], settings.slice_len).n_slices
+    assert wire_bytes(np.array([n_slices, n_slices]), settings) == 2 * sum(sent)
+
+
+def test_the_report_quotes_the_chain_as_a_fraction_of_the_ceiling():
+    result = {"ceiling": {"produce": {"mb_per_s": 180.0}, "consume": {"mb_per_s": 240.0}, "ceiling_mb_per_s": 180.0},
+              "throughput": {"wire_mb_per_s_steady": 150.0, "fraction_of_ceiling": 150.0 / 180.0,
+                             "realtime_factor_steady": 9.0, "cpu_cores": {"producer": 0.18}}}
+    rows = {what.strip(): measured for what, measured, _, _ in ceiling_rows(result)}
+    assert rows["box ceiling: produce-only (librdkafka) / consume-only (aiokafka)"] == "180 / 240 MB/s"
+    assert rows["chain MB/s on the wire / ceiling"] == "150 MB/s = 0.83 of 180"
+    assert rows["producer CPU per second of data (max pace)"] == "20.0 core-ms"
+    assert ceiling_rows({"throughput": {}}) == []  # results from before the ceiling
+
+
+@pytest.mark.broker
+def test_a_small_ceiling_round_on_the_real_broker(broker, tmp_path):
+    settings = stack_settings(broker, tmp_path / "var", slices_per_message=16)
+    result = bench_ceiling.ceiling_phase(settings, total_mb=12.0)
+    size = bench_ceiling.message_bytes(settings)
+    assert result["message_bytes"] == size and result["messages"] == round(12e6 / size)
+    assert result["produce"]["mb"] == result["consume"]["mb"] == round(result["messages"] * size / 1e6, 1)
+    for side in ("produce", "consume"):
+        assert result[side]["mb_per_s"] > 0 and result[side]["wall_s"] > 0
+    assert result["ceiling_mb_per_s"] == min(result["produce"]["mb_per_s"], result["consume"]["mb_per_s"])
+    wait_until(lambda: bench_ceiling.TOPIC not in asyncio.run(partition_counts(settings, [bench_ceiling.TOPIC])),
+               30, "its topic deleted afterwards", interval_s=0.5)
