@@ -258,3 +258,29 @@ def test_static_run_quarantines_bad_pairs_and_goes_on(broker, tmp_path):
     assert report.files_sent == 2
     assert report.skipped == ["duck_q_00001.dat: 1 non-finite samples, the first at sample 10 (byte 40)"]
     assert (tmp_path / "daq" / "quarantine" / "duck_q_00001.dat").exists()
+
+
+@pytest.mark.broker
+def test_the_producer_puts_a_key_in_the_partition_every_other_client_does(broker, tmp_path):
+    """librdkafka's default partitioner (CRC32) differs from Kafka's Java client and aiokafka's
+    (murmur2): a file re-sent by another client, or a table entry keyed the same, would land on
+    another partition, another worker. The producer must choose as they do."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from confluent_kafka import Producer
+
+    from quax_faust.ingest.rdkafka import producer_config
+    from quax_faust.stream.topics import ensure_topics
+
+    settings = stack_settings(broker, tmp_path / "var")
+    asyncio.run(ensure_topics(settings))
+    keys = [wire.file_key(run, k) for run in ("r1", "week", "lo_b") for k in range(40)]
+    delivered: dict[bytes, int] = {}
+    producer = Producer(producer_config(settings))
+    for key in keys:
+        producer.produce(settings.slices_topic, b"x", key,
+                         on_delivery=lambda err, msg: delivered.__setitem__(msg.key(), msg.partition()))
+    assert producer.flush(30) == 0
+    partitions = list(range(settings.partitions))
+    expected = {key: DefaultPartitioner()(key, partitions, partitions) for key in keys}
+    assert delivered == expected
+    assert len(set(expected.values())) == settings.partitions  # the keys do spread over every partition

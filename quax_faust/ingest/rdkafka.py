@@ -83,6 +83,10 @@ def producer_config(settings: Settings) -> dict:
     timeout_ms = max(1000, round(settings.producer_request_timeout_s * 1000))
     return {
         **connection.librdkafka_config(settings),
+        # A key's partition as Kafka's Java client and aiokafka (Faust) choose it, murmur2: not
+        # librdkafka's default CRC32, which would put a file's slices in another partition than a
+        # re-send from any other client, and its table entry on another worker.
+        "partitioner": "murmur2_random",
         "enable.idempotence": True,  # implies acks=all, retries, at most 5 requests in flight, in order
         "acks": "all",
         "linger.ms": 2,
