@@ -44,6 +44,7 @@ import campaign_phases as phases  # noqa: E402
 from campaign_watch import Watch, files_per_s, folded_series, plot, rss_check  # noqa: E402
 
 from quax_faust.settings import Settings  # noqa: E402
+from quax_faust.tools.bench_phases import cpu_name  # noqa: E402
 from quax_faust.tools.launch import Broker, Workers, free_port, settings_env, wait_for_run  # noqa: E402
 
 FEED = Path(__file__).resolve().parent / "campaign_feed.py"
@@ -208,13 +209,6 @@ def main() -> None:
             broker.stop()
     print_report(report, out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def fold_figures(samples: list[dict], started: float, fold_end: float, n_files: int, summary: dict) -> dict:

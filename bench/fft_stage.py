@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from functools import lru_cache
 
@@ -32,6 +31,7 @@ import pyfftw
 
 from quax_faust.core import dsp, wire
 from quax_faust.settings import Settings
+from quax_faust.tools.bench_phases import cpu_name
 
 FILE_SAMPLES = 1 << 23
 
@@ -100,17 +100,6 @@ def _old_sum_rows_pairwise(block: np.ndarray) -> np.ndarray:
 
 
 # --- the measurement ------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def decoded_views(slices: np.ndarray, per_message: int, sample_rate_hz: float) -> list[np.ndarray]:
     """The slices as a worker sees them: read-only views into encoded slice messages."""

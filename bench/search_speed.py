@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from quax_faust.core import dsp, synth
+from quax_faust.tools.bench_phases import cpu_name
 
 N_VALUES = (8, 1208, 2408, 3608, 6008, 9608, 2730 * 10, 2730 * 1000, 2730 * 144_000)
 FS = 2e6
@@ -107,17 +108,6 @@ class Checkout:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(versions: dict[str, "Checkout"], repeats: int) -> None:
