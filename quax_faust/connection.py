@@ -30,9 +30,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A TLS context verifying the broker against settings.ssl_cafile (None without TLS)."""
     if "SSL" not in _protocol(settings):
         return None
-    if not settings.ssl_cafile:
-        raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
-    context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    context = ssl.create_default_context(cafile=_cafile(settings))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -86,15 +84,10 @@ def java_client_properties(settings: Settings) -> dict[str, str]:
     protocol = _protocol(settings)
     properties = {"bootstrap.servers": settings.broker, "security.protocol": protocol}
     if "SSL" in protocol:
-        if not settings.ssl_cafile:
-            raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
-        properties.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": settings.ssl_cafile,
+        properties.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": _cafile(settings),
                            "ssl.endpoint.identification.algorithm": "https"})
     if protocol.startswith("SASL"):
-        mechanism = settings.sasl_mechanism.upper()
-        if mechanism not in LOGIN_MODULES:
-            raise ValueError(f"sasl_mechanism {settings.sasl_mechanism!r}: expected one of "
-                             f"{sorted(LOGIN_MODULES)}")
+        mechanism = _mechanism(settings)
         properties["sasl.mechanism"] = mechanism
         properties["sasl.jaas.config"] = (f"{LOGIN_MODULES[mechanism]} required "
                                           f"username={_jaas_quote(settings.sasl_username)} "
@@ -109,17 +102,27 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
     protocol = _protocol(settings)
     config = {"bootstrap.servers": settings.broker, "security.protocol": protocol.lower()}
     if "SSL" in protocol:
-        if not settings.ssl_cafile:
-            raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
-        config.update({"ssl.ca.location": str(settings.ssl_cafile), "ssl.endpoint.identification.algorithm": "https"})
+        config.update({"ssl.ca.location": _cafile(settings), "ssl.endpoint.identification.algorithm": "https"})
     if protocol.startswith("SASL"):
-        mechanism = settings.sasl_mechanism.upper()
-        if mechanism not in LOGIN_MODULES:
-            raise ValueError(f"sasl_mechanism {settings.sasl_mechanism!r}: expected one of "
-                             f"{sorted(LOGIN_MODULES)}")
+        mechanism = _mechanism(settings)
         config.update({"sasl.mechanism": mechanism, "sasl.username": settings.sasl_username,
                        "sasl.password": settings.sasl_password})
     return config
+
+
+def _cafile(settings: Settings) -> str:
+    """The CA file that TLS verifies the broker against; ValueError without one."""
+    if not settings.ssl_cafile:
+        raise ValueError(f"security_protocol {settings.security_protocol} needs ssl_cafile (QUAX_SSL_CAFILE)")
+    return str(settings.ssl_cafile)
+
+
+def _mechanism(settings: Settings) -> str:
+    """The SASL mechanism, upper case; ValueError for one we do not support."""
+    mechanism = settings.sasl_mechanism.upper()
+    if mechanism not in LOGIN_MODULES:
+        raise ValueError(f"sasl_mechanism {settings.sasl_mechanism!r}: expected one of {sorted(LOGIN_MODULES)}")
+    return mechanism
 
 
 def _jaas_quote(value: str) -> str:
