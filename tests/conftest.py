@@ -114,6 +114,17 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.1):
         time.sleep(interval_s)
 
 
+def worker_log_tails(workers, lines: int = 12, marks: tuple[str, ...] = ("[WARNING]", "[ERROR]", "Traceback")) -> str:
+    """The last ``lines`` log lines of each worker that hold one of ``marks`` (Faust's warnings and
+    errors by default): for a failed wait to say what the workers were doing."""
+    out = []
+    for path in sorted(workers.log_dir.glob("worker-*.log")):
+        hits = [line for line in path.read_text(errors="replace").splitlines() if any(m in line for m in marks)]
+        out.append(f"--- {path.name}: {len(hits)} lines; the last {min(lines, len(hits))}:")
+        out.extend(line[:300] for line in hits[-lines:])
+    return "\n".join(out)
+
+
 def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
     """Wait until every running worker has joined the group and finished rebalancing: each holds
     partitions, together they hold every slices partition, each has completed a rebalance (table
@@ -135,11 +146,19 @@ def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
             return None
         return {k: (tuple(d["assigned"]), done[k]) for k, d in docs.items()}
 
+    seen: list = []  # the last health docs and rebalance counts, for the report of a timeout
+
     def at_rest() -> bool:
+        seen[:] = [{k: ((workers.health(k) or {}).get("assigned"), rebalances_done(workers.settings, k))
+                    for k in workers.procs}]
         first = snapshot()
         if first is None:
             return False
         time.sleep(1.0)
         return snapshot() == first
 
-    wait_until(at_rest, timeout_s, f"each of workers {sorted(workers.procs)} assigned and at rest", interval_s=0.5)
+    try:
+        wait_until(at_rest, timeout_s, f"each of workers {sorted(workers.procs)} assigned and at rest", interval_s=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlast seen (assigned, rebalances done) per worker: {seen}\n"
+                             f"{worker_log_tails(workers)}") from None
