@@ -273,6 +273,24 @@ def test_flush_waits_for_every_buffered_record_however_slow_the_send(installed, 
     assert took_s >= SEND_S * (n - 1) + SEND_S / 2
 
 
+def test_a_long_flush_says_what_it_waits_for(installed, caplog):
+    """A flush that waits (a commit held back, maybe a rebalance) warns with the messages still
+    buffered, so a stuck worker's log says why it does not commit."""
+    async def run():
+        app = faust.App("flush-test", broker="kafka://127.0.0.1:1")
+        buffer, channel = await buffer_of(app), SlowChannel()
+        for k in range(3):
+            buffer.put(changelog_record(channel, b"record %d" % k))
+        await faust_fixes._flush(buffer, warn_every_s=SEND_S / 2)
+        await buffer.stop()
+        return channel.handed_over
+
+    with caplog.at_level("WARNING", logger=faust_fixes.__name__):
+        assert len(asyncio.run(run())) == 3
+    waits = [r.getMessage() for r in caplog.records if "producer flush before a commit" in r.getMessage()]
+    assert waits and all("messages buffered" in w for w in waits)
+
+
 @pytest.mark.parametrize("taken_first", [False, True], ids=["buffered", "last-one-being-sent"])
 def test_unpatched_faust_flush_returns_with_records_still_unsent(unpatched, taken_first):
     """Why the fix exists: Faust 0.15.3's flush gives up after 0.1 s without a message sent."""

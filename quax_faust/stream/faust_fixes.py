@@ -66,8 +66,10 @@ async def _send_pending(self: ProducerBuffer, fut) -> None:
         self._quax_sending = False
 
 
-async def _flush(self: ProducerBuffer) -> None:
-    """Wait until every buffered message has been handed to the Kafka client (no time limit)."""
+async def _flush(self: ProducerBuffer, warn_every_s: float = 30.0) -> None:
+    """Wait until every buffered message has been handed to the Kafka client (no time limit; a
+    warning every ``warn_every_s`` seconds of waiting says how many messages are still buffered)."""
+    started = warned = time.monotonic()
     while self.size or getattr(self, "_quax_sending", False):
         if self.state != "running":
             raise RuntimeError(f"cannot flush: producer buffer is {self.state} with {self.size} messages")
@@ -76,6 +78,10 @@ async def _flush(self: ProducerBuffer) -> None:
             await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
         except asyncio.TimeoutError:
             pass  # still sending: keep waiting, never commit ahead of the changelog
+        if time.monotonic() - warned >= warn_every_s:
+            warned = time.monotonic()
+            log.warning("producer flush before a commit still waiting after %.0f s: %d messages buffered%s",
+                        warned - started, self.size, ", one being sent" if getattr(self, "_quax_sending", False) else "")
 
 
 @dataclass
