@@ -145,7 +145,7 @@ def signal_power_w(g_gev: np.ndarray | float, axion_frequency_hz: np.ndarray | f
 
 # --- the standard-halo line shape ----------------------------------------------------------------
 
-def halo_width_hz(axion_frequency_hz: float) -> float:
+def halo_width_hz(axion_frequency_hz: np.ndarray | float) -> np.ndarray | float:
     """f_a beta**2 = f_a <v**2>/c**2, Hz: the line's scale (8.4 kHz at 10.4 GHz)."""
     return axion_frequency_hz * (HALO_VELOCITY_RMS_M_S / LIGHT_M_S) ** 2
 
@@ -165,7 +165,7 @@ def halo_line_cdf(offset_hz: np.ndarray, axion_frequency_hz: float) -> np.ndarra
     return special.gammainc(1.5, np.maximum(np.asarray(offset_hz, dtype=np.float64), 0.0) / scale)
 
 
-def matched_filter_bandwidth_hz(axion_frequency_hz: float) -> float:
+def matched_filter_bandwidth_hz(axion_frequency_hz: np.ndarray | float) -> np.ndarray | float:
     """1/integral(F**2) = pi f_a beta**2/3, Hz: the bandwidth of the radiometer equation for the
     optimally filtered line (8.8 kHz at 10.4 GHz)."""
     return np.pi * halo_width_hz(axion_frequency_hz) / 3
