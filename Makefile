@@ -12,8 +12,8 @@ setup:
 demo: setup
 	@ops/demo.sh
 
-## The test suite, against a real broker the fixtures start on 127.0.0.1 (ops/test.sh: the tests
-## that need no broker run beside the others).
+## The test suite, against a real broker the fixtures start on 127.0.0.1 (ops/test.sh: two
+## pytest-xdist workers, each with its own broker, side by side).
 test: setup
 	@ops/test.sh $(PYTEST_ARGS)
 
