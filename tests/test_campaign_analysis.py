@@ -77,6 +77,7 @@ def test_pure_noise_grand_spectrum_is_standard_normal(noise_campaigns):
     assert x.var() == pytest.approx(1.0, abs=0.05)
     g = noise_campaigns[0]
     assert 0.8 < np.nanmedian(g.efficiency) < 0.9 and 0.9 < np.nanmedian(g.noise_width) < 0.95
+    assert all(0.9 < use.noise_ratio < 1.1 for use in g.runs)
     # Bins above 2.5 sigma come in excursions of several bins (neighbours correlate at ~0.95):
     # the count's variance is its mean times the mean excursion length.
     threshold = 2.5
@@ -201,6 +202,15 @@ def test_a_signal_outside_every_run_is_never_reported():
         assert np.nanmax(g.significance) < 4.5  # nothing leaks into the covered band either
     inside = grand_spectrum(synthetic_campaign(PLAN, [Axion(last_lo + 1e3, strong)], seed=3))
     assert rescan.rescan_list(inside)[0].significance > 10  # the same strength inside is seen
+
+
+def test_a_run_claiming_more_slices_than_it_holds_shows_in_its_noise_ratio():
+    """The measured scatter is checked against 1/sqrt(N): an N four times too large reads 2."""
+    runs = synthetic_campaign(PLAN, seed=5)
+    runs[2] = replace(runs[2], n_slices=4 * runs[2].n_slices)
+    ratios = {use.run: use.noise_ratio for use in grand_spectrum(runs).runs}
+    assert ratios["run002"] == pytest.approx(2.0, rel=0.05)
+    assert ratios["run001"] == pytest.approx(1.0, rel=0.05)
 
 
 # --- metadata ------------------------------------------------------------------------------------
