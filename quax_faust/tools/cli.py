@@ -1,6 +1,6 @@
-"""The `quax` command: synth, topics, produce, worker, export, settings, analyse, bench, and the
-commands of other installed packages (entry points `quax.commands`: spark_batch adds reprocess
-and verify).
+"""The `quax` command: synth, topics, produce, worker, export, settings, analyse, campaign, bench,
+and the commands of other installed packages (entry points `quax.commands`: spark_batch adds
+reprocess and verify).
 
 Settings: any command takes `--set NAME=VALUE` (repeatable) or the setting's own flag
 (`--broker HOST:PORT`, `--slice-len N`, ...); flags beat `QUAX_<NAME>` environment variables,
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub, common)  # synth, topics, produce, worker, settings, export
     from quax_faust.tools import analyse_cmd
     analyse_cmd.register(sub, common)  # quax analyse
+    from quax_faust.tools import campaign_cmd
+    campaign_cmd.register(sub, common)  # quax campaign
     from quax_faust.tools import bench
     bench.register(sub, common)  # quax bench
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
