@@ -240,7 +240,7 @@ def summary(c: Campaign, goal: dict[str, float]) -> str:
                  f"{c.expected_false_candidates:.2f} false candidates expected over the band")
     if c.entries:
         lines.append(f"candidates to rescan, strongest first ({len(c.entries)}):")
-        lines.append(f"  {'frequency_hz':>16} {'sigma':>6} {'global':>6} {'g2 +- sigma':>17}  "
+        lines.append(f"  {'frequency_hz':>16} {'sigma':>6} {'global':>6} {'g2':>8} +- {'sigma':<6}  "
                      f"{'cavity_hz':>16} {'lo_hz':>16}  runs")
         for e in c.entries:
             lines.append(f"  {e.frequency_hz:16.1f} {e.significance:6.2f} {e.global_significance:6.2f} "
