@@ -174,6 +174,9 @@ def test_bad_input_is_explained(campaign, tmp_path, caplog):
     assert "lacks loaded_q, t_sys_k" in text
     (tmp_path / "notes.txt").write_text("not an export")
     assert "an export is .h5, .npz or .csv" in fails(2, "--exports", tmp_path / "notes.txt", "--out", out)
+    (tmp_path / "broken.h5").write_text("not HDF5")
+    assert f"{tmp_path / 'broken.h5'}: not a readable quax export: OSError" in fails(
+        3, "--exports", paths[0], tmp_path / "broken.h5", "--out", out)
     assert "a campaign file is .h5 or .npz, not .csv" in fails(2, "--exports", paths[0], "--out", tmp_path / "c.csv")
     assert "--config 'line_width=3'" in fails(2, "--exports", paths[0], "--out", out, "--config", "line_width=3")
     assert "--confidence 90.0: a probability" in fails(2, "--exports", paths[0], "--out", out, "--confidence", "90")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,8 @@ def spectrum_of_export(export: RunExport, path: Path) -> RunSpectrum:
 
 def read_exports(paths: Sequence[Path], progress: Progress | None = None) -> list[tuple[RunSpectrum, str]]:
     """(run, its source: the path) of each export, in the order given; FileNotFoundError naming a
-    missing file, ValueError for a run given twice or a file that is no export."""
+    missing file, RuntimeError for one that cannot be read, ValueError for a run given twice or a
+    file that is no export by its suffix."""
     from quax_faust.exports.load import load_run  # with h5py: when used, not by every quax command
 
     missing = [str(p) for p in paths if not Path(p).is_file()]
@@ -69,7 +71,11 @@ def read_exports(paths: Sequence[Path], progress: Progress | None = None) -> lis
     found: list[tuple[RunSpectrum, str]] = []
     seen: dict[str, str] = {}
     for k, path in enumerate(paths, 1):
-        spectrum = spectrum_of_export(load_run(Path(path), spectra=False), Path(path))
+        try:
+            export = load_run(Path(path), spectra=False)
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:  # h5py's, a missing entry, a broken .npz
+            raise RuntimeError(f"{path}: not a readable quax export: {type(exc).__name__}: {exc}") from None
+        spectrum = spectrum_of_export(export, Path(path))
         if spectrum.run in seen:
             raise ValueError(f"run {spectrum.run} twice: in {seen[spectrum.run]} and {path}")
         seen[spectrum.run] = str(path)
