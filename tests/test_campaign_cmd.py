@@ -129,7 +129,7 @@ def test_campaign_from_exports_lists_the_axion_the_left_out_run_and_the_limit(ca
     assert meta["best_limit"]["limit_over_ksvz"] == pytest.approx(np.nanmin(curve["limit_over_ksvz"]))
 
     printed = capsys.readouterr().out
-    assert "campaign of 12 runs: 11 used, 1 left out" in printed
+    assert "campaign of 12 runs: 11 used, 1 left out\n  used: run000, run001, run002, run004, " in printed
     assert f"left out: {LACKING} ({paths[3]}): its metadata lacks loaded_q, t_sys_k" in printed
     assert f"band: {meta['band']['covered_low_hz']:.1f} .. {meta['band']['covered_high_hz']:.1f} Hz" in printed
     assert "threshold 3.355 sigma (an axion expected at 5 sigma passes it 95 % of the time)" in printed

@@ -35,6 +35,8 @@ Progress = Callable[[int, int], None]
 """progress(runs_read, n_runs), called after each run."""
 LIVE = "live tables"
 G2_UNIT = "(g/g_KSVZ)**2"
+SHOWN_RUNS = 20
+"""Runs named in the summary's list of those used (the file lists them all)."""
 
 
 # --- reading the runs ----------------------------------------------------------------------------
@@ -235,6 +237,9 @@ def summary(c: Campaign, goal: dict[str, float]) -> str:
     g = c.grand
     covered = band(g)
     lines = [f"campaign of {len(g.runs) + len(g.left_out)} runs: {len(g.runs)} used, {len(g.left_out)} left out"]
+    names = [use.run for use in g.runs]
+    lines.append(f"  used: {', '.join(names[:SHOWN_RUNS])}"
+                 + (f" and {len(names) - SHOWN_RUNS} more (runs_used in the file)" if len(names) > SHOWN_RUNS else ""))
     lines += [f"  left out: {left.run} ({c.sources.get(left.run, '?')}): {left.reason}" for left in g.left_out]
     lines.append(f"band: {covered['covered_low_hz']:.1f} .. {covered['covered_high_hz']:.1f} Hz "
                  f"({covered['covered_hz'] / 1e6:.3f} MHz in {np.count_nonzero(g.covered)} bins of "
