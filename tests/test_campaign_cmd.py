@@ -155,6 +155,20 @@ def test_npz_output_and_knobs(campaign, tmp_path):
     assert result.tables["runs_used"]["run"].tolist() == [r.run for r in runs[4:10]]
 
 
+def test_a_campaign_covering_no_whole_line_says_so(campaign, tmp_path, capsys):
+    """Runs used, but no candidate frequency with its whole line in their used bins: an empty
+    result, said as such, not an error."""
+    _, paths, _ = campaign
+    out = tmp_path / "none.h5"
+    assert quax_campaign("--exports", *paths[:2], "--out", out, "--config", "band_fraction=0.004") == 0
+    printed = capsys.readouterr().out
+    assert "band: none: no candidate frequency has its whole line (16 bins)" in printed
+    assert "no candidates above the threshold" in printed and "best limit" not in printed
+    result = read_campaign(out)
+    assert result.metadata["band"]["covered_hz"] == 0 and result.metadata["best_limit"] == {}
+    assert np.isnan(result.tables["exclusion"]["g_limit_gev"]).all() and result.tables["candidates"]["g2"].size == 0
+
+
 def test_bad_input_is_explained(campaign, tmp_path, caplog):
     _, paths, _ = campaign
     out = tmp_path / "c.h5"

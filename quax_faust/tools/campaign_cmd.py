@@ -241,9 +241,13 @@ def summary(c: Campaign, goal: dict[str, float]) -> str:
     lines.append(f"  used: {', '.join(names[:SHOWN_RUNS])}"
                  + (f" and {len(names) - SHOWN_RUNS} more (runs_used in the file)" if len(names) > SHOWN_RUNS else ""))
     lines += [f"  left out: {left.run} ({c.sources.get(left.run, '?')}): {left.reason}" for left in g.left_out]
-    lines.append(f"band: {covered['covered_low_hz']:.1f} .. {covered['covered_high_hz']:.1f} Hz "
-                 f"({covered['covered_hz'] / 1e6:.3f} MHz in {np.count_nonzero(g.covered)} bins of "
-                 f"{g.bin_width_hz:.2f} Hz), up to {int(g.n_runs.max(initial=0))} runs per bin")
+    if g.covered.any():
+        lines.append(f"band: {covered['covered_low_hz']:.1f} .. {covered['covered_high_hz']:.1f} Hz "
+                     f"({covered['covered_hz'] / 1e6:.3f} MHz in {np.count_nonzero(g.covered)} bins of "
+                     f"{g.bin_width_hz:.2f} Hz), up to {int(g.n_runs.max(initial=0))} runs per bin")
+    else:
+        lines.append(f"band: none: no candidate frequency has its whole line ({g.config.line_bins} bins) "
+                     "in the used bins of the runs")
     goal_text = (f"an axion expected at {goal['target_significance']:g} sigma passes it "
                  f"{100 * goal['detection_probability']:g} % of the time" if "target_significance" in goal
                  else "given with --threshold")
