@@ -259,6 +259,10 @@ def test_live_runs_from_the_workers_views(workers, tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="quax"):
         assert quax_campaign("--runs", "run005", "run042", "--out", tmp_path / "x.h5", *flags) == 3
     assert "the workers hold no run 'run042' (they hold 5: run004, run005, run006, run007, run008)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="quax"):
+        assert quax_campaign("--runs", "run005", "run006", "run005", "--out", tmp_path / "x.h5", *flags) == 2
+    assert "run run005 given twice" in caplog.text
     assert not (tmp_path / "x.h5").exists()
 
     settings = Settings(web_port_base=int(flags[1]), workers=1)
