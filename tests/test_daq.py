@@ -80,6 +80,21 @@ def test_non_finite_samples_name_the_first_offset(tmp_path):
     assert "2 non-finite samples, the first at sample 777 (byte 3108)" in str(info.value)
 
 
+def test_huge_finite_samples_are_not_taken_for_non_finite_ones(tmp_path):
+    """The finite check sums each channel first; finite samples near float32's limit overflow that
+    sum, and the exact scan must then clear them. +inf and -inf together (a NaN sum) are found."""
+    pair, x = write(tmp_path, 9)
+    huge = np.full(x.shape[0], 3.0e38, dtype="<f4")
+    huge.tofile(pair.i_path)
+    i, q = daq.read_channels(pair)
+    np.testing.assert_array_equal(i, huge)
+    np.testing.assert_array_equal(q, x.imag)
+    huge[5], huge[6] = np.inf, -np.inf
+    huge.tofile(pair.i_path)
+    with pytest.raises(daq.DaqError, match="2 non-finite samples, the first at sample 5 "):
+        daq.read_channels(pair)
+
+
 def test_a_pair_shorter_than_one_slice_is_refused_with_its_reason(tmp_path):
     settings = Settings().replace(slice_len=L)
     pair, _ = write(tmp_path, 7, n=L - 1)
@@ -89,7 +104,8 @@ def test_a_pair_shorter_than_one_slice_is_refused_with_its_reason(tmp_path):
     assert info.value.reason == "too_short"
     assert str(info.value) == f"duck_i_00007.dat: {L - 1} samples, fewer than one slice of {L}"
     exactly_one, _ = write(tmp_path, 8, n=L)
-    assert feed._read_checked(exactly_one, settings).shape == (L,)
+    i, q = feed._read_checked(exactly_one, settings)
+    assert i.shape == q.shape == (L,)
 
 
 def test_a_pairs_acquisition_time_is_the_later_modification_time_of_its_files(tmp_path, caplog):
@@ -99,7 +115,8 @@ def test_a_pairs_acquisition_time_is_the_later_modification_time_of_its_files(tm
     assert daq.acquired_at_s(pair) == 1_700_000_001.5
     read = feed._read_file(pair, Settings().replace(slice_len=L))  # what the producer sends it with
     assert read.acquired_at_s == 1_700_000_001.5
-    np.testing.assert_array_equal(read.samples, x)
+    np.testing.assert_array_equal(read.i, x.real)
+    np.testing.assert_array_equal(read.q, x.imag)
     os.utime(pair.i_path, (-10.0, -10.0))
     os.utime(pair.q_path, (-5.0, -5.0))  # a DAQ whose clock was never set: unknown, and said so
     assert math.isnan(daq.acquired_at_s(pair))
@@ -168,13 +185,12 @@ def test_a_file_deleted_while_being_read_is_a_daq_error(tmp_path, monkeypatch):
     from quax_faust.core import daq as daq_module
 
     pair = daq_module.write_pair(tmp_path, 0, np.ones(4096, np.complex64))
-    real_fromfile = np.fromfile
 
-    def fromfile_after_deletion(path, *args, **kwargs):
+    def open_after_deletion(path, *args, **kwargs):
         Path(path).unlink()
-        return real_fromfile(path, *args, **kwargs)
+        return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(daq_module.np, "fromfile", fromfile_after_deletion)
+    monkeypatch.setattr(daq_module, "open", open_after_deletion, raising=False)  # the module's open()
     with pytest.raises(daq_module.DaqError, match="deleted while being read") as error:
         daq_module.read_pair(pair)
     assert error.value.reason == "missing_partner"

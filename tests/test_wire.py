@@ -199,3 +199,38 @@ def test_file_spectrum_carries_its_acquisition_time():
     assert wire.decode_file_spectrum(wire.encode_file_spectrum(spec)).acquired_at_s == 1.5e9
     unknown = dataclasses.replace(spec, acquired_at_s=float("nan"))
     assert math.isnan(wire.decode_file_spectrum(wire.encode_file_spectrum(unknown)).acquired_at_s)
+
+
+@pytest.mark.parametrize(("run", "count", "slice_len", "acquired"),
+                         [("r", 1, 8, 1.7e9), ("run-2026.a_b", 5, 3072, math.nan), ("x" * 64, 3, 100, 0.0)])
+def test_a_message_built_from_the_channels_is_the_one_the_batch_encoder_writes(run, count, slice_len, acquired):
+    """The producer interleaves i and q straight into its message buffer (encode_slice_channels):
+    byte for byte the message encode_slice_batch writes for the same slices, in a larger buffer."""
+    rng = np.random.default_rng(count)
+    i, q = (rng.standard_normal(count * slice_len).astype("<f4") for _ in range(2))
+    samples = wire.interleave(i, q)
+    np.testing.assert_array_equal(samples, i + 1j * q.astype(np.complex64))
+    batch = wire.SliceBatch(run, 12, 3, 3 + count + 2, 7, 2e6, 1.7e9 + 0.25, samples.reshape(count, slice_len), acquired)
+    expected = wire.encode_slice_batch(batch)
+    assert wire.slice_batch_size(run, count, slice_len) == len(expected)
+    out = np.full(len(expected) + 100, 0xAB, dtype=np.uint8)
+    message = wire.encode_slice_channels(out, run, 12, 3, 3 + count + 2, 7, 2e6, 1.7e9 + 0.25, i, q,
+                                         slice_len, acquired)
+    assert message.nbytes == len(expected) and bytes(message) == expected
+    assert (out[len(expected):] == 0xAB).all(), "nothing written past the message"
+
+
+def test_the_channel_encoder_refuses_what_the_batch_encoder_refuses():
+    i = q = np.zeros(2 * 8, dtype="<f4")
+    out = np.empty(4096, dtype=np.uint8)
+    args = ("run", 0, 0, 2, 0, 2e6, 1.0)
+    with pytest.raises(ValueError, match="whole slices"):
+        wire.encode_slice_channels(out, *args, i[:-1], q[:-1], 8)
+    with pytest.raises(ValueError, match="whole slices"):
+        wire.encode_slice_channels(out, *args, i, q[:8], 8)
+    with pytest.raises(ValueError, match="exceeds slices_in_file"):
+        wire.encode_slice_channels(out, "run", 0, 1, 2, 0, 2e6, 1.0, i, q, 8)
+    with pytest.raises(ValueError, match="at least"):
+        wire.encode_slice_channels(out[:100], *args, i, q, 8)
+    with pytest.raises(ValueError, match="run id"):
+        wire.encode_slice_channels(out, "bad run", 0, 0, 2, 0, 2e6, 1.0, i, q, 8)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quax_faust.core import run_meta
+from quax_faust.core import run_meta, wire
 
 log = logging.getLogger(__name__)
 
@@ -106,29 +106,50 @@ def check_pair(pair: FilePair) -> int:
     return n_i
 
 
-def read_pair(pair: FilePair) -> np.ndarray:
-    """The file's complex samples i + 1j*q, shape (n_samples,), complex64.
+def read_channels(pair: FilePair) -> tuple[np.ndarray, np.ndarray]:
+    """The file's in-phase and quadrature samples (i, q), float32, each of shape (n_samples,).
 
     Raises DaqError for bad sizes, i/q length mismatch or non-finite (NaN/Inf) samples, naming the
     file and the first bad sample offset.
     """
     n_samples = check_pair(pair)
-    samples = np.empty(n_samples, dtype=np.complex64)
-    parts = samples.view(np.float32).reshape(n_samples, 2)
-    for column, path in enumerate((pair.i_path, pair.q_path)):
-        try:
-            channel = np.fromfile(path, dtype="<f4")
-        except FileNotFoundError:  # deleted since check_pair (a DAQ cleaning its directory)
-            raise DaqError("missing_partner", path, "file does not exist (deleted while being read)") from None
-        if channel.shape[0] != n_samples:  # the file changed under us
-            raise DaqError("length_mismatch", path, f"{channel.shape[0]} samples read, expected {n_samples}")
+    return _read_channel(pair.i_path, n_samples), _read_channel(pair.q_path, n_samples)
+
+
+READ_BLOCK = 1 << 18
+"""Samples read per step (1 MiB): each block is checked for NaN and infinities while in cache."""
+
+
+def _read_channel(path: Path, n_samples: int) -> np.ndarray:
+    """One channel's n_samples float32 samples, checked block by block (DaqError: see read_channels).
+    A block's sum is non-finite if it holds a NaN or an infinity (or finite values near float32's
+    limit: then the exact scan finds nothing)."""
+    channel = np.empty(n_samples, dtype="<f4")
+    suspect = False
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for start in range(0, n_samples, READ_BLOCK):
+                block = channel[start:start + READ_BLOCK]
+                got = f.readinto(memoryview(block).cast("B"))
+                if got != block.nbytes:  # the file changed under us
+                    raise DaqError("length_mismatch", path, f"{start + (got or 0) // SAMPLE_BYTES} samples read, "
+                                   f"expected {n_samples}")
+                with np.errstate(over="ignore", invalid="ignore"):
+                    suspect = suspect or not np.isfinite(np.add.reduce(block, dtype=np.float32))
+    except FileNotFoundError:  # deleted since check_pair (a DAQ cleaning its directory)
+        raise DaqError("missing_partner", path, "file does not exist (deleted while being read)") from None
+    if suspect:
         bad = ~np.isfinite(channel)
         if bad.any():
             offset = int(np.argmax(bad))
             raise DaqError("non_finite", path, f"{int(bad.sum())} non-finite samples, the first at "
                            f"sample {offset} (byte {offset * SAMPLE_BYTES})")
-        parts[:, column] = channel
-    return samples
+    return channel
+
+
+def read_pair(pair: FilePair) -> np.ndarray:
+    """The file's complex samples i + 1j*q, shape (n_samples,), complex64 (errors: read_channels)."""
+    return wire.interleave(*read_channels(pair))
 
 
 def acquired_at_s(pair: FilePair) -> float:
