@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from quax_faust.connection import partition_counts
-from quax_faust.core import daq, wire
+from quax_faust.core import daq
 from quax_faust.settings import Settings
-from quax_faust.ingest.sender import batches_of_file
+from quax_faust.ingest.sender import file_messages
 from quax_faust.tools import bench_ceiling
 from quax_faust.tools.bench_phases import wire_bytes
 from quax_faust.tools.bench_report import ceiling_rows
@@ -21,10 +21,10 @@ from tests.conftest import stack_settings, wait_until
 @pytest.mark.parametrize("changes", [{}, {"slices_per_message": 4, "slice_len": 1024}])
 def test_the_ceiling_counts_the_bytes_the_chain_sends(changes):
     settings = Settings().replace(**changes)
-    samples = np.zeros(2730 * settings.slice_len + 2048, np.complex64)  # a real file's whole slices and tail
-    sent = [len(wire.encode_slice_batch(b)) for b in batches_of_file("bench-max", 7, samples, settings)]
+    channel = np.zeros(2730 * settings.slice_len + 2048, np.float32)  # a real file's whole slices and tail
+    sent = [message.nbytes for message, _ in file_messages("bench-max", 7, channel, channel, settings)]
     assert bench_ceiling.message_bytes(settings) == max(sent)  # a full message
-    n_slices = daq.SliceLayout(samples.shape[0], settings.slice_len).n_slices
+    n_slices = daq.SliceLayout(channel.shape[0], settings.slice_len).n_slices
     assert wire_bytes(np.array([n_slices, n_slices]), settings) == 2 * sum(sent)
 
 

@@ -98,7 +98,7 @@ def send_file(settings: Settings, daq_dir, k: int) -> None:
 
     async def send():
         async with DaqProducer(settings) as producer:
-            await producer.send_file(RUN, k, daq.read_pair(pair), daq.acquired_at_s(pair))
+            await producer.send_file(RUN, k, *daq.read_channels(pair), daq.acquired_at_s(pair))
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, send()).result()
 

@@ -164,7 +164,7 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(make_stack, d
 
         async def duplicates_and_garbage():
             async with DaqProducer(settings) as producer:  # file 3 again: all its slices duplicates
-                await producer.send_file("metrics", 3, daq.read_pair(daq.pair_paths(daq_dir, 3)))
+                await producer.send_file("metrics", 3, *daq.read_channels(daq.pair_paths(daq_dir, 3)))
             await send_raw_async(settings.broker, settings.slices_topic, wire.file_key("metrics", 0),
                                  b"QXSB but not a slice message")
 

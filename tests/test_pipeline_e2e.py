@@ -50,7 +50,7 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
         # Re-send two whole files, and one message with a different batch size (partial overlap).
         async with DaqProducer(settings) as producer:
             for k in (3, 7):
-                await producer.send_file("e2e", k, daq.read_pair(daq.pair_paths(daq_dir, k)))
+                await producer.send_file("e2e", k, *daq.read_channels(daq.pair_paths(daq_dir, k)))
         x = daq.whole_slices(daq.read_pair(daq.pair_paths(daq_dir, 5)), settings.slice_len)
         batch = wire.SliceBatch("e2e", 5, 4, x.shape[0], N_SAMPLES % settings.slice_len,
                                 settings.sample_rate_hz, 0.0, x[4:15])

@@ -118,7 +118,7 @@ def test_a_login_refused_when_reconnecting_fails_at_once(tmp_path):
                 producer.settings = settings.replace(sasl_password="changed")  # used by its next client
                 sending = _Sending(producer, settings, "auth", 1.0, time.monotonic(), ProduceReport(),
                                    tmp_path / "quarantine", False, Checkpoint(None), 2)
-                sending.in_flight.append(_FileInFlight(7, np.zeros(3072, np.complex64)))
+                sending.in_flight.append(_FileInFlight(7, np.zeros(3072, np.float32), np.zeros(3072, np.float32)))
                 await sending._ride_out(SendError(KafkaError(KafkaError._TRANSPORT, "connection lost")))
 
         with pytest.raises(RuntimeError, match=r"run auth file 00007: the broker at .* refused the "

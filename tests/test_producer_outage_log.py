@@ -33,7 +33,7 @@ class StubProducer:
             self.failures -= 1
             raise SendError(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/bootstrap: Connection refused"))
 
-    async def queue_file(self, run, file_index, samples, acquired_at_s=float("nan")):
+    async def queue_file(self, run, file_index, i, q, acquired_at_s=float("nan")):
         self.queued.append(file_index)
         self.acquired.append(acquired_at_s)
         done = asyncio.get_running_loop().create_future()
@@ -52,7 +52,7 @@ def sending(stub, tmp_path) -> _Sending:
     s = _Sending(stub, Settings(), "run7", 1.0, time.monotonic(), ProduceReport(), tmp_path / "q", False,
                  Checkpoint(None), 2)
     for k in (12, 13):
-        s.in_flight.append(_FileInFlight(k, np.zeros(3072, np.complex64), acquired_at_s=1.7e9 + k))
+        s.in_flight.append(_FileInFlight(k, np.zeros(3072, np.float32), np.zeros(3072, np.float32), acquired_at_s=1.7e9 + k))
     return s
 
 

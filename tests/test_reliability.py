@@ -10,7 +10,6 @@ never for a sleep to be long enough.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import threading
 import time
@@ -24,7 +23,7 @@ from quax_faust.core import daq, wire
 from quax_faust.stream import metrics
 from quax_faust.tools.launch import Broker, Workers, _group_positions, free_port, wait_for_run
 from quax_faust.ingest.producer import produce_directory
-from quax_faust.ingest.sender import batches_of_file
+from quax_faust.ingest.sender import file_messages
 from tests.conftest import (end_outage_drill, rebalances_done, stack_settings, wait_each_assigned, wait_until, worker_metrics,
                             write_synthetic_run)
 from tests.kafka_io import read_topic, send_raw_async, wait_records
@@ -106,10 +105,10 @@ def send_halves(settings, daq_dir, run: str, indices, half: str) -> int:
         sent = 0
         try:
             for k in indices:
-                batches = list(batches_of_file(run, k, daq.read_pair(daq.pair_paths(daq_dir, k)), settings))
-                cut = len(batches) // 2
-                for batch in batches[:cut] if half == "first" else batches[cut:]:
-                    value = wire.encode_slice_batch(dataclasses.replace(batch, produced_at_s=time.time()))
+                i, q = daq.read_channels(daq.pair_paths(daq_dir, k))
+                messages = [bytes(m) for m, _ in file_messages(run, k, i, q, settings)]  # each is copied
+                cut = len(messages) // 2
+                for value in messages[:cut] if half == "first" else messages[cut:]:
                     await producer.send(settings.slices_topic, value, key=wire.file_key(run, k))
                     sent += 1
             await producer.flush()

@@ -263,7 +263,7 @@ async def _send_duplicates_and_garbage(settings: Settings, daq_dir) -> tuple[int
     """Duplicated slices, an extra file sent with repeats while filling, a repeated spectrum and
     one malformed record per topic. Returns (duplicate slices sent, the extra file's index)."""
     async with DaqProducer(settings) as producer:
-        await producer.send_file(RUN, 3, daq.read_pair(daq.pair_paths(daq_dir, 3)))  # 21 repeats
+        await producer.send_file(RUN, 3, *daq.read_channels(daq.pair_paths(daq_dir, 3)))  # 21 repeats
     send = lambda key, value: send_raw_async(settings.broker, settings.slices_topic, key, value)
     x5 = daq.whole_slices(daq.read_pair(daq.pair_paths(daq_dir, 5)), settings.slice_len)
     n_whole, tail = x5.shape[0], N_SAMPLES % settings.slice_len

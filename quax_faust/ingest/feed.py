@@ -114,25 +114,32 @@ class DirectoryFeed:
 
 @dataclass(frozen=True)
 class DaqFile:
-    """A pair as read for sending: its samples (complex64) and when the DAQ acquired it (Unix s)."""
+    """A pair as read for sending: its in-phase and quadrature samples (float32, shape (n_samples,)
+    each) and when the DAQ acquired it (Unix s). Kept apart: the producer interleaves them straight
+    into its messages."""
 
-    samples: np.ndarray
+    i: np.ndarray
+    q: np.ndarray
     acquired_at_s: float
 
+    @property
+    def n_samples(self) -> int:
+        return int(self.i.shape[0])
 
-def _read_checked(pair: daq.FilePair, settings: Settings) -> np.ndarray:
-    """The pair's samples; DaqError if it is bad or shorter than one slice."""
+
+def _read_checked(pair: daq.FilePair, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """The pair's (i, q) samples; DaqError if it is bad or shorter than one slice."""
     daq.check_sidecar(pair, settings.sample_rate_hz, settings.lo_frequency_hz)  # settings: the run's LO
-    samples = daq.read_pair(pair)
-    if daq.SliceLayout(samples.shape[0], settings.slice_len).n_slices == 0:
-        raise daq.DaqError("too_short", pair.i_path, f"{samples.shape[0]} samples, fewer than one "
+    i, q = daq.read_channels(pair)
+    if daq.SliceLayout(i.shape[0], settings.slice_len).n_slices == 0:
+        raise daq.DaqError("too_short", pair.i_path, f"{i.shape[0]} samples, fewer than one "
                            f"slice of {settings.slice_len}")
-    return samples
+    return i, q
 
 
 def _read_file(pair: daq.FilePair, settings: Settings) -> DaqFile:
     """The pair's checked samples and its acquisition time (daq.acquired_at_s); DaqError if bad."""
-    return DaqFile(_read_checked(pair, settings), daq.acquired_at_s(pair))
+    return DaqFile(*_read_checked(pair, settings), daq.acquired_at_s(pair))
 
 
 def _read_in_thread(pair: daq.FilePair, settings: Settings) -> asyncio.Future:

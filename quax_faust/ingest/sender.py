@@ -15,7 +15,6 @@ RuntimeError naming the file.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -36,18 +35,26 @@ from quax_faust.ingest.feed import Checkpoint, quarantine
 from quax_faust.ingest.rdkafka import AsyncProducer, Refusal, SendError, is_retriable
 
 log = logging.getLogger(__name__)
-__all__ = ["DaqProducer", "ProduceReport", "SendError", "backoff_s", "batches_of_file", "is_retriable"]
+__all__ = ["DaqProducer", "ProduceReport", "SendError", "backoff_s", "file_messages", "is_retriable"]
 
 
-def batches_of_file(run: str, file_index: int, samples, settings: Settings,
-                    acquired_at_s: float = wire.UNKNOWN_TIME) -> Iterator[wire.SliceBatch]:
-    """The file's whole slices in messages of settings.slices_per_message (produced_at_s set later),
-    each with the file's acquisition time (Unix s, NaN if unknown)."""
-    layout = daq.SliceLayout(samples.shape[0], settings.slice_len)
-    slices = daq.whole_slices(samples, settings.slice_len)
-    for first in range(0, layout.n_slices, settings.slices_per_message):
-        yield wire.SliceBatch(run, file_index, first, layout.n_slices, layout.tail_samples, settings.sample_rate_hz,
-                              0.0, slices[first:first + settings.slices_per_message], acquired_at_s)
+def file_messages(run: str, file_index: int, i: np.ndarray, q: np.ndarray, settings: Settings,
+                  acquired_at_s: float = wire.UNKNOWN_TIME) -> Iterator[tuple[np.ndarray, int]]:
+    """The file's slice messages, each with its number of slices: settings.slices_per_message whole
+    slices a message (the tail dropped), from the file's in-phase and quadrature samples i, q
+    (float32, shape (n_samples,)), stamped with the time they are made (produced_at_s) and the
+    file's acquisition time (Unix s, NaN if unknown). Each message is built in one buffer, the
+    samples interleaved straight into it, and is valid until the next one is made: the Kafka client
+    copies it when it takes it."""
+    slice_len, per_message = settings.slice_len, settings.slices_per_message
+    layout = daq.SliceLayout(i.shape[0], slice_len)
+    buffer = np.empty(wire.slice_batch_size(run, min(per_message, layout.n_slices), slice_len), np.uint8)
+    for first in range(0, layout.n_slices, per_message):
+        count = min(per_message, layout.n_slices - first)
+        samples = slice(first * slice_len, (first + count) * slice_len)
+        yield wire.encode_slice_channels(buffer, run, file_index, first, layout.n_slices, layout.tail_samples,
+                                         settings.sample_rate_hz, time.time(), i[samples], q[samples],
+                                         slice_len, acquired_at_s), count
 
 
 def backoff_s(attempt: int, first_s: float = 1.0, cap_s: float = 30.0) -> float:
@@ -112,19 +119,21 @@ class DaqProducer:
         self.producer = AsyncProducer(self.settings, self.refusal)
         await self.producer.reachable(self.settings.slices_topic, self.settings.producer_request_timeout_s)
 
-    async def send_file(self, run: str, file_index: int, samples,
+    async def send_file(self, run: str, file_index: int, i: np.ndarray, q: np.ndarray,
                         acquired_at_s: float = wire.UNKNOWN_TIME) -> tuple[int, int, int]:
         """Send one file's whole slices; returns (slices, messages, bytes) once the broker acked all."""
-        return await (await self.queue_file(run, file_index, samples, acquired_at_s))
+        return await (await self.queue_file(run, file_index, i, q, acquired_at_s))
 
-    async def queue_file(self, run: str, file_index: int, samples,
+    async def queue_file(self, run: str, file_index: int, i: np.ndarray, q: np.ndarray,
                          acquired_at_s: float = wire.UNKNOWN_TIME) -> asyncio.Future:
-        """Hand one file's messages (acquired at acquired_at_s, Unix s; NaN unknown) to the Kafka
-        client; the returned future gives (slices, messages, bytes) once the broker acked them all."""
+        """Hand one file's messages (its in-phase and quadrature samples i, q: float32, shape
+        (n_samples,); acquired at acquired_at_s, Unix s, NaN unknown) to the Kafka client; the
+        returned future gives (slices, messages, bytes) once the broker acked them all.
+
+        No copy of the file is made besides each message (file_messages) and librdkafka's own."""
         key = wire.file_key(run, file_index)
         acks = _FileAcks(time.perf_counter())
-        for batch in batches_of_file(run, file_index, samples, self.settings, acquired_at_s):
-            value = wire.encode_slice_batch(dataclasses.replace(batch, produced_at_s=time.time()))
+        for value, count in file_messages(run, file_index, i, q, self.settings, acquired_at_s):
             acks.pending += 1
             try:
                 await self.producer.produce(self.settings.slices_topic, value, key, acks.delivered)
@@ -132,8 +141,8 @@ class DaqProducer:
                 acks.pending -= 1
                 raise
             acks.n_messages += 1
-            acks.n_slices += batch.slice_count
-            acks.n_bytes += len(value)
+            acks.n_slices += count
+            acks.n_bytes += value.nbytes
         acks.all_queued = True
         acks.check_done()
         return acks.future
@@ -167,10 +176,12 @@ class ProduceReport:
 
 @dataclass
 class _FileInFlight:
-    """A file handed to the Kafka client; its samples are kept until it is acked, to re-send it."""
+    """A file handed to the Kafka client; its samples (i, q: float32, shape (n_samples,)) are kept
+    until it is acked, to re-send it."""
 
     file_index: int
-    samples: np.ndarray
+    i: np.ndarray
+    q: np.ndarray
     acked: asyncio.Future | None = None
     """Gives (slices, messages, bytes) once the broker acked every message; None: not queued yet."""
     acquired_at_s: float = wire.UNKNOWN_TIME
@@ -242,11 +253,11 @@ class _Sending:
         delay = self.started + self.queued_data_s / self.speed - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        file = _FileInFlight(file_index, read.samples, acquired_at_s=read.acquired_at_s)
-        self.queued_data_s += file.samples.shape[0] / self.settings.sample_rate_hz
+        file = _FileInFlight(file_index, read.i, read.q, acquired_at_s=read.acquired_at_s)
+        self.queued_data_s += read.n_samples / self.settings.sample_rate_hz
         self.in_flight.append(file)
         try:
-            file.acked = await self.producer.queue_file(self.run, file_index, file.samples, file.acquired_at_s)
+            file.acked = await self.producer.queue_file(self.run, file_index, file.i, file.q, file.acquired_at_s)
         except Exception as exc:
             await self._ride_out(exc)
         while len(self.in_flight) >= max(1, self.files_in_flight):
@@ -267,7 +278,7 @@ class _Sending:
                 await self._ride_out(exc)
         self.in_flight.popleft()
         self.outage.over()
-        n_samples = oldest.samples.shape[0]
+        n_samples = oldest.i.shape[0]
         report, settings = self.report, self.settings
         tail = daq.SliceLayout(n_samples, settings.slice_len).tail_samples
         report.files_sent += 1
@@ -313,7 +324,7 @@ class _Sending:
                 await self.producer.restart(pause_s)
                 # After the old client stopped: a file it did deliver in the meantime is not re-sent.
                 for file in [f for f in self.in_flight if f.needs_sending]:
-                    file.acked = await self.producer.queue_file(self.run, file.file_index, file.samples,
+                    file.acked = await self.producer.queue_file(self.run, file.file_index, file.i, file.q,
                                                                 file.acquired_at_s)
                 return
             except Exception as again:
