@@ -43,9 +43,20 @@ def run_view(settings: Settings, k: int, run: str) -> dict | None:
         return None
 
 
+def answered_run_view(settings: Settings, k: int, run: str, timeout_s: float = 120.0) -> dict | None:
+    """Worker k's run document, asked again until it answers (a loaded box may time a request out,
+    a rebalance answer 503 while the tables recover); None if it never does within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while (doc := run_view(settings, k, run)) is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return doc
+
+
 def check_run(settings: Settings, run: str, n_files: int, slices: int) -> dict:
     """Every slice counted once: n_slices == files x slices, file indices exactly 0..n_files-1."""
-    doc = run_view(settings, 0, run) or {}
+    doc = answered_run_view(settings, 0, run)
+    if doc is None:
+        return {"ok": False, "error": f"worker 0 did not answer /quax/runs/{run}/ within 120 s"}
     indices = doc.get("file_indices", [])
     dupes = [i for i, c in Counter(indices).items() if c > 1]
     ok = (doc.get("n_files") == n_files and doc.get("n_slices") == n_files * slices
