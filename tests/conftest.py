@@ -161,4 +161,18 @@ def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
         wait_until(at_rest, timeout_s, f"each of workers {sorted(workers.procs)} assigned and at rest", interval_s=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlast seen (assigned, rebalances done) per worker: {seen}\n"
-                             f"{worker_log_tails(workers)}") from None
+                             f"{worker_log_tails(workers)}\n{worker_stacks(workers)}") from None
+
+
+def worker_stacks(workers, lines: int = 300) -> str:
+    """Each running worker's threads and asyncio tasks, as mode's SIGUSR1 handler writes them to
+    its log (if its event loop still runs): the end of each log after the signal."""
+    import os
+    import signal
+    import time
+
+    for proc in workers.procs.values():
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(3.0)
+    return "stacks after SIGUSR1:\n" + worker_log_tails(workers, lines=lines, marks=("",))
