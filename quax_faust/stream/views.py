@@ -11,6 +11,12 @@ from quax_faust.core import dsp
 from quax_faust.core.accumulators import RunAccumulator
 from quax_faust.core.wire import FileSpectrum
 
+AGREED_SETTINGS = ("app_id", "partitions", "slice_len", "sample_rate_hz", "slices_per_message",
+                   "slices_topic", "spectra_topic", "candidates_topic", "metadata_topic",
+                   "replication_factor", "max_message_bytes", "slices_retention_s", "workers")
+"""Settings every process of one chain must share (docs/deploy.md); the health view reports them,
+so `quax doctor` can tell a worker started with another slice length or app id."""
+
 
 def floats(values: np.ndarray) -> list[float | None]:
     """A JSON-safe list: NaN and infinities become null."""
@@ -64,3 +70,8 @@ def file_document(spec: FileSpectrum, *, with_spectrum: bool = True) -> dict[str
         doc["mean"] = floats(spec.mean)
         doc["std"] = floats(spec.std)
     return doc
+
+
+def agreed_settings(settings) -> dict[str, Any]:
+    """The AGREED_SETTINGS of a settings object, as JSON values."""
+    return {name: getattr(settings, name) for name in AGREED_SETTINGS}

@@ -225,6 +225,7 @@ class HealthView(View):
             # Where its tables come from: quax export records these topics' offsets.
             "consumer_group": app.conf.id, "slices_topic": chain.settings.slices_topic,
             "spectra_topic": chain.settings.spectra_topic,
+            "settings": views.agreed_settings(chain.settings),  # for `quax doctor`
             "slices_total": REGISTRY.get_sample_value("quax_slices_total"),
             "files_completed_total": REGISTRY.get_sample_value("quax_files_completed_total"),
         })
