@@ -11,6 +11,7 @@ from pathlib import Path
 
 from quax_faust.settings import Settings
 from quax_faust.tools.cli_options import format_settings
+from quax_faust.tools.settings_check import CheckAction
 
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FAUST_LOGLEVEL = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
@@ -62,6 +63,9 @@ def register(sub, common) -> None:
 
     p = sub.add_parser("settings", parents=[common],
                        help="print every setting: its env variable, its value here and its meaning")
+    p.add_argument("--check", action=CheckAction, metavar="FILE",
+                   help="check a settings file of NAME=VALUE lines (the systemd units' EnvironmentFile) and "
+                        "exit: 0 valid, 2 a bad line, name or value (the message names the line), 3 missing")
     p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("export", parents=[common], help="write a run from the live tables to .h5/.npz/.csv")
