@@ -165,14 +165,16 @@ def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
 
 
 def worker_stacks(workers, lines: int = 300) -> str:
-    """Each running worker's threads and asyncio tasks, as mode's SIGUSR1 handler writes them to
-    its log (if its event loop still runs): the end of each log after the signal."""
+    """Each running worker's threads (SIGUSR2: faulthandler, even with a blocked event loop) and
+    asyncio tasks (SIGUSR1: mode's handler, if the loop still runs), as written to its log: the end
+    of each log after the signals."""
     import os
     import signal
     import time
 
-    for proc in workers.procs.values():
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGUSR1)
-    time.sleep(3.0)
-    return "stacks after SIGUSR1:\n" + worker_log_tails(workers, lines=lines, marks=("",))
+    for sig in (signal.SIGUSR2, signal.SIGUSR1):
+        for proc in workers.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, sig)
+        time.sleep(1.5)
+    return "stacks after SIGUSR2 and SIGUSR1:\n" + worker_log_tails(workers, lines=lines, marks=("",))
