@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 templates=$here/systemd
 prefix="" user=quax dest=/etc/systemd/system conf=/etc/quax/quax.env daq_root=/data/quax
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }  # this header
 die() { echo "install-services.sh: $*" >&2; exit 1; }
 
 while (($#)); do
@@ -28,11 +28,11 @@ while (($#)); do
     --dest) dest=${2:?--dest needs a directory}; shift 2 ;;
     --conf) conf=${2:?--conf needs a file}; shift 2 ;;
     --daq-root) daq_root=${2:?--daq-root needs a directory}; shift 2 ;;
-    -h|--help) usage ;;
-    *) echo "install-services.sh: unknown argument $1" >&2; usage ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install-services.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-[[ -n $prefix ]] || { echo "install-services.sh: --prefix is required" >&2; usage; }
+[[ -n $prefix ]] || { echo "install-services.sh: --prefix is required" >&2; usage >&2; exit 2; }
 prefix=$(cd "$prefix" 2>/dev/null && pwd) || die "--prefix: no directory $prefix"
 for path in "$prefix" "$conf" "$daq_root"; do
   [[ $path == /* ]] || die "$path: systemd needs an absolute path"

@@ -6,8 +6,8 @@ the broker unit itself starts.
 
 What differs from systemd here (this box runs no systemd): the processes run as the test's user,
 without the units' sandbox (ProtectSystem=, PrivateTmp=, ...), with /var/lib/quax (the units'
-StateDirectory=) mapped to a temporary directory, and this file stops them in the order systemd
-would (producer, workers, dashboard, Prometheus, then the broker).
+StateDirectory=) mapped to a temporary directory, and SIGTERM sent by this file, the broker last
+(systemd stops the workers and the producer first: they are ordered After= it).
 """
 
 from __future__ import annotations
