@@ -14,7 +14,7 @@ from dataclasses import replace
 from quax_faust.core import run_meta, wire
 from quax_faust.core.accumulators import COMPLETE, FileAccumulator, RunAccumulator
 from quax_faust.core.errors import QuaxError
-from quax_faust.search import candidates
+from quax_faust.search import candidates, detector_figures, spectrum_search
 from quax_faust.stream import faust_fixes, metrics
 from quax_faust.stream.chain import Chain
 
@@ -84,7 +84,8 @@ async def on_file_spectrum(chain: Chain, event) -> None:
             metrics.FILES_FOLDED.inc()
             metrics.FILE_LATENCY.observe(now - spectrum.last_produced_at_s)
             metrics.LAST_FILE_COMPLETED.set(now)
-            await search_candidates(chain, acc)
+            searched = await search_candidates(chain, acc)
+            export_detector_figures(chain, acc, spectrum, now, searched)
         else:
             metrics.DUPLICATE_FILES.inc()
             if chain.file_spectra.get(file_key) is None:
@@ -95,28 +96,62 @@ async def on_file_spectrum(chain: Chain, event) -> None:
     done(chain, event)
 
 
-async def search_candidates(chain: Chain, acc: RunAccumulator) -> None:
+async def search_candidates(chain: Chain, acc: RunAccumulator) -> detector_figures.SearchFigures | None:
     """Search the run's new average (docs/analysis.md); the run's candidates document goes to the
     `candidates` table, what changed to the `candidates` topic. Runs inside fold_spectra's stream
-    iteration, so it may write tables."""
+    iteration, so it may write tables. Returns the search's counts (None if it failed)."""
     key = acc.run.encode()
     stored = chain.candidates.get(key)
-    try:
-        doc, changed = candidates.search_run(candidates.decode(stored) if stored else None, acc.run,
-                                             acc.mean, acc.n_slices, acc.sample_rate_hz,
-                                             acc.latest_file_index, acc.n_files,
-                                             config=replace(chain.search_config,
-                                                            lo_frequency_hz=chain.lo_frequency_hz(acc.run)))
+    config = replace(chain.search_config, lo_frequency_hz=chain.lo_frequency_hz(acc.run))
+    try:  # candidates.search_run in two steps: the counts need the search result too
+        result = spectrum_search.search_spectrum(acc.mean, acc.n_slices, acc.sample_rate_hz, config=config)
+        doc, changed = candidates.update_candidates(candidates.decode(stored) if stored else None, result,
+                                                    acc.run, acc.latest_file_index, acc.n_files,
+                                                    config.persist_searches)
         value = candidates.encode(doc)
     except ValueError as exc:  # a spectrum the search cannot use: say so, keep folding
         log.warning("candidate search of run %s after file %d failed: %s", acc.run,
                     acc.latest_file_index, exc)
-        return
+        return None
     chain.candidates[key] = value
     context = {k: doc[k] for k in ("run", "searched_file_index", "n_files", "n_slices",
                                    "threshold_sigma", "local_threshold_sigma")}
     for record in changed:
         await chain.candidates_topic.send(key=key, value=candidates.encode({**context, **record}))
+    return detector_figures.search_figures(result, doc, changed, config.persist_searches)
+
+
+def export_detector_figures(chain: Chain, acc: RunAccumulator, spectrum: wire.FileSpectrum,
+                            folded_at_s: float, searched: detector_figures.SearchFigures | None) -> None:
+    """The run's detector figures after this file (docs/metrics.md): its in-band power and noise
+    level against the run's first file, the power steps to the neighbouring files already folded
+    (each pair of consecutive files is compared once, whichever of the two came last)."""
+    config = chain.search_config
+    band = detector_figures.in_band(spectrum.slice_len, spectrum.sample_rate_hz, config.search_band_fraction,
+                                    config.dc_exclude_hz)
+
+    def figures_of(file_index: int) -> detector_figures.FileFigures | None:
+        other = spectrum if file_index == spectrum.file_index else chain.file_spectrum(acc.run, file_index)
+        return None if other is None else detector_figures.file_figures(other.mean, other.sample_rate_hz, band)
+
+    try:
+        here = figures_of(spectrum.file_index)
+        first = figures_of(next(iter(acc.files)))
+        steps = []
+        for earlier, later in ((spectrum.file_index - 1, spectrum.file_index),
+                               (spectrum.file_index, spectrum.file_index + 1)):
+            if earlier in acc.files and later in acc.files:
+                a, b = figures_of(earlier), figures_of(later)
+                if a is not None and b is not None and a.inband_power_v2 > 0:
+                    steps.append(detector_figures.relative_step(a.inband_power_v2, b.inband_power_v2))
+        ratio = detector_figures.noise_ratio(here, first) if first is not None and first.noise_psd > 0 else None
+    except (QuaxError, ValueError) as exc:  # a figure is not worth a rejected spectrum: say so, go on
+        log.warning("detector figures of run %s file %d: %s", acc.run, spectrum.file_index, exc)
+        here, ratio, steps = None, None, []
+    spectra_topic = chain.settings.spectra_topic
+    metrics.set_run_figures(
+        acc.run, folded_at_s=folded_at_s, file=here, noise_ratio=ratio, steps=steps, search=searched,
+        folds_here=lambda: any(tp.topic == spectra_topic for tp in chain.app.consumer.assignment()))
 
 
 async def on_run_metadata(chain: Chain, event) -> None:

@@ -17,7 +17,8 @@ import logging
 
 from typing import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               start_http_server)
 
 # --- workers: the slices agent (transform_slices) ---------------------------------------------
 SLICES = Counter("quax_slices_total", "Whole slices counted into file spectra")
@@ -88,6 +89,104 @@ FILE_LATENCY = Histogram(
              2.0, 3.0, 5.0, 10.0, 30.0, 60.0))
 LAST_FILE_COMPLETED = Gauge("quax_last_file_completed_timestamp_seconds",
                             "Unix time the latest file spectrum was folded into its run")
+
+# --- workers: the detector, per run (fold_spectra; quax_faust/search/detector_figures.py) -------
+class _StaleRunFigures:
+    """Forgets the per-run gauges while this worker does not fold the runs (does not hold the
+    spectra partition): after a rebalance moved the folding elsewhere, its last values here would
+    be stale. A collector of no metric, registered before the run gauges, so a scrape clears them
+    before it collects them. (Counters and histograms stay: a flat counter says nothing new.)"""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        if not _folds_here():
+            for gauge in _RUN_GAUGES:
+                gauge.clear()
+        return []
+
+
+REGISTRY.register(_StaleRunFigures())
+RUN_INBAND_POWER = Gauge("quax_run_inband_power_volts_squared",
+                         "In-band power of the run's latest folded file: its mean PSD summed over the "
+                         "searched band times the bin width (V**2)", ["run"])
+RUN_NOISE_RATIO = Gauge("quax_run_noise_level_ratio",
+                        "Median PSD over the searched band of the run's latest folded file over that of "
+                        "the run's first file", ["run"])
+RUN_BINS_OVER_THRESHOLD = Gauge("quax_run_bins_over_threshold",
+                                "Searched bins (blocks) of the run average above the candidate threshold "
+                                "in the latest search", ["run"])
+RUN_CANDIDATES = Gauge("quax_run_candidates", "Candidates of the run above threshold in the latest search",
+                       ["run"])
+RUN_PERSISTENT_CANDIDATES = Gauge("quax_run_persistent_candidates",
+                                  "Candidates of the run above threshold in persist_searches consecutive "
+                                  "searches", ["run"])
+RUN_LAST_FILE = Gauge("quax_run_last_file_folded_timestamp_seconds",
+                      "Unix time the run's latest file was folded into its average", ["run"])
+RUN_POWER_STEP = Histogram("quax_run_inband_power_step_ratio",
+                           "|P_k+1 / P_k - 1| of the in-band powers of each two consecutive files of the run, "
+                           "observed once both are folded", ["run"],
+                           buckets=(0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0))
+RUN_TURNED_PERSISTENT = Counter("quax_run_candidates_turned_persistent_total",
+                                "Candidates of the run that became persistent", ["run"])
+_RUN_GAUGES = (RUN_INBAND_POWER, RUN_NOISE_RATIO, RUN_BINS_OVER_THRESHOLD, RUN_CANDIDATES,
+               RUN_PERSISTENT_CANDIDATES, RUN_LAST_FILE)
+_RUN_METRICS = (*_RUN_GAUGES, RUN_POWER_STEP, RUN_TURNED_PERSISTENT)
+RUNS_EXPORTED = 8
+"""Runs whose figures a worker exports: the most recently folded ones (a worker lives for many runs)."""
+_runs_exported: dict[str, None] = {}  # in the order they were last folded
+
+
+def _folds_here() -> bool:  # until the first fold; set_run_figures gives the real test
+    return True
+
+
+def set_run_figures(run: str, *, folded_at_s: float, folds_here, file=None, noise_ratio: float | None = None,
+                    steps=(), search=None) -> None:
+    """Export a run's detector figures after one of its files was folded.
+
+    file: detector_figures.FileFigures of that file; noise_ratio: its noise level over the run's
+    first file's; steps: relative_step of each pair of consecutive files completed by this one;
+    search: detector_figures.SearchFigures of the search that followed (None if none ran).
+    folds_here(): does this worker fold the runs now (hold the spectra partition)?
+    """
+    global _folds_here
+    _folds_here = _guarded(folds_here)
+    _runs_exported.pop(run, None)
+    _runs_exported[run] = None
+    while len(_runs_exported) > RUNS_EXPORTED:
+        old = next(iter(_runs_exported))
+        del _runs_exported[old]
+        for metric in _RUN_METRICS:
+            try:
+                metric.remove(old)
+            except KeyError:
+                pass
+    RUN_LAST_FILE.labels(run=run).set(folded_at_s)
+    if file is not None:
+        RUN_INBAND_POWER.labels(run=run).set(file.inband_power_v2)
+    if noise_ratio is not None:
+        RUN_NOISE_RATIO.labels(run=run).set(noise_ratio)
+    histogram = RUN_POWER_STEP.labels(run=run)  # exists from the first file: increase() sees the first step
+    for step in steps:
+        histogram.observe(step)
+    turned = RUN_TURNED_PERSISTENT.labels(run=run)
+    if search is not None:
+        RUN_BINS_OVER_THRESHOLD.labels(run=run).set(search.bins_over_threshold)
+        RUN_CANDIDATES.labels(run=run).set(search.candidates)
+        RUN_PERSISTENT_CANDIDATES.labels(run=run).set(search.persistent_candidates)
+        turned.inc(search.turned_persistent)
+
+
+def _guarded(test):
+    def folds_here() -> bool:
+        try:
+            return bool(test())
+        except Exception:  # no consumer yet, or a rebalance under way: export what we have
+            return True
+    return folds_here
+
 
 # --- workers: consumer lag of the agents' source partitions -------------------------------------
 CONSUMER_LAG = Gauge("quax_consumer_lag_messages",
