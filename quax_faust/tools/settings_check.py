@@ -93,9 +93,6 @@ class CheckAction(argparse.Action):
     `quax` reads QUAX_* from the environment: under systemd that environment is the file itself,
     and a bad value must be reported with its file and line, not as a bad environment."""
 
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-
     def __call__(self, parser, namespace, value, option_string=None):
         path = Path(value)
         try:
