@@ -93,6 +93,46 @@ def test_promtool_accepts_config_and_rules_and_the_rule_tests_pass(tmp_path):
     assert targets["quax-producer"] == ["127.0.0.1:31500"]
 
 
+def test_run_figures_come_from_the_worker_that_folds_and_only_for_the_newest_runs():
+    """A worker that lost the spectra partition stops exporting its (stale) run gauges at the next
+    scrape; a worker exports the RUNS_EXPORTED runs it folded last."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from quax_faust.search.detector_figures import FileFigures, SearchFigures
+
+    folding = {"here": True}
+    runs = [f"lru-{k}" for k in range(metrics.RUNS_EXPORTED + 2)]
+
+    def exported(metric: str) -> set[str]:
+        families = text_string_to_metric_families(generate_latest(REGISTRY).decode())
+        return {s.labels["run"] for f in families for s in f.samples
+                if s.name.startswith(metric) and s.labels.get("run", "").startswith("lru-")}
+
+    try:
+        for k, run in enumerate(runs):
+            metrics.set_run_figures(run, folded_at_s=1e9 + k, folds_here=lambda: folding["here"],
+                                    file=FileFigures(1.0, 1e-6), noise_ratio=1.0, steps=(0.01,),
+                                    search=SearchFigures(1, 1, 0, 0))
+        newest = set(runs[-metrics.RUNS_EXPORTED:])
+        for name in ("quax_run_inband_power_volts_squared", "quax_run_candidates",
+                     "quax_run_last_file_folded_timestamp_seconds", "quax_run_inband_power_step_ratio",
+                     "quax_run_candidates_turned_persistent"):
+            assert exported(name) == newest, name
+        folding["here"] = False  # a rebalance moved the spectra partition away
+        assert exported("quax_run_inband_power_volts_squared") == set()
+        assert exported("quax_run_last_file_folded_timestamp_seconds") == set()
+        assert exported("quax_run_inband_power_step_ratio") == newest  # a counter goes flat, not stale
+    finally:
+        folding["here"] = True
+        for run in runs:
+            for metric in metrics._RUN_METRICS:
+                try:
+                    metric.remove(run)
+                except KeyError:
+                    pass
+            metrics._runs_exported.pop(run, None)
+
+
 def test_dashboard_can_be_imported_into_any_grafana():
     """Grafana is not packaged for Debian (nor anywhere we may install it from), and it publishes no
     JSON schema of its classic dashboard model: this checks, strictly, what an import needs. The
