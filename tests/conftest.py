@@ -165,16 +165,24 @@ def wait_each_assigned(workers, timeout_s: float = 120.0) -> None:
 
 
 def worker_stacks(workers, lines: int = 300) -> str:
-    """Each running worker's threads (SIGUSR2: faulthandler, even with a blocked event loop) and
+    """Each running worker's threads (SIGQUIT: faulthandler, even with a blocked event loop) and
     asyncio tasks (SIGUSR1: mode's handler, if the loop still runs), as written to its log: the end
-    of each log after the signals."""
+    of each log after the signals; and py-spy's view of each, where py-spy is installed."""
     import os
+    import shutil
     import signal
+    import subprocess
     import time
 
-    for sig in (signal.SIGUSR2, signal.SIGUSR1):
+    spied = []
+    if shutil.which("py-spy"):
+        for k, proc in workers.procs.items():
+            if proc.poll() is None:
+                run = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=60)
+                spied.append(f"--- py-spy dump of worker {k} (pid {proc.pid}):\n{run.stdout[-6000:]}{run.stderr[-500:]}")
+    for sig in (signal.SIGQUIT, signal.SIGUSR1):
         for proc in workers.procs.values():
             if proc.poll() is None:
                 os.kill(proc.pid, sig)
         time.sleep(1.5)
-    return "stacks after SIGUSR2 and SIGUSR1:\n" + worker_log_tails(workers, lines=lines, marks=("",))
+    return "\n".join(spied) + "\nstacks after SIGQUIT and SIGUSR1:\n" + worker_log_tails(workers, lines=lines, marks=("",))

@@ -22,9 +22,9 @@ from quax_faust.stream.topics import ensure_topics
 def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
     """Run worker ``index`` until it is stopped: tables under var_dir/workers/K, web views on port
     web_port_base + K."""
-    # SIGUSR2: every thread's Python stack to stderr (the log), even with the event loop blocked
-    # (mode's SIGUSR1 dump needs a running loop).
-    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    # SIGQUIT: every thread's Python stack to stderr (the log), even with the event loop blocked
+    # (mode's SIGUSR1 dump needs a running loop; mode takes SIGUSR2 for itself).
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory
     faust_fixes.install()  # flush really flushes; only processed offsets are committed
     faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic, settings.metadata_topic])
