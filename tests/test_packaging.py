@@ -33,8 +33,9 @@ from quax_faust.tools.launch import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("quax_faust", "spark_batch", "dashboard")
-SHIPPED_OPS = ("kafka", "prometheus", "grafana", "spark")
-"""The ops/ folders the wheel carries as quax_faust/ops (ops/setup.sh and the demo stay in the checkout)."""
+SHIPPED_OPS = ("kafka", "prometheus", "grafana", "spark", "systemd")
+"""The ops/ folders the wheel carries as quax_faust/ops, with ops/install-services.sh (ops/setup.sh and the
+demo stay in the checkout)."""
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
@@ -117,6 +118,7 @@ def test_the_wheel_holds_every_module_of_the_checkout_and_the_ops_files(installe
         for path in sorted((REPO / "ops" / folder).rglob("*")):
             if path.is_file():
                 assert f"quax_faust/{path.relative_to(REPO)}" in names, path
+    assert "quax_faust/ops/install-services.sh" in names
     assert not any(name.startswith("quax_faust/ops/") and name.endswith(("setup.sh", "demo.sh")) for name in names)
 
 
