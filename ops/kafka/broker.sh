@@ -128,7 +128,7 @@ case $cmd in
     # before the broker goes away under them.
     setsid bash -c "$(declare -f java_run); heap='$heap' here='$here' data='$data' lib='$lib' java_run kafka.Kafka '$data/server.properties'" &
     pid=$!; echo $pid > "$pidfile"
-    trap 'sleep ${KAFKA_STOP_DELAY_S:-8}; kill -TERM $pid 2>/dev/null; wait $pid; rm -f "$pidfile"' INT TERM
+    trap 'sleep ${KAFKA_STOP_DELAY_S:-8}; kill -TERM $pid 2>/dev/null; wait $pid || true; rm -f "$pidfile"; exit 143' INT TERM
     wait $pid
     ;;
   start|spawn)
