@@ -1,4 +1,4 @@
-"""The `quax` command: synth, topics, produce, worker, export, settings, analyse, campaign, bench,
+"""The `quax` command: synth, topics, produce, worker, export, settings, analyse, campaign, bench, doctor,
 and the commands of other installed packages (entry points `quax.commands`: spark_batch adds
 reprocess and verify).
 
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     campaign_cmd.register(sub, common)  # quax campaign
     from quax_faust.tools import bench
     bench.register(sub, common)  # quax bench
+    from quax_faust.tools.doctor import command as doctor
+    doctor.register(sub, common)  # quax doctor
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:  # e.g. spark = spark_batch.cli:register (reprocess, verify)
             entry.load()(sub, common)
