@@ -151,7 +151,8 @@ def test_a_broker_and_a_worker_that_never_answer_time_out_by_name(tmp_path):
     lines = {c["name"]: c for c in doc["checks"]}
     assert code == 2
     assert lines["broker"]["status"] == FAIL
-    assert lines["broker"]["message"].startswith("broker timed out after 2 s (")
+    assert lines["broker"]["message"] == f"broker timed out after 2 s (connecting to 127.0.0.1:{port})"
+    assert "does not answer as Kafka" in lines["broker"]["fix"]
     assert lines["worker 0"]["message"].startswith(f"worker 0 timed out after 2 s (GET http://127.0.0.1:{port}")
     assert any(c["message"].startswith(f"port {port} (worker 0) timed out after 2 s") for c in doc["checks"])
     assert elapsed < 12, f"{elapsed:.1f} s"  # the probes run at once: one deadline, not one per check

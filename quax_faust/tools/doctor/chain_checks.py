@@ -10,13 +10,18 @@ from quax_faust.settings import Settings
 from quax_faust.stream.topics import DAY_S, daq_bytes_per_s, topic_plan
 from quax_faust.stream.views import AGREED_SETTINGS
 from quax_faust.tools.doctor.probes import HttpAnswer, KafkaFacts
-from quax_faust.tools.doctor.report import FAIL, OK, WARN, Check
+from quax_faust.tools.doctor.report import FAIL, OK, WARN, Check, TimedOut
 
 PRODUCE, FETCH = 0, 1  # Kafka API keys
 TROUBLE = "docs/troubleshooting.md"
 
 
 def check_broker(settings: Settings, facts: KafkaFacts | Exception) -> list[Check]:
+    if isinstance(facts, TimedOut):
+        return [Check("broker", FAIL, str(facts),
+                      f"something at {settings.broker} takes the connection but does not answer as Kafka: the "
+                      "wrong port, a firewall dropping packets, or a TLS listener (security_protocol) "
+                      f"({TROUBLE}#broker-unreachable)")]
     if isinstance(facts, Exception):
         return [Check("broker", FAIL, str(facts),
                       f"start the broker (`ops/kafka/broker.sh start PORT`, `make demo`) or point --broker / "
@@ -140,7 +145,7 @@ def _group(settings: Settings, facts: KafkaFacts, answering: int) -> Check:
 
 def check_lag(settings: Settings, facts: KafkaFacts) -> list[Check]:
     """Messages behind the end of slices and spectra, committed by the group (what is processed)."""
-    lags = {tp: end - max(0, facts.committed.get(tp, 0)) for tp, end in facts.ends.items()}
+    lags = {tp: end - max(facts.starts.get(tp, 0), facts.committed.get(tp, 0)) for tp, end in facts.ends.items()}
     slices = sum(lag for (topic, _), lag in lags.items() if topic == settings.slices_topic)
     spectra = sum(lag for (topic, _), lag in lags.items() if topic == settings.spectra_topic)
     behind_s = slices * settings.slices_per_message * settings.slice_duration_s

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import logging
 import os
 import shutil
 import socket
@@ -28,6 +27,7 @@ from quax_faust.connection import client_options, connect_admin
 from quax_faust.core import daq
 from quax_faust.settings import Settings
 from quax_faust.stream.topics import describe_topic_configs, topic_plan
+from quax_faust.tools.doctor.report import TimedOut
 
 Step = Callable[[str], None]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -50,22 +50,18 @@ class KafkaFacts:
     """The workers' consumer group: {"state", "members"}; None when the broker does not know it."""
     committed: dict[tuple[str, int], int]
     ends: dict[tuple[str, int], int]
+    starts: dict[tuple[str, int], int] = field(default_factory=dict)
+    """The first offset still kept (retention deletes from the start): where a group without a
+    committed offset begins."""
 
 
 def kafka_facts(settings: Settings, step: Step, timeout_s: float) -> KafkaFacts:
     """Everything the broker tells about our chain, within timeout_s (then TimedOut; the clients are
     closed a moment before, so that the thread ends with its event loop)."""
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # the checks say what failed; aiokafka's retries would repeat it
     try:
         return asyncio.run(asyncio.wait_for(_kafka_facts(settings, step), max(0.2, timeout_s - 0.3)))
     except asyncio.TimeoutError:
-        from quax_faust.tools.doctor.report import TimedOut
-
         raise TimedOut(f"broker timed out after {timeout_s:g} s ({step.now})") from None
-    finally:
-        quiet.setLevel(level)
 
 
 async def _kafka_facts(settings: Settings, step) -> KafkaFacts:
@@ -111,16 +107,18 @@ async def _kafka_facts(settings: Settings, step) -> KafkaFacts:
     step("reading the end offsets of slices and spectra")
     sources = [TopicPartition(name, p) for name in (settings.slices_topic, settings.spectra_topic)
                if name in topics for p in range(topics[name]["partitions"])]
-    ends = {}
+    ends, starts = {}, {}
     if sources:
         consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
         await consumer.start()
         try:
             ends = {(tp.topic, tp.partition): offset for tp, offset in (await consumer.end_offsets(sources)).items()}
+            starts = {(tp.topic, tp.partition): offset
+                      for tp, offset in (await consumer.beginning_offsets(sources)).items()}
         finally:
             await consumer.stop()
     return KafkaFacts(brokers, cluster.get("controller_id"), api_versions, topics, broker_configs, group,
-                      committed, ends)
+                      committed, ends, starts)
 
 
 async def _api_versions(settings: Settings) -> dict[int, tuple[int, int]]:
