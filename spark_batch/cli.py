@@ -83,9 +83,11 @@ def cmd_reprocess(args, settings: Settings) -> int:
 def cmd_verify(args, settings: Settings) -> int:
     from quax_faust.client import fetch_run_average, iter_file_pages
 
+    from .session import check_master
     from .verify import LiveFiles, compare_files
 
-    live = fetch_run_average(settings, args.run)  # first: no point in a Spark job if the tables are down
+    check_master(settings.spark_master)  # an unreachable spark:// master fails in seconds, whatever the tables
+    live = fetch_run_average(settings, args.run)  # no point in a Spark job if the tables are down
     result = _reprocess(args, settings)
     print(result.summary())
     pages = (LiveFiles(p.file_index, p.columns["n_slices"], p.mean, p.columns.get("acquired_at_s"))

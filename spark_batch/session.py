@@ -1,12 +1,18 @@
 """The SparkSession of the batch job: local[2] by default, any ``spark://`` master unchanged.
 
+A ``spark://`` master is first checked to accept a connection (check_master): Spark itself would
+retry its registration for a minute and more. On a loopback master (ops/spark/cluster.sh) the driver
+listens on 127.0.0.1, as for local[...], so the executors reach it there.
+
 Spark's Kafka source comes from the jars ops/spark/install.sh fetched into settings.spark_jars_dir
 (spark.jars: shipped to the executors by the driver; no Ivy download at run time).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import sys
 import tempfile
 import zipfile
@@ -25,6 +31,52 @@ JVM_OPTIONS = "-XX:+UseParallelGC"
 collector handles them without the extra pauses (faster warm runs in bench/spark_bench.py)."""
 SHUFFLE_PARTITIONS = 8
 """Partitions of the small per-file shuffle (adaptive execution merges them further)."""
+MASTER_CONNECT_TIMEOUT_S = 10.0
+"""How long a ``spark://`` master's port may take to accept a connection before the job gives up
+(per master of the URL). Spark's own registration would retry 3 x 20 s against a silent master."""
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """(host, port) of each master of a ``spark://h1:p1[,h2:p2]`` URL; [] for any other master."""
+    if not master.startswith("spark://"):
+        return []
+    addresses = []
+    for entry in master.removeprefix("spark://").split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"Spark master {master!r}: expected spark://HOST:PORT[,HOST:PORT]")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def check_master(master: str, timeout_s: float = MASTER_CONNECT_TIMEOUT_S) -> None:
+    """Raise RuntimeError, naming the master, if no master of a ``spark://`` URL accepts a TCP
+    connection within timeout_s; nothing to check for local[...]."""
+    reasons = []
+    for host, port in master_addresses(master):
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            return
+        except OSError as exc:
+            reasons.append(f"{host}:{port}: {exc.strerror or str(exc) or type(exc).__name__}")
+    if reasons:
+        raise RuntimeError(f"Spark master {master} unreachable within {timeout_s:g} s ({'; '.join(reasons)}): "
+                           "is it running (ops/spark/cluster.sh status)? check --spark-master / QUAX_SPARK_MASTER")
+
+
+def _on_loopback(master: str) -> bool:
+    """local[...], or a spark:// URL whose masters are all on this machine's loopback interface."""
+    if master.startswith("local"):
+        return True
+
+    def loopback(host: str) -> bool:
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
+
+    addresses = master_addresses(master)
+    return bool(addresses) and all(loopback(host) for host, _ in addresses)
 
 
 def connector_jars(settings: Settings) -> list[Path]:
@@ -46,9 +98,11 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
     """The running session, or a new one for settings.spark_master. ``conf`` adds or overrides
     Spark properties (e.g. {"spark.ui.enabled": "false"}); static ones apply only to a new JVM."""
     local = settings.spark_master.startswith("local")
+    loopback = _on_loopback(settings.spark_master)  # the executors reach the driver at 127.0.0.1
+    check_master(settings.spark_master)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if local:
+    if loopback:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     options = {
         "spark.master": settings.spark_master,
@@ -62,17 +116,32 @@ def get_session(settings: Settings, conf: dict[str, str] | None = None) -> Spark
         "spark.executor.extraJavaOptions": JVM_OPTIONS,
         "spark.python.worker.reuse": "true",  # one numpy/scipy import per Python worker, not per task
         "spark.ui.showConsoleProgress": "false",
-        **({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} if local else {}),
+        **({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"} if loopback else {}),
         **(conf or {}),
     }
     builder = SparkSession.builder
     for key, value in options.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if not master_addresses(settings.spark_master):
+            raise
+        # e.g. a port that accepts connections but is no master's (its web UI's): Spark gives up
+        # after 3 x 20 s and says only that its context was stopped.
+        raise RuntimeError(f"Spark master {settings.spark_master} did not take the application "
+                           f"({_java_reason(exc)}): is that the master's RPC port (7077 by default), "
+                           "not its web UI's? See the Spark log above") from exc
     spark.sparkContext.setLogLevel("WARN")
     if not local:
         _ship_code(spark)
     return spark
+
+
+def _java_reason(exc: Exception) -> str:
+    """The Java exception's own line of a Py4JJavaError (its text starts with py4j's call site)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line.lstrip(": ") for line in lines if line.startswith(": ")), lines[0] if lines else repr(exc))
 
 
 SHIPPED_LIVE_MODULES = ("__init__.py", "core/__init__.py", "core/errors.py", "core/wire.py", "settings.py")
