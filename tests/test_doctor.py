@@ -27,7 +27,7 @@ from quax_faust.connection import client_options, connect_admin
 from quax_faust.core import daq
 from quax_faust.stream.topics import topic_plan
 from quax_faust.tools.doctor import command as doctor
-from quax_faust.tools.doctor import machine_checks, probes
+from quax_faust.tools.doctor import chain_checks, machine_checks, probes
 from quax_faust.tools.doctor.report import (FAIL, OK, SKIP, WARN, Check, TimedOut, exit_code, format_json,
                                             format_text, start_probe)
 from quax_faust.tools.launch import Workers, free_port, settings_env
@@ -106,6 +106,15 @@ def test_a_worker_with_another_slice_length_fails_the_settings_check(stack):
         assert exit_code(checks) == 2
     finally:
         odd.stop()
+
+
+def test_a_port_held_by_a_worker_of_another_chain_fails(stack):
+    settings, _, _ = stack
+    ours = settings.replace(app_id="quax-elsewhere")  # a second chain configured onto the same ports
+    checks = machine_checks.check_ports(ours, [probes.port_facts(ours, settings.web_port_base, "worker 0", 5,
+                                                                 lambda step: None)])
+    assert checks[0].status == FAIL
+    assert f"worker 0: held by a worker of another chain, app {settings.app_id}" in checks[0].message
 
 
 def test_a_worker_down_leaves_its_partitions_unassigned(stack):
@@ -197,6 +206,10 @@ def test_missing_topic_wrong_partitions_wrong_configs_and_lag(broker, tmp_path):
     assert lines["partitions"].status == FAIL  # no worker holds them
     assert lines["consumer group"].status == FAIL and "unknown to the broker" in lines["consumer group"].message
 
+    replicated = by_name(doctor.run_checks(settings.replace(replication_factor=2), timeout_s=10))
+    assert replicated[f"topic {settings.metadata_topic}"].status == WARN
+    assert "1 replica(s), replication_factor is 2" in replicated[f"topic {settings.metadata_topic}"].message
+
 
 def test_daq_directory_missing_stale_stuck_and_producer_behind(tmp_path):
     now = time.time()
@@ -255,6 +268,9 @@ def test_a_port_held_by_another_program_fails_and_names_it(tmp_path):
                  for port, role in ((settings.dashboard_port, "dashboard"), (settings.prometheus_port, "prometheus"),
                                     (free_port(), "producer metrics"))]
         checks = machine_checks.check_ports(settings, facts)
+        worker = chain_checks.check_workers(settings.replace(workers=1, web_port_base=server.server_address[1]),
+                                            {0: probes.http_get(f"http://127.0.0.1:{server.server_address[1]}"
+                                                                "/quax/health/", 2)}, None)
     finally:
         raw.close()
         server.shutdown()
@@ -262,6 +278,7 @@ def test_a_port_held_by_another_program_fails_and_names_it(tmp_path):
     assert f"dashboard: held by another program (pid {os.getpid()} " in checks[0].message
     assert "QUAX_DASHBOARD_PORT" in checks[0].fix and "QUAX_PROMETHEUS_PORT" in checks[1].fix
     assert checks[2].message.endswith("free")
+    assert worker[0].status == FAIL and worker[0].message.endswith("answers, but not as a quax worker (HTTP 404)")
 
 
 # --- pure logic ----------------------------------------------------------------------------
@@ -327,3 +344,42 @@ def test_clock_skew_of_a_worker_and_of_the_producer():
     statuses = [c.status for c in machine_checks.check_clock(settings, {"a": worker(0.02), "b": worker(0.5),
                                                                         "c": worker(-2.0), "producer": producer})]
     assert statuses == [OK, WARN, FAIL, FAIL]
+
+
+def _facts(**changes) -> probes.KafkaFacts:
+    base = dict(brokers=[{"node_id": 1, "host": "127.0.0.1", "port": 9092}], controller_id=1,
+                api_versions={0: (0, 13), 1: (4, 18)}, topics={}, broker_configs={},
+                group={"state": "Stable", "members": 0}, committed={}, ends={})
+    return probes.KafkaFacts(**{**base, **changes})
+
+
+def test_a_byte_cap_shorter_than_the_retention_and_a_rebalancing_group_warn():
+    settings = stack_settings(Elsewhere("127.0.0.1:1"), Path("/tmp/v"), workers=0)
+    plan = topic_plan(settings)
+    slices = {"partitions": 4, "replicas": 1,
+              "configs": {**plan[settings.slices_topic].configs, "retention.bytes": str(500 << 30)}}
+    (line,) = [c for c in chain_checks.check_topics(settings, _facts(topics={settings.slices_topic: slices}))
+               if c.name == f"topic {settings.slices_topic}"]
+    assert line.status == WARN and "retention.bytes=536870912000 per partition keeps only 37.3 h of data" in line.message
+    group = chain_checks.check_workers(settings, {}, _facts(group={"state": "PreparingRebalance", "members": 2}))
+    assert by_name(group)["consumer group"].status == WARN
+    assert by_name(group)["consumer group"].message.endswith("PreparingRebalance, 2 member(s), 0 worker(s) answer")
+
+
+def test_settings_warnings_retention_an_old_worker_and_unequal_shares():
+    settings = stack_settings(Elsewhere("127.0.0.1:1"), Path("/tmp/v"), workers=3)
+
+    def health(**reported):
+        doc = {"assigned": [], "time_s": 0.0, "consumer_group": settings.app_id, **reported,  # as before settings
+               "slices_topic": settings.slices_topic, "spectra_topic": settings.spectra_topic}
+        return probes.HttpAnswer("u", 200, json.dumps(doc).encode())
+
+    from quax_faust.stream.views import agreed_settings
+
+    answers = {0: health(settings=agreed_settings(settings.replace(slices_retention_s=600.0))), 1: health()}
+    lines = chain_checks.check_settings(settings, answers)
+    assert [(c.name, c.status) for c in lines] == [("setting slices_retention_s", WARN), ("settings", WARN),
+                                                   ("settings", WARN)]
+    assert "600.0 in worker 0" in lines[0].message
+    assert "worker(s) 1 do not report their settings" in lines[1].message
+    assert "partitions 4 is not a multiple of workers 3" in lines[2].message

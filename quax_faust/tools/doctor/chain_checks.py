@@ -81,7 +81,7 @@ def _slices_retention(settings: Settings, configs: dict, partitions: int, proble
 
 
 def _span(seconds: float) -> str:
-    return (f"{seconds / DAY_S:.3g} days" if seconds >= DAY_S else f"{seconds / 3600:.3g} h" if seconds >= 3600
+    return (f"{seconds / DAY_S:.3g} days" if seconds >= 2 * DAY_S else f"{seconds / 3600:.3g} h" if seconds >= 3600
             else f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s")
 
 
@@ -175,12 +175,12 @@ def check_settings(settings: Settings, answers: dict[int, HttpAnswer | Exception
                                           "spectra_topic": doc.get("spectra_topic")}
     checks = []
     for name in AGREED_SETTINGS:
-        holders: dict[str, list[str]] = {}
+        holders: dict[Any, list[str]] = {}  # by value: 600 and 600.0 agree
         for who, values in reports.items():
             if name in values:
-                holders.setdefault(repr(values[name]), []).append(who)
+                holders.setdefault(values[name], []).append(who)
         if len(holders) > 1:
-            said = "; ".join(f"{value} in {', '.join(who)}" for value, who in holders.items())
+            said = "; ".join(f"{value!r} in {', '.join(who)}" for value, who in holders.items())
             status = WARN if name == "slices_retention_s" else FAIL  # each process sets the topic to its own
             checks.append(Check(f"setting {name}", status, f"disagrees: {said}",
                                 f"give every process the same QUAX_{name.upper()} and restart the odd one out "
