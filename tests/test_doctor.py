@@ -383,3 +383,19 @@ def test_settings_warnings_retention_an_old_worker_and_unequal_shares():
     assert "600.0 in worker 0" in lines[0].message
     assert "worker(s) 1 do not report their settings" in lines[1].message
     assert "partitions 4 is not a multiple of workers 3" in lines[2].message
+
+
+def test_every_troubleshooting_section_the_fixes_point_to_exists():
+    import re
+
+    from quax_faust.settings import REPO_DIR
+
+    doc = (REPO_DIR / "docs" / "troubleshooting.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+               for heading in re.findall(r"^## (.+)$", doc, flags=re.M)}
+    code = "".join(p.read_text() for p in (REPO_DIR / "quax_faust" / "tools" / "doctor").glob("*.py"))
+    pointed = set(re.findall(r"#([a-z-]+)\)", code)) | set(re.findall(r"troubleshooting\.md#([a-z-]+)", doc))
+    assert pointed and pointed <= anchors, pointed - anchors
+    for symptom in ("broker-unreachable", "lag-growing", "stale-dashboard", "stuck-file", "rejected-messages",
+                    "port-in-use", "disk-full", "checkpoint-to-reset"):
+        assert symptom in anchors
