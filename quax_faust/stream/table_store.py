@@ -8,8 +8,14 @@ writes ~7 GB to ``file_spectra``). This store is Faust's, with every database of
 sharing two caps:
 
 - one ``WriteBufferManager``: all memtables of all tables together stay under
-  ``memtable_budget_bytes`` (RocksDB flushes a memtable as they near it, and a write waits for
-  the flush when they reach it: a true cap, at the cost of rare waits of one flush, ~0.1 s);
+  ``memtable_budget_bytes``. RocksDB flushes the memtable of the database being written as they
+  near it; and before any write, a store whose process has reached the budget flushes the
+  memtables of every database of the process (``MemoryBudget.make_room``), so the cap holds up to
+  one write batch. RocksDB's own hard cap (``allow_stall``) is off: a stalled write waits for
+  flushes of the database it writes to, while the memory may be held by others that are not
+  written any more (a table recovery writes one partition database after another), and then
+  it waits forever (seen here: a worker joining during a backlog hung in its recovery, its event
+  loop blocked in a database write for minutes; facebook/rocksdb#11780);
 - one LRU block cache of ``block_cache_budget_bytes`` that also holds the index and filter blocks.
 
 So RocksDB's memory is bounded by construction, whatever the run length or the partitions a worker
@@ -19,10 +25,11 @@ through the ``faust.stores`` entry point declared in pyproject.toml.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import rocksdict
 from faust.stores import rocksdb as faust_rocksdb
@@ -38,11 +45,34 @@ class MemoryBudget:
     block_cache_budget_bytes: int
     write_buffers: Any  # rocksdict.WriteBufferManager
     block_cache: Any  # rocksdict.Cache
+    stores: weakref.WeakSet = field(default_factory=weakref.WeakSet, compare=False)
+    """The table stores drawing on this budget (their open databases are flushed by make_room)."""
+    flushes: list[int] = field(default_factory=lambda: [0], compare=False)
+    """[databases flushed by make_room so far] (a one-item list: the dataclass is frozen)."""
 
     def usage(self) -> dict[str, int]:
         """Bytes in use now: {"memtables": ..., "block_cache": ...}."""
         return {"memtables": int(self.write_buffers.get_usage()),
                 "block_cache": int(self.block_cache.get_usage())}
+
+    def make_room(self, databases: Iterable[Any]) -> int:
+        """If the memtables of the process have reached ``memtable_budget_bytes``, flush those of
+        ``databases`` (rocksdict.Rdict; every open one of the process) and wait for the flushes.
+        Returns how many databases were flushed (0: there was room)."""
+        if self.write_buffers.get_usage() < self.memtable_budget_bytes:
+            return 0
+        flushed = 0
+        for db in list(databases):
+            db.flush(wait=True)
+            flushed += 1
+        self.flushes[0] += flushed
+        return flushed
+
+    def open_databases(self) -> Iterator[Any]:
+        """Every database the stores of this budget hold open now (lazily: make_room looks only
+        when the budget is full)."""
+        for store in list(self.stores):
+            yield from list(store._dbs.values())
 
 
 @lru_cache(maxsize=None)
@@ -52,7 +82,7 @@ def memory_budget(memtable_budget_bytes: int, block_cache_budget_bytes: int) -> 
         raise ValueError(f"RocksDB budgets must be positive: memtables {memtable_budget_bytes} B, "
                          f"block cache {block_cache_budget_bytes} B")
     budget = MemoryBudget(memtable_budget_bytes, block_cache_budget_bytes,
-                          rocksdict.WriteBufferManager(memtable_budget_bytes, True),
+                          rocksdict.WriteBufferManager(memtable_budget_bytes, False),  # no stall: make_room
                           rocksdict.Cache(block_cache_budget_bytes))
     _made.append(budget)
     return budget
@@ -117,3 +147,11 @@ class Store(faust_rocksdb.Store):
         own.setdefault("driver", "rocksdict")
         super().__init__(url, app, table, options=own, **kwargs)
         self.rocksdb_options = BudgetedRocksDBOptions(memory_budget(*caps), **self.options)
+        self.rocksdb_options.budget.stores.add(self)
+
+    def _db_for_partition(self, partition: int) -> Any:
+        """The partition's database (Faust calls this before each write), after making room in the
+        process's memtable budget if it is full."""
+        budget = self.rocksdb_options.budget
+        budget.make_room(budget.open_databases())
+        return super()._db_for_partition(partition)
