@@ -10,9 +10,10 @@
 #   --daq-root DIR   quax-producer@RUN follows DIR/RUN (/data/quax)
 #
 # Writes quax-broker.service, quax-worker@.service, quax-producer@.service, quax-dashboard.service,
-# quax-prometheus.service and quax.target into DEST, prints them and the commands that remain
-# (user, settings file, systemctl). State lives in /var/lib/quax (StateDirectory=quax), logs in the
-# journal. docs/deploy.md, "Services at boot (systemd)", walks through a fresh host.
+# quax-prometheus.service, quax-alertmanager.service and quax.target into DEST, prints them and the
+# commands that remain (user, settings file, systemctl). State lives in /var/lib/quax
+# (StateDirectory=quax), logs in the journal. docs/deploy.md, "Services at boot (systemd)", walks
+# through a fresh host.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 templates=$here/systemd
@@ -81,6 +82,6 @@ else
   echo "  # $dest is not /etc/systemd/system: copy or link the units there, then"
   echo "  systemctl daemon-reload"
 fi
-echo "  systemctl enable --now quax.target quax-broker.service quax-worker@{0..3}.service quax-dashboard.service quax-prometheus.service"
+echo "  systemctl enable --now quax.target quax-broker.service quax-worker@{0..3}.service quax-dashboard.service quax-prometheus.service quax-alertmanager.service"
 echo "  systemctl enable --now quax-producer@RUN.service      # when run RUN starts writing $daq_root/RUN"
 echo "  journalctl -u 'quax-*' -f"

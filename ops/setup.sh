@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything quax-stream needs on a fresh Debian machine; idempotent and quick when done.
-#   - Debian packages: prometheus (metrics), chromium (browser tests) — only when run as root
+#   - Debian packages: prometheus (metrics), prometheus-alertmanager (alerts routed), chromium
+#     (browser tests) — only when run as root
 #   - Python venv .venv with the project (editable) and the extras of the demo, the tests and the
 #     benchmarks (pinned in pyproject.toml); reinstalled whenever pyproject.toml changes
 #   - Apache Kafka jars from Maven Central (ops/kafka/pom.xml) into var/kafka-lib
@@ -13,6 +14,7 @@ command -v "$python" >/dev/null || python=python3
 
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)

@@ -33,7 +33,7 @@ from quax_faust.tools.launch import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("quax_faust", "spark_batch", "dashboard")
-SHIPPED_OPS = ("kafka", "prometheus", "grafana", "spark", "systemd")
+SHIPPED_OPS = ("kafka", "prometheus", "alertmanager", "grafana", "spark", "systemd")
 """The ops/ folders the wheel carries as quax_faust/ops, with ops/install-services.sh (ops/setup.sh and the
 demo stay in the checkout)."""
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

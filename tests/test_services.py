@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from quax_faust.ops_files import ops_dir
 from quax_faust.settings import ENV_PREFIX, Settings
 from quax_faust.tools.launch import free_port, wait_for_run
 from tests.conftest import stack_settings, wait_until, write_synthetic_run
@@ -39,7 +40,7 @@ STATE = "/var/lib/quax"
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 """The PATH systemd gives a service."""
 UNITS = ("quax-broker.service", "quax-worker@.service", "quax-producer@.service",
-         "quax-dashboard.service", "quax-prometheus.service", "quax.target")
+         "quax-dashboard.service", "quax-prometheus.service", "quax-alertmanager.service", "quax.target")
 RUN = "svc-run1"
 N_FILES, N_SAMPLES = 2, 3072 * 128
 
@@ -309,7 +310,7 @@ def chain(installed):
              if f.name != "var_dir" and getattr(settings, f.name) != getattr(defaults, f.name)]
     # The broker service's own knobs; the jars are the checkout's (ops/setup.sh), not fetched again.
     lines += ["KAFKA_HOST=127.0.0.1", f"KAFKA_PORT={kafka_port}", 'KAFKA_HEAP="-Xmx512m -Xms128m"',
-              f"KAFKA_LIB={Settings.from_env().kafka_lib_dir}"]
+              f"KAFKA_LIB={Settings.from_env().kafka_lib_dir}", f"ALERTMANAGER_PORT={free_port()}"]
     installed.conf.parent.mkdir(parents=True, exist_ok=True)
     installed.conf.write_text("# written by tests/test_services.py\n" + "\n".join(lines) + "\n")
     services: dict[str, Service] = {}
@@ -423,6 +424,19 @@ def test_the_prometheus_unit_scrapes_the_worker(chain):
 
     wait_until(worker_up, 120, f"the Prometheus unit scraping worker 0 at {worker_target}", interval_s=0.5)
     assert (chain.state / "prometheus" / str(chain.settings.prometheus_port)).is_dir()
+
+
+def test_the_alertmanager_unit_gets_the_prometheus_units_alerts(chain):
+    """The Alertmanager unit on ALERTMANAGER_PORT of the settings file, which the Prometheus unit
+    sends its alerts to (tests/test_alert_routing.py routes a real alert through it)."""
+    port = read_env_file(chain.conf)["ALERTMANAGER_PORT"]
+    alertmanager = chain.start("quax-alertmanager.service")
+    assert alertmanager.argv == ["/bin/bash", str(ops_dir() / "alertmanager" / "run.sh")]
+    wait_until(lambda: alertmanager.alive() and get(f"http://127.0.0.1:{port}/-/ready"), 60,
+               f"the Alertmanager unit on port {port}", interval_s=0.5)
+    assert (chain.state / "alertmanager" / port).is_dir()  # silences under the state directory
+    answer = get(f"http://127.0.0.1:{chain.settings.prometheus_port}/api/v1/alertmanagers")
+    assert answer and f'"url":"http://127.0.0.1:{port}/api/v2/alerts"' in answer[1]
 
 
 def test_every_unit_stops_cleanly_on_sigterm_the_broker_last(chain):

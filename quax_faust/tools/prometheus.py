@@ -2,11 +2,15 @@
 
 ops/prometheus/prometheus.yml is the configuration for the default ports; ``render_config`` gives a
 copy with the ports of any Settings (workers at web_port_base + k, the producer at
-producer_metrics_port), and ``Prometheus`` runs the server on 127.0.0.1 with its data under var/.
+producer_metrics_port) and the Alertmanager it sends alerts to (ops/alertmanager/run.sh), and
+``Prometheus`` runs the server on 127.0.0.1 with its data under var/.
 The rules (ops/prometheus/rules.yml) are used in place (an installed wheel ships ops/ as
 quax_faust/ops: ops_files.py). docs/metrics.md explains the metrics.
 
     python -m quax_faust.tools.prometheus run      # what ops/prometheus/run.sh (Procfile) does
+
+`run` sends the alerts to ALERTMANAGER_HOST:ALERTMANAGER_PORT (127.0.0.1:9093, where
+ops/alertmanager/run.sh listens with the same variables; port 0: no alerts are sent).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +38,15 @@ CONFIG = OPS_DIR / "prometheus.yml"
 RULES = OPS_DIR / "rules.yml"
 
 
-def render_config(settings: Settings, scrape_interval_s: float | None = None) -> dict:
-    """ops/prometheus/prometheus.yml with the targets, interval and rule paths of ``settings``."""
+def render_config(settings: Settings, scrape_interval_s: float | None = None,
+                  alertmanager: str | None = None) -> dict:
+    """ops/prometheus/prometheus.yml with the targets, interval and rule paths of ``settings``,
+    sending alerts to the Alertmanager at ``alertmanager`` ("host:port"; None: to none)."""
     config = yaml.safe_load(CONFIG.read_text())
+    if alertmanager is None:
+        del config["alerting"]
+    else:
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     interval_s = scrape_interval_s or settings.prometheus_scrape_interval_s
     config["global"].update(scrape_interval=_duration(interval_s), evaluation_interval=_duration(interval_s),
                             scrape_timeout=_duration(min(4.0, 0.8 * interval_s)))
@@ -77,6 +88,8 @@ class Prometheus:
     data_dir: Path
     scrape_interval_s: float | None = None
     retention: str = "15d"
+    alertmanager: str | None = None
+    """host:port of the Alertmanager the alerts go to; None (the tests): nowhere."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -87,8 +100,8 @@ class Prometheus:
         """Write the rendered config into data_dir; the command line that runs Prometheus on it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.data_dir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(render_config(self.settings, self.scrape_interval_s),
-                                              sort_keys=False))
+        config_path.write_text(yaml.safe_dump(render_config(self.settings, self.scrape_interval_s,
+                                                            self.alertmanager), sort_keys=False))
         return [prometheus_binary(), f"--config.file={config_path}",
                 f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
                 f"--storage.tsdb.retention.time={self.retention}",
@@ -162,17 +175,32 @@ class Prometheus:
         return self.api("alerts")["alerts"]
 
 
+def alertmanager_address(environ: Mapping[str, str]) -> str | None:
+    """host:port of ALERTMANAGER_HOST (127.0.0.1) and ALERTMANAGER_PORT (9093), the variables
+    ops/alertmanager/run.sh listens on; None for port 0."""
+    host, port = environ.get("ALERTMANAGER_HOST", "127.0.0.1"), environ.get("ALERTMANAGER_PORT", "9093")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"ALERTMANAGER_PORT={port!r}: expected a port number (0: send no alerts)")
+    return f"{host}:{int(port)}" if int(port) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["run"]:
         print("usage: python -m quax_faust.tools.prometheus run   (settings from QUAX_* variables)", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    server = Prometheus(settings, Path(settings.var_dir) / "prometheus" / str(settings.prometheus_port))
+    try:
+        alertmanager = alertmanager_address(os.environ)
+    except ValueError as exc:
+        print(f"[prometheus] {exc}", file=sys.stderr)
+        return 2
+    server = Prometheus(settings, Path(settings.var_dir) / "prometheus" / str(settings.prometheus_port),
+                        alertmanager=alertmanager)
     command = server.command()
     print(f"[prometheus] {server.url} scraping workers {settings.web_host}:{settings.web_port_base}.."
           f"{settings.web_port_base + settings.workers - 1} and the producer :{settings.producer_metrics_port}; "
-          f"data in {server.data_dir}", flush=True)
+          f"alerts to {alertmanager or 'nowhere (ALERTMANAGER_PORT=0)'}; data in {server.data_dir}", flush=True)
     os.execv(command[0], command)  # in the foreground, so honcho's signals reach Prometheus itself
 
 
