@@ -85,8 +85,19 @@ class Settings:
     app_id: str = "quax"
     workers: int = 4
     web_host: str = "127.0.0.1"
+    web_hosts: str = ""
+    """Web host of each worker, comma-separated in worker order, for workers on machines of their
+    own (e.g. 127.0.0.2,127.0.0.3 or lab1.lab,lab2.lab): worker k listens on its host and advertises
+    it to the others, which forward views to it; readers find worker k there. Empty: web_host for all."""
+    web_bind: str = ""
+    """Address a worker's views listen on when it is not its web host (0.0.0.0: every interface,
+    e.g. in a container whose advertised host belongs to the machine). Empty: its web host."""
     web_port_base: int = 6066
     """Worker k serves its web views on web_port_base + k."""
+    route_timeout_s: float = 10.0
+    """How long a worker waits to connect to, then for each byte from, the worker owning a table
+    partition when it forwards a view there (s); then it answers 504 naming that worker (502 at
+    once if refused). Below http_timeout_s, so readers see the name."""
     session_timeout_s: float = 30.0
     """A worker silent this long is declared dead and its partitions move (kill -9 failover time).
     Shorter fails over faster but, on a loaded box, declares busy workers dead."""
@@ -176,8 +187,18 @@ class Settings:
     def slice_duration_s(self) -> float:
         return self.slice_len / self.sample_rate_hz
 
+    def worker_host(self, index: int) -> str:
+        """Worker ``index``'s web host: its entry of web_hosts, else web_host."""
+        hosts = [host.strip() for host in self.web_hosts.split(",") if host.strip()]
+        if not hosts:
+            return self.web_host
+        if not 0 <= index < len(hosts):
+            raise ValueError(f"web_hosts names {len(hosts)} hosts ({self.web_hosts}), none for worker {index}: "
+                             f"give one host per worker, in worker order")
+        return hosts[index]
+
     def worker_url(self, index: int) -> str:
-        return f"http://{self.web_host}:{self.web_port_base + index}"
+        return f"http://{self.worker_host(index)}:{self.web_port_base + index}"
 
     @property
     def worker_urls(self) -> list[str]:

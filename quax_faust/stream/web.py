@@ -8,10 +8,12 @@ documents themselves are built in views.py.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import time
 
+import aiohttp
 import numpy as np
 from faust.exceptions import SameNode
 from faust.web import Blueprint, Request, Response, View
@@ -58,7 +60,9 @@ def _host_port(url: URL) -> tuple[str, int]:
 async def _route(view: View, table: str, key: str, request: Request) -> Response:
     """Faust's ``router.route_req``, passing the owner's answer on byte for byte: Faust's own
     (faust-streaming 0.15.3, app/router.py) decodes it as text, which corrupts a binary page.
-    Raises SameNode when this worker owns the key."""
+    Raises SameNode when this worker owns the key. An owner that cannot be reached within
+    route_timeout_s (its advertised web host unreachable from here) answers 502, or 504 on a
+    timeout, naming it: a reader would otherwise see only its own timeout."""
     app = view.app
     try:
         owner = app.router.key_store(table, key)
@@ -67,9 +71,20 @@ async def _route(view: View, table: str, key: str, request: Request) -> Response
     host, port = _host_port(owner)
     if (host, port) == _host_port(app.conf.canonical_url):
         raise SameNode()
-    async with app.http_client.request(method=request.method, headers=request.headers,
-                                       url=request.url.with_host(host).with_port(port)) as answer:
-        return view.bytes(await answer.read(), content_type=answer.content_type, status=answer.status)
+    wait_s = Chain.of(app).settings.route_timeout_s
+    timeout = aiohttp.ClientTimeout(total=None, connect=wait_s, sock_read=wait_s)  # a big page may take longer
+    try:
+        async with app.http_client.request(method=request.method, headers=request.headers, timeout=timeout,
+                                           url=request.url.with_host(host).with_port(port)) as answer:
+            return view.bytes(await answer.read(), content_type=answer.content_type, status=answer.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        owner_url = f"http://{host}:{port}"
+        timed_out = isinstance(exc, asyncio.TimeoutError)
+        reason = f"no answer within {wait_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
+        return view.json({"error": f"worker {owner_url} (owner of table {table}, key {key!r}) could not be "
+                                   f"reached from worker {app.conf.canonical_url}: {reason}",
+                          "unreachable_worker": owner_url, "table": table},
+                         status=504 if timed_out else 502)
 
 
 def files_page_npz(specs: list[FileSpectrum]) -> bytes:

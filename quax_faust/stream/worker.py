@@ -20,8 +20,11 @@ from quax_faust.stream.topics import ensure_topics
 
 
 def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
-    """Run worker ``index`` until it is stopped: tables under var_dir/workers/K, web views on port
-    web_port_base + K."""
+    """Run worker ``index`` until it is stopped: tables under var_dir/workers/K, web views on
+    its web host (settings.worker_host), port web_port_base + K."""
+    # The web host is what the assignor advertises to the other workers (Faust's canonical_url):
+    # they forward views to the owner of a table partition there. (A bad web_hosts fails here.)
+    host = settings.worker_host(index)
     # SIGQUIT: every thread's Python stack to stderr (the log), even with the event loop blocked
     # (mode's SIGUSR1 dump needs a running loop; mode takes SIGUSR2 for itself).
     faulthandler.register(signal.SIGQUIT, all_threads=True)
@@ -34,6 +37,6 @@ def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
     datadir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     app.conf.datadir = datadir
-    sys.argv = ["quax-worker", "worker", "--loglevel", loglevel,
-                "--web-host", settings.web_host, "--web-port", str(settings.web_port_base + index)]
+    sys.argv = ["quax-worker", "worker", "--loglevel", loglevel, "--web-host", host,
+                "--web-bind", settings.web_bind or host, "--web-port", str(settings.web_port_base + index)]
     app.main()
