@@ -1,7 +1,8 @@
 """Start and stop the local processes of the chain (broker, Faust workers) from Python.
 
 Used by the tests, the benchmarks and the reliability drills; the demo uses the Procfile instead.
-Everything binds to 127.0.0.1.
+Everything binds to loopback: 127.0.0.1, or each worker its own 127.0.0.K when settings.web_hosts
+names them (workers as separate machines, tests/test_scale_out.py).
 """
 
 from __future__ import annotations
