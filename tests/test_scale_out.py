@@ -200,3 +200,13 @@ def test_a_worker_the_others_cannot_reach_is_named_by_the_views(broker, tmp_path
     finally:
         good.stop()
         bad.stop()
+
+
+def test_web_hosts_give_each_worker_its_own_address():
+    """No broker: web_hosts is one host per worker, in worker order; a missing entry is an error
+    that says so, not a silent fall-back to web_host."""
+    settings = Settings().replace(workers=3, web_hosts="127.0.0.2, 127.0.0.3,lab3.lab", web_port_base=7000)
+    assert settings.worker_urls == ["http://127.0.0.2:7000", "http://127.0.0.3:7001", "http://lab3.lab:7002"]
+    assert Settings().replace(workers=2).worker_urls == ["http://127.0.0.1:6066", "http://127.0.0.1:6067"]
+    with pytest.raises(ValueError, match="web_hosts names 2 hosts .* none for worker 2"):
+        Settings().replace(workers=3, web_hosts="a,b").worker_urls
