@@ -281,6 +281,22 @@ def test_a_port_held_by_another_program_fails_and_names_it(tmp_path):
     assert worker[0].status == FAIL and worker[0].message.endswith("answers, but not as a quax worker (HTTP 404)")
 
 
+def test_a_worker_port_is_probed_at_the_workers_own_host(tmp_path):
+    """With web_hosts (one machine per worker), worker K's port is looked for at its own address."""
+    raw = socket.socket()
+    raw.bind(("127.0.0.3", 0))
+    raw.listen(4)
+    try:
+        port = raw.getsockname()[1]
+        settings = stack_settings(Elsewhere("127.0.0.1:1"), tmp_path / "var", workers=2, web_port_base=port - 1)
+        own = probes.port_facts(settings.replace(web_hosts="127.0.0.2,127.0.0.3"), port, "worker 1", 1,
+                                lambda step: None)
+        shared = probes.port_facts(settings, port, "worker 1", 1, lambda step: None)
+    finally:
+        raw.close()
+    assert own.listening and not shared.listening
+
+
 # --- pure logic ----------------------------------------------------------------------------
 
 def test_exit_code_is_the_worst_line_and_skip_counts_as_ok():
@@ -364,6 +380,10 @@ def test_a_byte_cap_shorter_than_the_retention_and_a_rebalancing_group_warn():
     group = chain_checks.check_workers(settings, {}, _facts(group={"state": "PreparingRebalance", "members": 2}))
     assert by_name(group)["consumer group"].status == WARN
     assert by_name(group)["consumer group"].message.endswith("PreparingRebalance, 2 member(s), 0 worker(s) answer")
+    # A new broker whose group coordinator is still loading: a warning on the group line alone.
+    loading = chain_checks.check_workers(settings, {}, _facts(group=None, group_error="CoordinatorLoadInProgressError"))
+    assert by_name(loading)["consumer group"].status == WARN
+    assert "CoordinatorLoadInProgressError" in by_name(loading)["consumer group"].message
 
 
 def test_settings_warnings_retention_an_old_worker_and_unequal_shares():

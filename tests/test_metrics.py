@@ -91,6 +91,10 @@ def test_promtool_accepts_config_and_rules_and_the_rule_tests_pass(tmp_path):
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
     assert targets["quax-workers"] == [f"127.0.0.1:{31000 + k}" for k in range(4)]
     assert targets["quax-producer"] == ["127.0.0.1:31500"]
+    # Workers on their own hosts (web_hosts: one machine each) are scraped there.
+    spread = render_config(settings.replace(web_hosts="127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"))
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in spread["scrape_configs"]}
+    assert targets["quax-workers"] == [f"127.0.0.{2 + k}:{31000 + k}" for k in range(4)]
 
 
 def test_run_figures_come_from_the_worker_that_folds_and_only_for_the_newest_runs():

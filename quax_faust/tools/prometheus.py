@@ -52,8 +52,8 @@ def render_config(settings: Settings, scrape_interval_s: float | None = None,
                             scrape_timeout=_duration(min(4.0, 0.8 * interval_s)))
     config["rule_files"] = [str(OPS_DIR / name) for name in config["rule_files"]]
     host = settings.web_host
-    targets = {
-        "quax-workers": [f"{host}:{settings.web_port_base + k}" for k in range(settings.workers)],
+    targets = {  # each worker at its own host (web_hosts), else web_host
+        "quax-workers": [f"{settings.worker_host(k)}:{settings.web_port_base + k}" for k in range(settings.workers)],
         "quax-producer": [f"{host}:{settings.producer_metrics_port}"],
         "prometheus": [f"{host}:{settings.prometheus_port}"],
     }

@@ -129,6 +129,10 @@ def check_workers(settings: Settings, answers: dict[int, HttpAnswer | Exception]
 
 def _group(settings: Settings, facts: KafkaFacts, answering: int) -> Check:
     group = facts.group
+    if facts.group_error:
+        return Check("consumer group", WARN, f"{settings.app_id}: the broker could not describe it ({facts.group_error})",
+                     "the group's coordinator is still loading (a broker just started): run `quax doctor` again in "
+                     "a minute; the lag below counts from the start of the topics meanwhile")
     if group is None:
         return Check("consumer group", FAIL, f"{settings.app_id}: unknown to the broker (no worker ever joined)",
                      "start the workers with this app_id (QUAX_APP_ID)")

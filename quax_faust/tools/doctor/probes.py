@@ -21,6 +21,7 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import ApiVersionRequest
 
 from quax_faust.connection import client_options, connect_admin
@@ -53,6 +54,8 @@ class KafkaFacts:
     starts: dict[tuple[str, int], int] = field(default_factory=dict)
     """The first offset still kept (retention deletes from the start): where a group without a
     committed offset begins."""
+    group_error: str | None = None
+    """Why the group could not be described (e.g. its coordinator still loading on a new broker)."""
 
 
 def kafka_facts(settings: Settings, step: Step, timeout_s: float) -> KafkaFacts:
@@ -94,14 +97,17 @@ async def _kafka_facts(settings: Settings, step) -> KafkaFacts:
                     broker_configs.update({e["config_names"]: e["config_value"]
                                            for e in resource["config_entries"]})
         step(f"describing consumer group {settings.app_id}")
-        group = None
-        for response in await admin.describe_consumer_groups([settings.app_id]):
-            for g in response.to_object()["groups"]:
-                if not g["error_code"] and g["state"] != "Dead":
-                    group = {"state": g["state"], "members": len(g["members"])}
-        step(f"reading the committed offsets of group {settings.app_id}")
-        committed = {(tp.topic, tp.partition): meta.offset
-                     for tp, meta in (await admin.list_consumer_group_offsets(settings.app_id)).items()}
+        group, group_error, committed = None, None, {}
+        try:  # the group's coordinator may still be loading (a new broker): the rest still holds
+            for response in await admin.describe_consumer_groups([settings.app_id]):
+                for g in response.to_object()["groups"]:
+                    if not g["error_code"] and g["state"] != "Dead":
+                        group = {"state": g["state"], "members": len(g["members"])}
+            step(f"reading the committed offsets of group {settings.app_id}")
+            committed = {(tp.topic, tp.partition): meta.offset
+                         for tp, meta in (await admin.list_consumer_group_offsets(settings.app_id)).items()}
+        except KafkaError as exc:
+            group, group_error = None, f"{type(exc).__name__}: {exc}"
     finally:
         await admin.close()
     step("reading the end offsets of slices and spectra")
@@ -118,7 +124,7 @@ async def _kafka_facts(settings: Settings, step) -> KafkaFacts:
         finally:
             await consumer.stop()
     return KafkaFacts(brokers, cluster.get("controller_id"), api_versions, topics, broker_configs, group,
-                      committed, ends, starts)
+                      committed, ends, starts, group_error)
 
 
 async def _api_versions(settings: Settings) -> dict[int, tuple[int, int]]:
@@ -196,14 +202,22 @@ def configured_ports(settings: Settings) -> list[tuple[int, str]]:
     return ports
 
 
+def port_host(settings: Settings, role: str) -> str:
+    """The address a configured port listens on: a worker's own host (web_hosts), else web_host."""
+    if role.startswith("worker "):
+        return settings.worker_host(int(role.split()[1]))
+    return settings.web_host
+
+
 def port_facts(settings: Settings, port: int, role: str, timeout_s: float, step: Step) -> PortFacts:
-    step(f"connecting to {settings.web_host}:{port}")
+    host = port_host(settings, role)
+    step(f"connecting to {host}:{port}")
     with socket.socket() as s:
         s.settimeout(min(timeout_s, 2.0))
-        listening = s.connect_ex((settings.web_host, port)) == 0
+        listening = s.connect_ex((host, port)) == 0
     if not listening:
         return PortFacts(port, role, False)
-    base = f"http://{settings.web_host}:{port}"
+    base = f"http://{host}:{port}"
     probes = {"worker": "/quax/health/", "dashboard": "/dashboard", "prometheus": "/-/ready",
               "producer metrics": "/metrics"}
     identified = None
