@@ -32,6 +32,7 @@ from quax_faust.search import detector_figures
 from quax_faust.search_settings import config_from_settings
 from quax_faust.tools.launch import free_port, wait_for_run
 from quax_faust.tools.prometheus import RULES, Prometheus
+from tests.conftest import wait_until
 
 RUN = "drill"
 SLICE_LEN, FS = 3072, 2e6
@@ -89,14 +90,8 @@ def expected_figures(samples: np.ndarray, settings) -> detector_figures.FileFigu
 
 
 def poll(what: str, probe, timeout_s: float = 45.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
+    """probe() once it is truthy (every 0.5 s); an AssertionError naming `what` after timeout_s."""
+    return wait_until(probe, timeout_s, what, interval_s=0.5)
 
 
 def firing(prometheus, alertname: str) -> list[dict]:
