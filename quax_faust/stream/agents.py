@@ -124,8 +124,9 @@ async def search_candidates(chain: Chain, acc: RunAccumulator) -> detector_figur
 def export_detector_figures(chain: Chain, acc: RunAccumulator, spectrum: wire.FileSpectrum,
                             folded_at_s: float, searched: detector_figures.SearchFigures | None) -> None:
     """The run's detector figures after this file (docs/metrics.md): its in-band power and noise
-    level against the run's first file, the power steps to the neighbouring files already folded
-    (each pair of consecutive files is compared once, whichever of the two came last)."""
+    level against the run's first file if it is the run's newest (highest index folded; spectra
+    may be folded out of order), the power steps to the neighbouring files already folded (each
+    pair of consecutive files is compared once, whichever of the two came last)."""
     config = chain.search_config
     band = detector_figures.in_band(spectrum.slice_len, spectrum.sample_rate_hz, config.search_band_fraction,
                                     config.dc_exclude_hz)
@@ -148,6 +149,8 @@ def export_detector_figures(chain: Chain, acc: RunAccumulator, spectrum: wire.Fi
     except (QuaxError, ValueError) as exc:  # a figure is not worth a rejected spectrum: say so, go on
         log.warning("detector figures of run %s file %d: %s", acc.run, spectrum.file_index, exc)
         here, ratio, steps = None, None, []
+    if spectrum.file_index != acc.latest_file_index:  # folded after a newer file: the gauges keep that one's
+        here, ratio = None, None
     spectra_topic = chain.settings.spectra_topic
     metrics.set_run_figures(
         acc.run, folded_at_s=folded_at_s, file=here, noise_ratio=ratio, steps=steps, search=searched,
