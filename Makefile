@@ -12,7 +12,7 @@ setup:
 demo: setup
 	@ops/demo.sh
 
-## The test suite, against a real broker the fixtures start on 127.0.0.1 (ops/test.sh: two
+## The test suite, against a real broker the fixtures start on 127.0.0.1 (ops/test.sh: three
 ## pytest-xdist workers, each with its own broker, side by side).
 test: setup
 	@ops/test.sh $(PYTEST_ARGS)
