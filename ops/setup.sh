@@ -23,6 +23,17 @@ if ((${#need_apt[@]})); then
     echo "[setup] apt-get install ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # Debian starts its own Prometheus (:9090) and Alertmanager (:9093) on a host running systemd:
+    # the ones just installed here would take the demo's ports, so they are stopped and disabled.
+    if [[ -d /run/systemd/system ]]; then
+      for unit in prometheus prometheus-alertmanager; do
+        if [[ " ${need_apt[*]} " == *" $unit "* ]]; then
+          if systemctl disable --now "$unit.service" >/dev/null 2>&1; then
+            echo "[setup] disabled Debian's $unit.service (ours: docs/deploy.md)"
+          fi
+        fi
+      done
+    fi
   else
     echo "[setup] missing Debian packages (install as root): ${need_apt[*]}" >&2
   fi
