@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,14 +26,30 @@ BROKER_SCRIPT = ops_dir() / "kafka" / "broker.sh"
 
 
 def free_port(count: int = 1) -> int:
-    """A port p such that p .. p+count-1 are free on 127.0.0.1 (best effort)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count < 65000 and all(_port_free(base + k) for k in range(1, count)):
+    """A port p such that p .. p+count-1 are free on 127.0.0.1, chosen at random below the kernel's
+    ephemeral range when there is room (best effort). A port from that range (what binding port 0
+    gives) may be handed to any outgoing connection before the server that was meant to have it
+    binds: seen in the suite, a worker started a minute after its port was chosen found it held."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(500):
+        if low - count > 12_000:
+            base = rng.randrange(10_000, low - count)
+        else:  # a machine whose ephemeral range starts low: take what the kernel gives
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                base = s.getsockname()[1]
+        if base + count < 65_000 and all(_port_free(base + k) for k in range(count)):
             return base
     raise RuntimeError("no free port range found")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def _port_free(port: int) -> bool:
