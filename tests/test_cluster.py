@@ -28,11 +28,13 @@ def cluster(tmp_path):
     # the jars are shared with the single-node broker
     (tmp_path / "var").mkdir()
     os.symlink(REPO_DIR / "var" / "kafka-lib", tmp_path / "var" / "kafka-lib")
-    subprocess.run(["bash", str(CLUSTER), "start", str(base)], env=env, check=True)
-    bootstrap = subprocess.run(["bash", str(CLUSTER), "bootstrap", str(base)], env=env, check=True,
-                               capture_output=True, text=True).stdout.strip()
-    yield bootstrap, tmp_path / "var" / f"kafka-cluster-{base}"
-    subprocess.run(["bash", str(CLUSTER), "stop", str(base)], env=env, check=False)
+    try:  # a node that fails to start must not leave the others running after the test
+        subprocess.run(["bash", str(CLUSTER), "start", str(base)], env=env, check=True)
+        bootstrap = subprocess.run(["bash", str(CLUSTER), "bootstrap", str(base)], env=env, check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        yield bootstrap, tmp_path / "var" / f"kafka-cluster-{base}"
+    finally:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(base)], env=env, check=False)
 
 
 def test_one_broker_of_three_killed_mid_run(cluster, tmp_path):
