@@ -7,6 +7,7 @@ table value that cannot be read) becomes a dead-letter record with its reason; t
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -131,26 +132,27 @@ def export_detector_figures(chain: Chain, acc: RunAccumulator, spectrum: wire.Fi
     band = detector_figures.in_band(spectrum.slice_len, spectrum.sample_rate_hz, config.search_band_fraction,
                                     config.dc_exclude_hz)
 
+    newest = spectrum.file_index == acc.latest_file_index  # folded after a newer file: the gauges keep that one's
+
+    @functools.cache  # this file's figures serve the gauges and both steps: computed once
     def figures_of(file_index: int) -> detector_figures.FileFigures | None:
         other = spectrum if file_index == spectrum.file_index else chain.file_spectrum(acc.run, file_index)
         return None if other is None else detector_figures.file_figures(other.mean, other.sample_rate_hz, band)
 
+    here, ratio, steps = None, None, []
     try:
-        here = figures_of(spectrum.file_index)
-        first = figures_of(next(iter(acc.files)))
-        steps = []
         for earlier, later in ((spectrum.file_index - 1, spectrum.file_index),
                                (spectrum.file_index, spectrum.file_index + 1)):
             if earlier in acc.files and later in acc.files:
                 a, b = figures_of(earlier), figures_of(later)
                 if a is not None and b is not None and a.inband_power_v2 > 0:
                     steps.append(detector_figures.relative_step(a.inband_power_v2, b.inband_power_v2))
-        ratio = detector_figures.noise_ratio(here, first) if first is not None and first.noise_psd > 0 else None
+        if newest:
+            here, first = figures_of(spectrum.file_index), figures_of(next(iter(acc.files)))
+            ratio = detector_figures.noise_ratio(here, first) if first is not None and first.noise_psd > 0 else None
     except (QuaxError, ValueError) as exc:  # a figure is not worth a rejected spectrum: say so, go on
         log.warning("detector figures of run %s file %d: %s", acc.run, spectrum.file_index, exc)
         here, ratio, steps = None, None, []
-    if spectrum.file_index != acc.latest_file_index:  # folded after a newer file: the gauges keep that one's
-        here, ratio = None, None
     spectra_topic = chain.settings.spectra_topic
     metrics.set_run_figures(
         acc.run, folded_at_s=folded_at_s, file=here, noise_ratio=ratio, steps=steps, search=searched,
