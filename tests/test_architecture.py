@@ -15,9 +15,11 @@ way, as MAY_IMPORT lists):
     1  search        quax_faust.search: core only (no Faust, no Kafka, no settings object)
     2  exports       quax_faust.exports (run exports: h5, npz, csv; load_run): core, settings, client
     2  stream        quax_faust.stream (Faust app, views, ...): core, search, settings, connection
+    3  campaign      quax_faust.campaign (the live campaign: a consumer of the spectra topic, its web
+                     service): core, search, settings, connection, client
     3  ingest        quax_faust.ingest (producer): core, stream, settings, connection
     4  tools         quax_faust.tools (cli, launch, bench): any of quax_faust; nothing imports it
-    5  spark_batch   quax_faust.core.wire/errors/run_meta, settings, connection, client only
+    5  spark_batch   quax_faust.core.wire/errors/run_meta, search, settings, connection, client only
     5  dashboard     client, settings, search, core only
 
 The last four tests import the runtime modules (all of quax_faust but tools/), the app first, in
@@ -56,13 +58,14 @@ TIER_OF_PREFIX = {
     "quax_faust.search_settings": "search_settings",
     "quax_faust.exports": "exports",
     "quax_faust.stream": "stream",
+    "quax_faust.campaign": "campaign",
     "quax_faust.ingest": "ingest",
     "quax_faust.tools": "tools",
     "spark_batch": "spark_batch",
     "dashboard": "dashboard",
 }
 RANK = {"core": 0, "settings": 1, "connection": 1, "client": 1, "ops_files": 1, "search": 1,
-        "search_settings": 2, "exports": 2, "stream": 3, "ingest": 4, "tools": 5, "spark_batch": 6, "dashboard": 6}
+        "search_settings": 2, "exports": 2, "stream": 3, "campaign": 4, "ingest": 4, "tools": 5, "spark_batch": 6, "dashboard": 6}
 QUAX_TIERS = frozenset(t for prefix, t in TIER_OF_PREFIX.items() if prefix.startswith("quax_faust."))
 MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a module and what is below it
     "core": frozenset(),
@@ -75,9 +78,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
     "exports": frozenset({"core", "settings", "client"}),  # writing and reading run exports (no Kafka)
     "stream": frozenset({"core", "search", "search_settings", "settings", "connection"}),
     "ingest": frozenset({"core", "stream", "settings", "connection"}),
+    "campaign": frozenset({"core", "search", "settings", "connection", "client"}),
     "tools": QUAX_TIERS,
     "spark_batch": frozenset({"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.core.run_meta",
-                              "settings", "connection", "client"}),
+                              "search", "settings", "connection", "client"}),
     "dashboard": frozenset({"client", "settings", "search", "search_settings", "core"}),
 }
 KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "confluent_kafka", "kafka", "pyspark"})
