@@ -13,13 +13,14 @@ way, as MAY_IMPORT lists):
     1  client        quax_faust.client (HTTP client of the workers' views): settings only
     1  ops_files     quax_faust.ops_files (where ops/ is, checkout or wheel): nothing of ours
     1  search        quax_faust.search: core only (no Faust, no Kafka, no settings object)
-    2  exports       quax_faust.exports (run exports: h5, npz, csv; load_run): core, settings, client
+    2  exports       quax_faust.exports (run exports: h5, npz, csv; load_run; campaign files): core, search,
+                     settings, client
     2  stream        quax_faust.stream (Faust app, views, ...): core, search, settings, connection
     3  campaign      quax_faust.campaign (the live campaign: a consumer of the spectra topic, its web
                      service): core, search, settings, connection, client
     3  ingest        quax_faust.ingest (producer): core, stream, settings, connection
     4  tools         quax_faust.tools (cli, launch, bench): any of quax_faust; nothing imports it
-    5  spark_batch   quax_faust.core.wire/errors/run_meta, search, settings, connection, client only
+    5  spark_batch   quax_faust.core.wire/errors/run_meta, search, exports, settings, connection, client only
     5  dashboard     client, settings, search, core only
 
 The last four tests import the runtime modules (all of quax_faust but tools/), the app first, in
@@ -75,13 +76,13 @@ MAY_IMPORT: dict[str, frozenset[str]] = {  # besides itself; a tier name, or a m
     "ops_files": frozenset(),
     "search": frozenset({"core"}),
     "search_settings": frozenset({"search", "settings"}),  # the one bridge: SearchConfig from Settings
-    "exports": frozenset({"core", "settings", "client"}),  # writing and reading run exports (no Kafka)
+    "exports": frozenset({"core", "search", "settings", "client"}),  # run and campaign files (no Kafka)
     "stream": frozenset({"core", "search", "search_settings", "settings", "connection"}),
     "ingest": frozenset({"core", "stream", "settings", "connection"}),
     "campaign": frozenset({"core", "search", "settings", "connection", "client"}),
     "tools": QUAX_TIERS,
     "spark_batch": frozenset({"quax_faust.core.wire", "quax_faust.core.errors", "quax_faust.core.run_meta",
-                              "search", "settings", "connection", "client"}),
+                              "search", "exports", "settings", "connection", "client"}),
     "dashboard": frozenset({"client", "settings", "search", "search_settings", "core"}),
 }
 KAFKA_AND_FAUST = frozenset({"faust", "mode", "aiokafka", "confluent_kafka", "kafka", "pyspark"})

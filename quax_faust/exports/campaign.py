@@ -9,7 +9,7 @@ Each table is a set of equally long columns (one value per row), each with its u
     runs_used/       the runs in the grand spectrum, with their metadata
     runs_left_out/   the runs kept out, with the reason
 
-What the tables are is the command's (quax_faust/tools/campaign_cmd.py); here is only how they are
+What the tables are is search/campaign_result.py's (``tables``); here is only how they are
 stored. HDF5 (.h5): a group per table, a dataset per column with a "unit" attribute, the file's
 metadata as JSON in the attribute "metadata_json". NumPy (.npz): an entry "table/column" per
 column, and "metadata" (JSON, the units under "units"). Strings are UTF-8 (h5py string datasets;
@@ -18,7 +18,9 @@ numpy unicode arrays in .npz, read without pickle). Written to a temporary file,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ import h5py
 import numpy as np
 
 from quax_faust.exports.atomic import atomic_output, refuse_existing
+from quax_faust.exports.layout import software
+from quax_faust.search.campaign_result import Campaign, band, best_limit
 
 FORMAT = "quax-campaign/1"
 FORMATS = (".h5", ".npz")
@@ -120,3 +124,12 @@ def read_campaign(path: Path) -> CampaignFile:
         raise ValueError(f"{path}: not a campaign file ({FORMAT}), format {document.get('format')!r}")
     units = document.pop("units", {})
     return CampaignFile(tables, units, document)
+
+
+def campaign_metadata(c: Campaign, inputs: dict[str, Any], goal: dict[str, float]) -> dict[str, Any]:
+    """The campaign file's metadata: when, by which code, from what, with which knobs and goal."""
+    return {"created_at_s": time.time(), **software(), "inputs": inputs,
+            "config": dataclasses.asdict(c.grand.config), "threshold_sigma": c.threshold_sigma, **goal,
+            "expected_false_candidates": c.expected_false_candidates, "bin_width_hz": c.grand.bin_width_hz,
+            "band": band(c.grand), "best_limit": best_limit(c),
+            "n_runs_used": len(c.grand.runs), "n_runs_left_out": len(c.grand.left_out)}
