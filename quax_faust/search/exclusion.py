@@ -46,16 +46,17 @@ def radiometer_ksvz_significance(grand: GrandSpectrum) -> np.ndarray:
     grid = grand.first_grid_index + np.arange(frequency.size) + np.rint(
         (mean_line - frequency) / grand.bin_width_hz).astype(np.int64)
     bandwidth = matched_filter_bandwidth_hz(frequency)
+    ksvz = ksvz_coupling_gev(frequency)
     snr_squared = np.zeros(frequency.size)
     for use in grand.runs:
-        bins = grid - use.grid_start
-        inside = (bins >= 0) & (bins < use.response.used.size)
-        covered = np.zeros(frequency.size, bool)
-        covered[inside] = use.response.used[bins[inside]]
+        # grid is non-decreasing: the candidates whose line mean falls in the run's bins are one
+        # stretch; elsewhere the run adds nothing.
+        inside = slice(*np.searchsorted(grid, [use.grid_start, use.grid_start + use.response.used.size]))
+        covered = use.response.used[grid[inside] - use.grid_start]
         cavity = use.cavity
-        power = cavity.resonant_power_w(ksvz_coupling_gev(frequency), frequency) * cavity.lorentzian(mean_line)
-        snr = power / cavity.noise_power_w(1.0) * np.sqrt(use.live_time_s / bandwidth)
-        snr_squared += np.where(covered, snr ** 2, 0.0)
+        power = cavity.resonant_power_w(ksvz[inside], frequency[inside]) * cavity.lorentzian(mean_line[inside])
+        snr = power / cavity.noise_power_w(1.0) * np.sqrt(use.live_time_s / bandwidth[inside])
+        snr_squared[inside] += np.where(covered, snr ** 2, 0.0)
     return np.sqrt(snr_squared)
 
 

@@ -18,12 +18,18 @@ computed exactly per run (run_excess.run_response), so that
 
 and the significance x_k = g2_k / sigma_k is N(0, 1) for noise (no rescaling by a measured xi).
 num and D are accumulated run by run with each run's own line shape (equal to combining first).
+
+Two steps: ``prepare_run`` checks a run alone and holds its terms of the sums (``PreparedRun``:
+response and ``RunContribution``, computed once); ``assemble`` places the runs on the grid, in
+their order, and sums them. ``grand_spectrum`` does both; live_grand.LiveGrand keeps the prepared
+runs of a live campaign and redoes only the one a new file changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -125,48 +131,115 @@ class GrandSpectrum:
         return ksvz_coupling_gev(self.frequency_hz)
 
 
-def place_runs(spectra: Sequence[RunSpectrum], config: CampaignConfig
-               ) -> tuple[list[tuple[RunSpectrum, RunUse]], list[LeftOut], float, float]:
-    """Each run on the RF grid with its response, or left out with the reason; and the grid:
-    (placed, left_out, frequency of grid index 0 in Hz, bin width in Hz). The first run kept sets
-    the grid (its bin 0 is grid index 0)."""
-    placed: list[tuple[RunSpectrum, RunUse]] = []
+@dataclass(frozen=True, eq=False)
+class PreparedRun:
+    """A run checked for the physics, before the grid: its RF layout, and (computed when first
+    asked, then kept) its response and its contribution to the campaign's sums. Independent of
+    the other runs, so a live campaign keeps one per run and redoes only the run that changed."""
+
+    spectrum: RunSpectrum
+    config: CampaignConfig
+    lo_frequency_hz: float
+    cavity: Cavity
+    bin_width_hz: float
+    lowest_hz: float
+    """RF frequency of the run's bin 0 (fftshifted: the lowest baseband frequency), Hz."""
+
+    @cached_property
+    def response(self) -> RunResponse:
+        s = self.spectrum
+        return run_response(self.cavity, self.lo_frequency_hz, np.asarray(s.mean).size, s.sample_rate_hz, self.config)
+
+    @cached_property
+    def contribution(self) -> RunContribution:
+        return run_contribution(self.spectrum, self.response, self.config)
+
+
+@dataclass(frozen=True)
+class RunContribution:
+    """A run's terms of the grand spectrum's sums, each times N, on the run's own bins (index 0:
+    its bin 0; the line rows from response.first_line_bin on)."""
+
+    bin_sums: np.ndarray
+    """(2, n_bins): N a delta (for y) and N a**2 (for 1/sigma_c**2), 0 on bins not used."""
+    line_sums: np.ndarray
+    """(5, n_rows): N sum_q Lq a delta (num), and N times the response's nominal, variance,
+    signal and next_covariance."""
+    line_runs: np.ndarray
+    """(n_rows,) int64: 1 where the run holds part of the line (nominal > 0)."""
+    used_first: int
+    used_last: int
+    """First and last used bin of the run."""
+    noise_ratio: float
+
+
+def prepare_run(spectrum: RunSpectrum, config: CampaignConfig) -> PreparedRun | LeftOut:
+    """The run ready for the grid, or left out for what it holds alone (metadata, size, values)."""
+    found = cavity_of(spectrum)
+    n_bins = np.asarray(spectrum.mean).size
+    if isinstance(found, str):
+        return LeftOut(spectrum.run, found)
+    if spectrum.n_slices < 1 or n_bins < config.baseline_window_bins:
+        return LeftOut(spectrum.run, f"{spectrum.n_slices} slices of {n_bins} bins: nothing to "
+                       f"analyse with a {config.baseline_window_bins}-bin baseline")
+    if not np.all(np.isfinite(spectrum.mean)) or np.any(np.asarray(spectrum.mean) <= 0):
+        return LeftOut(spectrum.run, "its average has non-finite or non-positive bins")
+    lo, cavity = found
+    return PreparedRun(spectrum, config, lo, cavity, spectrum.sample_rate_hz / n_bins,
+                       lo + frequency_axis_hz(n_bins, spectrum.sample_rate_hz)[0])
+
+
+def run_contribution(spectrum: RunSpectrum, response: RunResponse, config: CampaignConfig) -> RunContribution:
+    """The run's ``RunContribution``: its excess weighted by N and by its response."""
+    k, n_slices = config.line_bins, spectrum.n_slices
+    delta = excess(spectrum, config)
+    weighted = response.gain * np.where(response.used, delta, 0.0)
+    padded = np.concatenate((np.zeros(k), weighted, np.zeros(k)))
+    start = k + response.first_line_bin
+    rows = response.nominal.size
+    numerator = np.correlate(padded[start:start + rows + k - 1], response.line_shape, "valid")
+    used_bins = np.flatnonzero(response.used)
+    share = RunContribution(
+        bin_sums=np.stack((n_slices * weighted, n_slices * response.gain ** 2)),
+        line_sums=np.stack([n_slices * values for values in (numerator, response.nominal, response.variance,
+                                                             response.signal, response.next_covariance)]),
+        line_runs=(response.nominal > 0).astype(np.int64),
+        used_first=int(used_bins[0]), used_last=int(used_bins[-1]),
+        noise_ratio=noise_ratio(delta, response.used, n_slices, config))
+    for array in (share.bin_sums, share.line_sums, share.line_runs):
+        array.flags.writeable = False  # kept and summed again at every assembly
+    return share
+
+
+def place_runs(prepared: Sequence[PreparedRun | LeftOut]
+               ) -> tuple[list[tuple[PreparedRun, RunUse]], list[LeftOut], float, float]:
+    """The prepared runs on the RF grid, or left out with the reason; and the grid: (placed,
+    left_out, frequency of grid index 0 in Hz, bin width in Hz). The first run kept sets the
+    grid (its bin 0 is grid index 0); a run whose bins are not on it is left out."""
+    placed: list[tuple[PreparedRun, RunUse]] = []
     left_out: list[LeftOut] = []
-    origin_hz = bin_width_hz = None
-    for spectrum in spectra:
-        found = cavity_of(spectrum)
-        n_bins = np.asarray(spectrum.mean).size
-        if isinstance(found, str):
-            left_out.append(LeftOut(spectrum.run, found))
+    origin_hz = bin_width_hz = float("nan")
+    reference = None
+    for run in prepared:
+        if isinstance(run, LeftOut):
+            left_out.append(run)
             continue
-        if spectrum.n_slices < 1 or n_bins < config.baseline_window_bins:
-            left_out.append(LeftOut(spectrum.run, f"{spectrum.n_slices} slices of {n_bins} bins: nothing to "
-                                    f"analyse with a {config.baseline_window_bins}-bin baseline"))
-            continue
-        if not np.all(np.isfinite(spectrum.mean)) or np.any(np.asarray(spectrum.mean) <= 0):
-            left_out.append(LeftOut(spectrum.run, "its average has non-finite or non-positive bins"))
-            continue
-        lo, cavity = found
-        width = spectrum.sample_rate_hz / n_bins
-        lowest = lo + frequency_axis_hz(n_bins, spectrum.sample_rate_hz)[0]
-        if origin_hz is None:
-            origin_hz, bin_width_hz, reference = lowest, width, spectrum.run
+        name, width = run.spectrum.run, run.bin_width_hz
+        if reference is None:
+            origin_hz, bin_width_hz, reference = run.lowest_hz, width, name
         if abs(width / bin_width_hz - 1) > 1e-9:
-            left_out.append(LeftOut(spectrum.run, f"bins of {width:.6g} Hz, the campaign's are "
+            left_out.append(LeftOut(name, f"bins of {width:.6g} Hz, the campaign's are "
                                     f"{bin_width_hz:.6g} Hz (run {reference})"))
             continue
-        position = (lowest - origin_hz) / bin_width_hz
+        position = (run.lowest_hz - origin_hz) / bin_width_hz
         if abs(position - round(position)) > GRID_TOLERANCE_BINS:
-            left_out.append(LeftOut(spectrum.run, f"its LO {lo:.6f} Hz puts its bins {abs(position - round(position)):.3f} bin "
-                                    f"off the campaign's RF grid (set by run {reference}): step the LO "
-                                    "by whole bins"))
+            left_out.append(LeftOut(name, f"its LO {run.lo_frequency_hz:.6f} Hz puts its bins "
+                                    f"{abs(position - round(position)):.3f} bin off the campaign's RF grid "
+                                    f"(set by run {reference}): step the LO by whole bins"))
             continue
-        response = run_response(cavity, lo, n_bins, spectrum.sample_rate_hz, config)
-        placed.append((spectrum, RunUse(spectrum.run, lo, cavity, spectrum.n_slices,
-                                        spectrum.n_slices / width, round(position), float("nan"),
-                                        response)))
-    if origin_hz is None:
-        return placed, left_out, float("nan"), float("nan")
+        n_slices = run.spectrum.n_slices
+        placed.append((run, RunUse(name, run.lo_frequency_hz, run.cavity, n_slices, n_slices / width,
+                                   round(position), float("nan"), run.response)))
     return placed, left_out, origin_hz, bin_width_hz
 
 
@@ -174,36 +247,32 @@ def grand_spectrum(spectra: Sequence[RunSpectrum], config: CampaignConfig | None
     """The campaign's grand spectrum from its runs' averages and metadata (module docstring);
     config None: CampaignConfig()'s defaults."""
     config = CampaignConfig() if config is None else config
-    placed, left_out, origin_hz, bin_width_hz = place_runs(spectra, config)
+    return assemble([prepare_run(spectrum, config) for spectrum in spectra], config)
+
+
+def assemble(prepared: Sequence[PreparedRun | LeftOut], config: CampaignConfig) -> GrandSpectrum:
+    """The grand spectrum of prepared runs, in their order: placed on the grid, their
+    contributions summed, the line-shape filter's results where a whole line is covered."""
+    placed, left_out, origin_hz, bin_width_hz = place_runs(prepared)
     if not placed:
         empty = np.empty(0)
         return GrandSpectrum(empty, empty, empty, empty, empty, empty, empty, np.empty(0, int), empty, empty,
                              float("nan"), config, (), tuple(left_out))
     k = config.line_bins
-    used_ranges = [(use.grid_start + np.flatnonzero(use.response.used)[[0, -1]]) for _, use in placed]
-    low = min(r[0] for r in used_ranges)
-    n = max(r[1] for r in used_ranges) + 1 - low
-    y, inverse_variance = np.zeros(n), np.zeros(n)
-    numerator, nominal, variance, signal, next_cov = (np.zeros(n) for _ in range(5))
+    low = min(use.grid_start + run.contribution.used_first for run, use in placed)
+    n = max(use.grid_start + run.contribution.used_last for run, use in placed) + 1 - low
+    bin_sums, line_sums = np.zeros((2, n)), np.zeros((5, n))
     n_runs = np.zeros(n, dtype=np.int64)
     runs = []
-    for spectrum, use in placed:
-        response, n_slices = use.response, use.n_slices
-        delta = excess(spectrum, config)
-        weighted = response.gain * np.where(response.used, delta, 0.0)
-        _add(y, use.grid_start - low, n_slices * weighted)
-        _add(inverse_variance, use.grid_start - low, n_slices * response.gain ** 2)
-        padded = np.concatenate((np.zeros(k), weighted, np.zeros(k)))
-        start = k + response.first_line_bin
-        rows = response.nominal.size
-        shape = response.line_shape
-        row0 = use.grid_start + response.first_line_bin - low
-        _add(numerator, row0, n_slices * np.correlate(padded[start:start + rows + k - 1], shape, "valid"))
-        for target, values in ((nominal, response.nominal), (variance, response.variance),
-                               (signal, response.signal), (next_cov, response.next_covariance)):
-            _add(target, row0, n_slices * values)
-        _add(n_runs, row0, (response.nominal > 0).astype(np.int64))
-        runs.append(replace(use, noise_ratio=noise_ratio(delta, response.used, n_slices, config)))
+    for run, use in placed:
+        share = run.contribution
+        row0 = use.grid_start + use.response.first_line_bin - low
+        _add(bin_sums, use.grid_start - low, share.bin_sums)
+        _add(line_sums, row0, share.line_sums)
+        _add(n_runs, row0, share.line_runs)
+        runs.append(replace(use, noise_ratio=share.noise_ratio))
+    y, inverse_variance = bin_sums
+    numerator, nominal, variance, signal, next_cov = line_sums
 
     covered_bins = inverse_variance > 0
     whole_line = np.convolve(covered_bins.astype(np.int64), np.ones(k, np.int64), "full")[k - 1:] == k
@@ -226,7 +295,7 @@ def grand_spectrum(spectra: Sequence[RunSpectrum], config: CampaignConfig | None
 
 
 def _add(target: np.ndarray, start: int, values: np.ndarray) -> None:
-    """target[start:start+len(values)] += values, clipped to target's range."""
-    lo, hi = max(start, 0), min(start + values.size, target.size)
+    """target[..., start:start+n] += values (n its last axis), clipped to target's range."""
+    lo, hi = max(start, 0), min(start + values.shape[-1], target.shape[-1])
     if hi > lo:
-        target[lo:hi] += values[lo - start:hi - start]
+        target[..., lo:hi] += values[..., lo - start:hi - start]
