@@ -657,6 +657,7 @@ def _num(value: float, fmt: str) -> str:
 def _header_html(s: Settings) -> str:
     return (f"<div style='font-family:sans-serif'><span style='font-size:20px;font-weight:600'>"
             f"QUAX haloscope — live spectrum</span>"
+            f"<a href='?page=campaign' style='margin-left:16px;font-size:13px'>campaign →</a>"
             f"<span style='font-size:12px;color:#555;margin-left:16px'>"
             f"{s.sample_rate_hz / 1e6:g} MS/s · {s.slice_len} bins of {s.bin_width_hz:.2f} Hz · "
             f"workers {html.escape(', '.join(u.removeprefix('http://') for u in s.worker_urls))}"
