@@ -3,13 +3,15 @@
 No public QUAX data exists, so tests and the demo make their own. The model (docs/architecture.md):
 white complex noise (std ``noise_std`` per channel) filtered by a smooth, non-flat amplifier
 passband whose gain drifts slowly from file to file, plus optional complex tones
-``A * exp(2j*pi*f*t)`` with continuous phase across files.
+``A * exp(2j*pi*f*t)`` with continuous phase across files, and an optional ``PsdExcess``: noise
+whose power spectral density is multiplied by (1 + s(f)) on a band, as an axion (itself a Gaussian
+random process) adds to it (quax_faust.search.axion_signal computes s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.fft
@@ -56,8 +58,47 @@ def _tone_wave(n_samples: int, freq_hz: float, amplitude: float, sample_rate_hz:
     return wave
 
 
-def synth_file(file_index: int, n_samples: int, model: SynthModel, seed: int = 0) -> np.ndarray:
-    """One file of complex64 samples, reproducible from (seed, file_index); new noise in every file."""
+@dataclass(frozen=True, eq=False)
+class PsdExcess:
+    """A relative excess s >= -1 of the noise power spectral density on consecutive FFT bins of an
+    n_samples file (fs/n_samples Hz apart): the file's noise there has density (1 + s) times the
+    passband's. The band may wrap from the last FFT index to 0 (negative to positive frequencies)."""
+
+    n_samples: int
+    first_bin: int
+    """FFT index (scipy.fft.fftfreq order, 0 .. n_samples - 1) of relative_excess[0]."""
+    relative_excess: np.ndarray = field(repr=False)
+    """(n_band,) float64, n_band <= n_samples: s at FFT indices first_bin, first_bin + 1, ... mod n_samples."""
+
+    def __post_init__(self) -> None:
+        s = np.asarray(self.relative_excess)
+        if not 0 <= self.first_bin < self.n_samples or s.ndim != 1 or s.size > self.n_samples:
+            raise ValueError(f"PsdExcess: {s.shape} values from FFT index {self.first_bin} do not fit a "
+                             f"file of {self.n_samples} samples")
+        if not np.all(np.isfinite(s) & (s >= -1)):
+            raise ValueError("PsdExcess: the relative excess must be finite and >= -1 (a power density)")
+
+    @cached_property
+    def _amplitude(self) -> np.ndarray:
+        """sqrt(1 + s), float32: what the noise's Fourier amplitudes are multiplied by."""
+        return np.sqrt(1.0 + np.asarray(self.relative_excess, dtype=np.float64)).astype(np.float32)
+
+    def apply(self, spectrum: np.ndarray) -> None:
+        """Multiply a file's FFT (n_samples,) in place by sqrt(1 + s) on the band."""
+        if spectrum.shape != (self.n_samples,):
+            raise ValueError(f"PsdExcess for {self.n_samples}-sample files applied to a spectrum of shape {spectrum.shape}")
+        amplitude, first = self._amplitude, self.first_bin
+        head = min(amplitude.size, self.n_samples - first)
+        spectrum[first:first + head] *= amplitude[:head]
+        spectrum[:amplitude.size - head] *= amplitude[head:]
+
+
+def synth_file(file_index: int, n_samples: int, model: SynthModel, seed: int = 0,
+               excess: PsdExcess | None = None) -> np.ndarray:
+    """One file of complex64 samples, reproducible from (seed, file_index); new noise in every file.
+
+    excess: the noise's power spectral density times (1 + s) on a band (an axion's signal); the
+    same noise realisation as without it, so the two files differ only by the excess."""
     rng = np.random.default_rng([seed, file_index])
     noise = np.empty(n_samples, dtype=np.complex64)
     view = noise.view(np.float32)
@@ -66,6 +107,8 @@ def synth_file(file_index: int, n_samples: int, model: SynthModel, seed: int = 0
     spectrum = scipy.fft.fft(noise, workers=2, overwrite_x=True)
     drift = 1 + model.drift_fraction * np.sin(2 * np.pi * file_index / model.drift_period_files)
     spectrum *= np.sqrt(_fft_bin_gain(n_samples, model) * drift).astype(np.float32)
+    if excess is not None:
+        excess.apply(spectrum)
     samples = scipy.fft.ifft(spectrum, workers=2, overwrite_x=True).astype(np.complex64)
     for freq_hz, amplitude in model.tones:
         # The file starts file_index * n_samples samples into the run: its phase continues the last file's.

@@ -8,6 +8,9 @@ receiver passband of core.synth; s_j is the axion's power in bin j over k_B T_sy
 power P_sig (axion.signal_power_w, on resonance) times the cavity Lorentzian at the bin times the
 halo line's share of the bin. T_sys is flat (the cavity sits at the mixing-chamber temperature),
 so the noise baseline carries no Lorentzian.
+
+``raw_campaign_runs`` plans the same campaign for raw data (quax synth-campaign): each run's name,
+metadata and the axions in its band, for core.synth to write its files.
 """
 
 from __future__ import annotations
@@ -19,12 +22,8 @@ import numpy as np
 
 from quax_faust.core.dsp import frequency_axis_hz
 from quax_faust.core.synth import SynthModel, passband_power_gain
-from quax_faust.search.axion import (
-    Cavity,
-    halo_line_cdf,
-    ksvz_coupling_gev,
-    signal_power_w,
-)
+from quax_faust.search.axion import Cavity
+from quax_faust.search.axion_signal import Axion, axion_excess, axions_in_band
 from quax_faust.search.run_excess import RunSpectrum
 
 QUAX_LIKE_CAVITY = Cavity(cavity_frequency_hz=10.4e9, loaded_q=1e5, coupling_beta=1.0, b_field_t=8.0,
@@ -65,23 +64,6 @@ class CampaignPlan:
         return {"lo_frequency_hz": lo, "sample_rate_hz": self.sample_rate_hz, **vars(cavity)}
 
 
-@dataclass(frozen=True)
-class Axion:
-    """An injected axion: rest frequency (Hz) and coupling as (g/g_KSVZ)**2 at that frequency."""
-
-    frequency_hz: float
-    g2: float
-
-
-def axion_excess(rf_frequency_hz: np.ndarray, bin_width_hz: float, cavity: Cavity, axion: Axion) -> np.ndarray:
-    """s_j: the axion's expected power in bins centred at rf_frequency_hz over k_B T_sys b."""
-    g_gev = np.sqrt(axion.g2) * ksvz_coupling_gev(axion.frequency_hz)
-    whole = signal_power_w(g_gev, axion.frequency_hz, cavity, on_resonance=True)
-    lower = rf_frequency_hz - bin_width_hz / 2 - axion.frequency_hz
-    share = halo_line_cdf(lower + bin_width_hz, axion.frequency_hz) - halo_line_cdf(lower, axion.frequency_hz)
-    return whole * cavity.lorentzian(rf_frequency_hz) * share / cavity.noise_power_w(bin_width_hz)
-
-
 def synthetic_campaign(plan: CampaignPlan | None = None, axions: Sequence[Axion] = (), seed: int = 0,
                        run_prefix: str = "run") -> list[RunSpectrum]:
     """The runs of a campaign, "{run_prefix}{index:03d}", reproducible from seed (plan None:
@@ -99,4 +81,30 @@ def synthetic_campaign(plan: CampaignPlan | None = None, axions: Sequence[Axion]
         rng = np.random.default_rng([seed, index])
         mean = expected * rng.gamma(plan.n_slices, 1.0 / plan.n_slices, plan.n_bins)
         runs.append(RunSpectrum(f"{run_prefix}{index:03d}", mean, plan.n_slices, plan.sample_rate_hz, metadata))
+    return runs
+
+
+@dataclass(frozen=True)
+class RawRun:
+    """One run of a raw synthetic campaign: what quax synth-campaign writes into DIR/<name>/."""
+
+    name: str
+    metadata: dict[str, float]
+    """Its run metadata (quax_faust.core.run_meta names): LO, sample rate, cavity at LO + offset."""
+    axions: tuple[Axion, ...]
+    """The injected axions whose line reaches into this run's band LO +- fs/2."""
+    seed: int
+    """Seed of its noise (core.synth.synth_file): every run has its own."""
+
+
+def raw_campaign_runs(plan: CampaignPlan, axions: Sequence[Axion] = (), seed: int = 0,
+                      run_prefix: str = "run") -> list[RawRun]:
+    """The runs "{run_prefix}{index:03d}" of a campaign for raw data (plan.n_slices unused: the
+    files written set N), each with the axions in its band and its own noise seed from seed."""
+    runs = []
+    for index in range(plan.n_runs):
+        metadata = plan.metadata(index)
+        run_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        runs.append(RawRun(f"{run_prefix}{index:03d}", metadata,
+                           axions_in_band(axions, metadata["lo_frequency_hz"], plan.sample_rate_hz), run_seed))
     return runs
