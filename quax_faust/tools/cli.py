@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action=HelpAllAction, help="show this help and every setting")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from quax_faust.tools import synth_cmd
+    synth_cmd.register(sub, common)  # quax synth, quax synth-campaign
     commands.register(sub, common)  # synth, topics, produce, worker, settings, export
     from quax_faust.tools import analyse_cmd
     analyse_cmd.register(sub, common)  # quax analyse

@@ -1,12 +1,11 @@
-"""The `quax` commands of the live chain: synth, topics, produce, worker, settings, export (their
-options and what they do; `quax analyse` and `quax bench` have modules of their own)."""
+"""The `quax` commands of the live chain: topics, produce, worker, settings, export (their options
+and what they do; `quax synth`, `quax analyse`, `quax campaign` and `quax bench` have modules of their own)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
 
 from quax_faust.settings import Settings
@@ -20,18 +19,6 @@ log = logging.getLogger("quax")
 
 def register(sub, common) -> None:
     """Add our commands to the `quax` subparsers (``common``: the options every command shares)."""
-    p = sub.add_parser("synth", parents=[common], help="write synthetic duck_i/duck_q file pairs")
-    p.add_argument("--out", type=Path, required=True, help="directory to write into")
-    p.add_argument("--files", type=int, default=4)
-    p.add_argument("--samples", type=int, default=1 << 23, help="samples per file (default 2**23)")
-    p.add_argument("--first-index", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tone-hz", type=float, action="append", help="inject a line at this baseband frequency")
-    p.add_argument("--tone-amplitude", type=float, action="append", help="its amplitude (V; noise is 1 V rms per channel)")
-    p.add_argument("--pace", help="like a DAQ: realtime (one file per file duration) or X times faster (default: max)")
-    p.add_argument("--keep", type=int, metavar="K", help="delete the pairs it wrote beyond the newest K")
-    p.set_defaults(func=cmd_synth)
-
     p = sub.add_parser("topics", parents=[common], help="create our topics, or fix their configs")
     p.set_defaults(func=cmd_topics)
 
@@ -82,31 +69,6 @@ def _progress(**kwargs):
     from tqdm import tqdm
 
     return tqdm(file=sys.stderr, disable=not sys.stderr.isatty(), **kwargs)
-
-
-def cmd_synth(args, settings: Settings) -> int:
-    from quax_faust.core import daq, synth
-    from quax_faust.ingest.producer import parse_pace
-
-    if len(args.tone_hz or []) != len(args.tone_amplitude or []):
-        raise ValueError("give one --tone-amplitude per --tone-hz")
-    tones = tuple(zip(args.tone_hz or [], args.tone_amplitude or []))
-    model = synth.SynthModel(sample_rate_hz=settings.sample_rate_hz, tones=tones)
-    every_s = args.samples / settings.sample_rate_hz / parse_pace(args.pace) if args.pace else 0.0
-    started = time.monotonic()
-    with _progress(total=args.files, unit="file", desc="synth") as bar:
-        for k in range(args.files):
-            index = args.first_index + k
-            time.sleep(max(0.0, started + k * every_s - time.monotonic()))  # a DAQ: one file per duration
-            pair = daq.write_pair(args.out, index, synth.synth_file(index, args.samples, model, args.seed))
-            if args.keep and k >= args.keep:  # only pairs this command wrote
-                old = daq.pair_paths(args.out, index - args.keep)
-                old.i_path.unlink(missing_ok=True)
-                old.q_path.unlink(missing_ok=True)
-            bar.write(f"wrote {pair.i_path.name} + {pair.q_path.name} ({args.samples} samples)", file=sys.stdout)
-            sys.stdout.flush()
-            bar.update()
-    return EXIT_OK
 
 
 def cmd_topics(args, settings: Settings) -> int:
