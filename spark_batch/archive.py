@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,15 +113,16 @@ class RunMetadata:
     """Offset -> why a record of the run was left out (bad_metadata, metadata_conflict, ...)."""
 
 
-async def _run_metadata(settings: Settings, run: str) -> RunMetadata:
+async def _runs_metadata(settings: Settings, runs: Collection[str]) -> dict[str, RunMetadata]:
     topic = settings.metadata_topic
+    found = {run: RunMetadata() for run in runs}
     n_partitions = (await partition_counts(settings, [topic])).get(topic)
     if not n_partitions:
-        return RunMetadata()  # a broker from before run metadata: no run has any
+        return found  # a broker from before run metadata: no run has any
     consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
                                 max_partition_fetch_bytes=settings.max_message_bytes)
     await consumer.start()
-    found, key = RunMetadata(), run.encode()
+    by_key = {run.encode(): run for run in runs}
     try:
         tps = [TopicPartition(topic, p) for p in range(n_partitions)]
         end = await consumer.end_offsets(tps)
@@ -129,8 +131,9 @@ async def _run_metadata(settings: Settings, run: str) -> RunMetadata:
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 for record in records:
-                    if record.key == key and record.offset < end[TopicPartition(topic, record.partition)]:
-                        _merge_record(found, run, record.offset, record.value or b"")
+                    run = by_key.get(record.key)
+                    if run is not None and record.offset < end[TopicPartition(topic, record.partition)]:
+                        _merge_record(found[run], run, record.offset, record.value or b"")
     finally:
         await consumer.stop()
     return found
@@ -148,10 +151,16 @@ def _merge_record(found: RunMetadata, run: str, offset: int, value: bytes) -> No
         found.rejected[offset] = str(exc)
 
 
-def run_metadata(settings: Settings, run: str) -> RunMetadata:
-    """The run's metadata from the compacted metadata topic (settings.metadata_topic), read to its
-    end now; records the workers would reject are left out, and logged."""
-    found = asyncio.run(_run_metadata(settings, run))
-    for offset, why in found.rejected.items():
-        log.warning("%s@%d: run %s's metadata record left out (%s)", settings.metadata_topic, offset, run, why)
+def runs_metadata(settings: Settings, runs: Collection[str]) -> dict[str, RunMetadata]:
+    """Each run's metadata from the compacted metadata topic (settings.metadata_topic), all runs in
+    one read to its end now; records the workers would reject are left out, and logged."""
+    found = asyncio.run(_runs_metadata(settings, list(runs)))
+    for run, meta in found.items():
+        for offset, why in meta.rejected.items():
+            log.warning("%s@%d: run %s's metadata record left out (%s)", settings.metadata_topic, offset, run, why)
     return found
+
+
+def run_metadata(settings: Settings, run: str) -> RunMetadata:
+    """The run's metadata (runs_metadata of the one run)."""
+    return runs_metadata(settings, [run])[run]

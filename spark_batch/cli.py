@@ -1,8 +1,9 @@
-"""``quax reprocess`` and ``quax verify``: the Spark batch job from the command line.
+"""``quax reprocess``, ``quax verify`` and ``quax reprocess-campaign``: the Spark batch jobs from the
+command line.
 
 Added to the ``quax`` command through the entry point ``spark = "spark_batch.cli:register"``
 (group ``quax.commands``, pyproject.toml), so quax_faust never imports spark_batch; pyspark is
-imported only when one of these two commands runs.
+imported only when one of these commands runs.
 """
 
 from __future__ import annotations
@@ -99,8 +100,50 @@ def cmd_verify(args, settings: Settings) -> int:
     return 0 if verdict.equal else 1  # 1: a verdict, MISMATCH (quax --help, exit codes)
 
 
+def cmd_reprocess_campaign(args, settings: Settings) -> int:
+    from quax_faust.exports import campaign as campaign_file
+    from quax_faust.search.campaign_result import analyse, summary, tables
+
+    from .campaign import reprocess_runs
+    from .campaign_options import analysis_goal
+    from .session import get_session
+
+    campaign_file.check_output(args.out, force=args.force)  # before the archive is read
+    config, threshold, goal = analysis_goal(args)
+    with _SparkStatus(f"{args.command} ({len(args.runs) if args.runs else 'all'} runs)") as status:
+        status.spark = get_session(settings, _conf(args.conf))
+        found = reprocess_runs(settings, None if args.all else args.runs, args.source, spark=status.spark)
+    print(found.summary())
+    c = analyse(found.spectra(), config, threshold, args.confidence, args.power_floor_sigma)
+    campaign_file.write_campaign(args.out, tables(c), campaign_file.campaign_metadata(c, found.inputs(settings), goal),
+                                 force=args.force)
+    print(summary(c, goal))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_campaign_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from .campaign_options import add_analysis_options
+
+    help_text = "the campaign analysis of many runs, each recomputed with Spark from the archived topic"
+    p = sub.add_parser("reprocess-campaign", parents=[common], help=help_text,
+                       description=help_text + " in one pass (docs/spark.md, \"Campaigns\"); the result as "
+                       "`quax campaign` writes it")
+    runs = p.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--runs", nargs="+", metavar="RUN", help="runs to recompute from the archive")
+    runs.add_argument("--all", action="store_true", help="every run the archived topic holds")
+    p.add_argument("--from", dest="source", choices=("slices", "spectra"), default="slices",
+                   help="slices: full recompute (decode, FFT); spectra: from the per-file spectra")
+    p.add_argument("--out", type=Path, required=True, help="the campaign file, FILE.h5 or FILE.npz")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_analysis_options(p)
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE",
+                   help="extra Spark property, repeatable (e.g. spark.executor.memory=4g)")
+    p.set_defaults(func=cmd_reprocess_campaign)
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the reprocess and verify subcommands to the ``quax`` parser."""
+    """Add the reprocess, verify and reprocess-campaign subcommands to the ``quax`` parser."""
     for name, func, help_text in (
             ("reprocess", cmd_reprocess, "recompute a run with Spark from the archived topic"),
             ("verify", cmd_verify, "recompute a run with Spark and compare it with the live tables")):
@@ -115,3 +158,4 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p.add_argument("--conf", action="append", metavar="KEY=VALUE",
                        help="extra Spark property, repeatable (e.g. spark.executor.memory=4g)")
         p.set_defaults(func=func)
+    _add_campaign_parser(sub, common)

@@ -118,7 +118,7 @@ def _require_value(value: memoryview | None) -> memoryview:
     return value
 
 
-class _SliceFiles:
+class SliceFiles:
     """One task's files: the slice indices counted per file, their sums, where and how often seen."""
 
     def __init__(self, run: str, workers: int):
@@ -181,65 +181,65 @@ class _SliceFiles:
         }
 
 
+class SpectraFiles:
+    """One task's file spectra: the first copy of each file in offset order, and its repeats."""
+
+    def __init__(self, run: str):
+        self.run = run
+        self.first: dict[int, dict] = {}  # file -> the first copy's row without its spectra
+
+    def fold(self, key: bytes | None, value: memoryview | None, partition: int, offset: int) -> dict | None:
+        """Fold one record; return its row when it is the file's first copy."""
+        spec = wire.decode_file_spectrum(_require_value(value))
+        if key != spec.run.encode() or spec.run != self.run:
+            raise wire.WireError("key_mismatch", f"key {key!r} but the spectrum is of run {spec.run!r}")
+        seen = self.first.get(spec.file_index)
+        if seen is not None:
+            seen["n_messages"] += 1
+            seen["duplicate_slices"] += spec.n_slices
+            return None
+        row = _spectrum_row(spec, partition, offset)
+        self.first[spec.file_index] = {**row, "power_sum": None, "power_sumsq": None, "n_messages": 0,
+                                       "n_slices": 0, "counted": bytes(len(row["counted"]))}
+        return row
+
+    def leftovers(self) -> list[dict]:
+        """One row per repeated file, counting its later copies."""
+        return [row for _, row in sorted(self.first.items()) if row["n_messages"]]
+
+
+def fold_task(files, batches: Iterable[pa.RecordBatch], schema: pa.Schema = PART_SCHEMA) -> Iterator[pa.RecordBatch]:
+    """Fold a task's records into ``files`` (anything with fold(key, value, partition, offset) ->
+    row or None, and leftovers() -> rows): its rows as they come, a malformed row per record it
+    refuses (WireError/RecordError), and its leftovers at the end."""
+    for batch in batches:
+        rows = []
+        for key, value, partition, offset in _records(batch):
+            try:
+                row = files.fold(key, value, partition, offset)
+            except (wire.WireError, RecordError) as exc:
+                row = _malformed(partition, offset, exc)
+            if row is not None:
+                rows.append(row)
+        if rows:
+            yield _to_batch(rows, schema)
+    rows = files.leftovers()
+    if rows:
+        yield _to_batch(rows, schema)
+
+
 def fold_slices(run: str, *, workers: int = 1) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A mapInArrow function: records (key, value, partition, offset) of the slices topic in
     offset order -> PART_SCHEMA rows: one per finished file, one per malformed record, and at the
     end one per unfinished file or file repeated after it finished. ``workers``: scipy.fft threads."""
-
-    def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        files = _SliceFiles(run, workers)
-        for batch in batches:
-            rows = []
-            for key, value, partition, offset in _records(batch):
-                try:
-                    row = files.fold(key, value, partition, offset)
-                except (wire.WireError, RecordError) as exc:
-                    row = _malformed(partition, offset, exc)
-                if row is not None:
-                    rows.append(row)
-            if rows:
-                yield _to_batch(rows, PART_SCHEMA)
-        rows = files.leftovers()
-        if rows:
-            yield _to_batch(rows, PART_SCHEMA)
-
-    return fold
+    return lambda batches: fold_task(SliceFiles(run, workers), batches)
 
 
 def fold_spectra(run: str) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A mapInArrow function: records of the spectra topic -> PART_SCHEMA rows: a file's first
     spectrum in offset order as it comes, one per malformed record, and at the end one row per
     repeated file counting its later copies (as the live run table, which folds a file once)."""
-
-    def fold(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        first: dict[int, dict] = {}  # file -> the first copy's row without its spectra
-        for batch in batches:
-            rows = []
-            for key, value, partition, offset in _records(batch):
-                try:
-                    spec = wire.decode_file_spectrum(_require_value(value))
-                    if key != spec.run.encode() or spec.run != run:
-                        raise wire.WireError("key_mismatch", f"key {key!r} but the spectrum is of run {spec.run!r}")
-                except wire.WireError as exc:
-                    rows.append(_malformed(partition, offset, exc))
-                    continue
-                seen = first.get(spec.file_index)
-                if seen is None:
-                    row = _spectrum_row(spec, partition, offset)
-                    rows.append(row)
-                    first[spec.file_index] = {**row, "power_sum": None, "power_sumsq": None,
-                                              "n_messages": 0, "n_slices": 0,
-                                              "counted": bytes(len(row["counted"]))}
-                else:
-                    seen["n_messages"] += 1
-                    seen["duplicate_slices"] += spec.n_slices
-            if rows:
-                yield _to_batch(rows, PART_SCHEMA)
-        repeats = [row for _, row in sorted(first.items()) if row["n_messages"]]
-        if repeats:
-            yield _to_batch(repeats, PART_SCHEMA)
-
-    return fold
+    return lambda batches: fold_task(SpectraFiles(run), batches)
 
 
 def _spectrum_row(spec: wire.FileSpectrum, partition: int, offset: int) -> dict:
