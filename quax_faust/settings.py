@@ -159,6 +159,20 @@ class Settings:
     """`quax verify`: largest power difference allowed, relative to the run's mean level (or to the
     bin's own power where that is larger: docs/spark.md)."""
 
+    # --- the live campaign (quax_faust/campaign/: `quax campaign-live`, docs/analysis.md) -----------
+    campaign_port: int = 6060
+    """The live campaign service serves its document and metrics on web_host:this."""
+    campaign_refresh_s: float = 1.0
+    """Least time between two analyses of the live campaign (s): files arriving faster are
+    folded, and analysed together at most this often."""
+    campaign_snapshot_s: float = 30.0
+    """How often the live campaign saves its state under var_dir/campaign (s): a restart reads
+    the spectra topic from there, not from its beginning."""
+    campaign_target_significance: float = 5.0
+    """The live campaign's candidate threshold is set so that an axion expected at this
+    significance passes it campaign_detection_probability of the time."""
+    campaign_detection_probability: float = 0.95
+
     # --- readers of the tables (export, dashboard) -----------------------------------------------
     http_timeout_s: float = 30.0
 
@@ -203,6 +217,11 @@ class Settings:
     @property
     def worker_urls(self) -> list[str]:
         return [self.worker_url(k) for k in range(self.workers)]
+
+    @property
+    def campaign_url(self) -> str:
+        """The live campaign service (`quax campaign-live`): its document is at /campaign/."""
+        return f"http://{self.web_host}:{self.campaign_port}"
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (None values are ignored, so CLI defaults can pass through)."""

@@ -52,7 +52,7 @@ def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
                 spectra_topic=f"spectra-{uid}", candidates_topic=f"candidates-{uid}",
                 metadata_topic=f"run-metadata-{uid}",
                 var_dir=var_dir, workers=2,
-                web_port_base=free_port(4))
+                web_port_base=free_port(4), campaign_port=free_port())
     return Settings().replace(**{**base, **changes})
 
 

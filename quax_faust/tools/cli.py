@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyse_cmd.register(sub, common)  # quax analyse
     from quax_faust.tools import campaign_cmd
     campaign_cmd.register(sub, common)  # quax campaign
+    from quax_faust.tools import campaign_live_cmd
+    campaign_live_cmd.register(sub, common)  # quax campaign-live
     from quax_faust.tools import bench
     bench.register(sub, common)  # quax bench
     from quax_faust.tools.doctor import command as doctor

@@ -182,6 +182,58 @@ class Workers:
         self.stop(k, sig=signal.SIGKILL)
 
 
+@dataclass
+class CampaignLive:
+    """The live campaign service ``quax campaign-live`` (quax_faust/campaign/) as a child process."""
+
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self, *args: str) -> "CampaignLive":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "quax_faust.tools.cli", "campaign-live", *args],
+                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def document(self) -> dict | None:
+        """The served document, or None while it is not served (starting, stopped)."""
+        try:
+            with urllib.request.urlopen(self.settings.campaign_url + "/campaign/", timeout=5) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+
+    def wait_for(self, condition, timeout_s: float = 120.0) -> dict:
+        """The first document for which condition(doc) is true; TimeoutError with the last one."""
+        deadline, doc = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"quax campaign-live exited with {self.proc.returncode}; see {self.log_path}")
+            doc = self.document()
+            if doc is not None and condition(doc):
+                return doc
+            time.sleep(0.2)
+        shown = {k: doc[k] for k in ("version", "status", "files_folded", "next_offsets")} if doc else None
+        raise TimeoutError(f"live campaign not as awaited within {timeout_s} s (last: {shown}); see {self.log_path}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM, wait; the exit code (None if it was not running)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
 def wait_for_run(settings: Settings, run: str, n_files: int, timeout_s: float = 120.0) -> dict:
     """Poll the workers' views until the run has n_files folded; return the run summary."""
     from quax_faust.client import TablesUnavailable, get_json

@@ -1,0 +1,117 @@
+"""``quax campaign-live`` on the real chain: the live campaign equals ``quax campaign --all``.
+
+Three runs go through a real broker and two workers (two with their cavity, LOs a whole number of
+bins apart; one without its cavity), and the service, a separate process, reads the spectra and
+metadata topics. Its document must equal the offline analysis of the workers' tables exactly
+(same fold, same order, same arithmetic); a run whose metadata grows enters the physics; a
+malformed record is rejected and counted; a restart resumes from the saved state, not from the
+topics' beginning, and gives the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import numpy as np
+import pytest
+
+from quax_faust.exports.campaign import read_campaign
+from quax_faust.ingest.producer import produce_directory
+from quax_faust.search.synthetic_campaign import QUAX_LIKE_CAVITY
+from quax_faust.tools import cli
+from quax_faust.tools.launch import CampaignLive, wait_for_run
+from tests.conftest import write_synthetic_run
+from tests.kafka_io import send_raw_async
+
+pytestmark = pytest.mark.broker
+N_FILES, SLICES_PER_FILE = 2, 16
+GRID = {"frequency_hz": "frequency_hz", "g2": "g2", "sigma": "sigma", "significance": "significance"}
+LIMITS = {"g_limit_gev": "g_limit_gev", "g_sensitivity_gev": "g_sensitivity_gev", "ksvz_gev": "ksvz_gev",
+          "dfsz_gev": "dfsz_gev"}
+
+
+def _nan(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def assert_equals_offline(doc: dict, settings, path) -> None:
+    """The document's grand spectrum, limits, runs and candidates equal `quax campaign --all`'s."""
+    flags = ["--set", f"web_port_base={settings.web_port_base}", "--set", f"workers={settings.workers}",
+             "--set", f"broker={settings.broker}"]
+    assert cli.main(["campaign", "--all", "--out", str(path), "--force", *flags]) == 0
+    t = read_campaign(path).tables
+    for ours, theirs in GRID.items():
+        np.testing.assert_array_equal(_nan(doc["grid"][ours]), t["grand"][theirs], err_msg=ours)
+    for ours, theirs in LIMITS.items():
+        np.testing.assert_array_equal(_nan(doc["grid"][ours]), t["exclusion"][theirs], err_msg=ours)
+    assert [r["run"] for r in doc["runs_used"]] == t["runs_used"]["run"].tolist()
+    assert [r["n_slices"] for r in doc["runs_used"]] == t["runs_used"]["n_slices"].tolist()
+    assert [r["run"] for r in doc["runs_left_out"]] == t["runs_left_out"]["run"].tolist()
+    assert [r["reason"] for r in doc["runs_left_out"]] == t["runs_left_out"]["reason"].tolist()
+    assert [c["frequency_hz"] for c in doc["candidates"]] == t["candidates"]["frequency_hz"].tolist()
+
+
+def test_live_campaign_equals_the_offline_analysis_grows_and_resumes(make_stack, tmp_path):
+    settings, _workers = make_stack(workers=2, campaign_refresh_s=0.2, campaign_snapshot_s=0.5)
+    bin_hz = settings.sample_rate_hz / settings.slice_len
+    cavity = {k: v for k, v in vars(QUAX_LIKE_CAVITY).items() if k != "cavity_frequency_hz"}
+    records = {}
+    for k, run in enumerate(("step0", "step1")):
+        lo = 10.4e9 + 77 * k * bin_hz
+        records[run] = {"lo_frequency_hz": lo, "cavity_frequency_hz": lo + 200e3, **cavity}
+    records["late"] = {"lo_frequency_hz": 10.4e9 + 154 * bin_hz}
+    daq_dir = write_synthetic_run(tmp_path / "daq", N_FILES, SLICES_PER_FILE * settings.slice_len, seed=5)
+    service = CampaignLive(settings, tmp_path / "campaign-live.log").start()
+    try:
+        doc = service.wait_for(lambda d: d["status"] == "no runs yet")  # serves before any run exists
+        assert doc["files_folded"] == 0 and doc["grid"]["frequency_hz"] == []
+        for run, fields in records.items():
+            asyncio.run(produce_directory(settings, daq_dir, run, "max", progress=False, metadata=fields))
+        for run in records:
+            wait_for_run(settings, run, N_FILES)
+        doc = service.wait_for(lambda d: d["files_folded"] == 3 * N_FILES)
+        assert [r["run"] for r in doc["runs_used"]] == ["step0", "step1"]
+        assert [r["n_files"] for r in doc["runs_used"]] == [N_FILES, N_FILES]
+        assert doc["runs_left_out"][0]["run"] == "late"
+        assert "its metadata lacks cavity_frequency_hz, loaded_q" in doc["runs_left_out"][0]["reason"]
+        assert sum(v is not None for v in doc["grid"]["significance"]) > 1000
+        assert_equals_offline(doc, settings, tmp_path / "offline1.h5")
+
+        # The late run's cavity is recorded with its next file: it enters the physics.
+        more = write_synthetic_run(tmp_path / "more", N_FILES + 1, SLICES_PER_FILE * settings.slice_len, seed=6)
+        for k in range(N_FILES):
+            for side in "iq":
+                (more / f"duck_{side}_{k:05d}.dat").unlink()
+        late = {**records["late"], "cavity_frequency_hz": records["late"]["lo_frequency_hz"] + 200e3, **cavity}
+        asyncio.run(produce_directory(settings, more, "late", "max", progress=False, metadata=late))
+        wait_for_run(settings, "late", N_FILES + 1)
+        doc = service.wait_for(lambda d: d["files_folded"] == 3 * N_FILES + 1 and not d["runs_left_out"])
+        assert [r["run"] for r in doc["runs_used"]] == ["late", "step0", "step1"]
+        assert doc["runs_used"][0]["n_slices"] == (N_FILES + 1) * SLICES_PER_FILE
+        assert_equals_offline(doc, settings, tmp_path / "offline2.h5")
+
+        # A malformed record is rejected, counted, and the fold goes on.
+        asyncio.run(send_raw_async(settings.broker, settings.spectra_topic, b"late", b"not a spectrum"))
+        doc = service.wait_for(lambda d: d["rejected"])
+        assert list(doc["rejected"]) == ["spectra/" + next(iter(doc["rejected"])).split("/", 1)[1]]
+        assert sum(doc["rejected"].values()) == 1 and doc["files_folded"] == 3 * N_FILES + 1
+        with urllib.request.urlopen(settings.campaign_url + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'quax_campaign_runs{state="used"} 3.0' in metrics
+        assert "quax_campaign_analysis_seconds_count" in metrics
+        before = doc
+
+        # Stop (the state is saved) and start again: it resumes from the saved offsets.
+        assert service.stop() == 0
+        state_file = settings.var_dir / "campaign" / f"state-{settings.app_id}.bin"
+        assert state_file.is_file()
+        service.start()
+        after = service.wait_for(lambda d: d["version"] >= 1)
+        assert after["next_offsets"] == before["next_offsets"] and after["files_folded"] == before["files_folded"]
+        for key in ("grid", "runs_used", "runs_left_out", "candidates", "rejected"):
+            assert after[key] == before[key], key
+        log = (tmp_path / "campaign-live.log").read_text()
+        assert f"reading {settings.spectra_topic} from offset {before['next_offsets']['spectra']}" in log
+    finally:
+        service.stop()
