@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quax_faust.core import daq, synth, wire
 
 from quax_faust.stream import metrics
-from quax_faust.tools.launch import free_port, wait_for_run
+from quax_faust.tools.launch import CampaignLive, free_port, wait_for_run
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.ingest.sender import DaqProducer
 from quax_faust.tools.prometheus import CONFIG, OPS_DIR, Prometheus, render_config
@@ -91,6 +91,7 @@ def test_promtool_accepts_config_and_rules_and_the_rule_tests_pass(tmp_path):
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
     assert targets["quax-workers"] == [f"127.0.0.1:{31000 + k}" for k in range(4)]
     assert targets["quax-producer"] == ["127.0.0.1:31500"]
+    assert targets["quax-campaign"] == [f"127.0.0.1:{settings.campaign_port}"]
     # Workers on their own hosts (web_hosts: one machine each) are scraped there.
     spread = render_config(settings.replace(web_hosts="127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"))
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in spread["scrape_configs"]}
@@ -298,12 +299,13 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(make_stack, d
     settings, workers = make_stack(workers=2, slices_per_message=8, producer_metrics_port=free_port(),
                                    prometheus_port=free_port(), consumer_lag_interval_s=0.5)
     producer_http = metrics.serve_producer_metrics(settings.producer_metrics_port, settings.web_host)
+    campaign = CampaignLive(settings, tmp_path / "campaign-live.log").start()
     prometheus = Prometheus(settings, tmp_path / "prometheus", scrape_interval_s=1).start()
     try:
-        # Every target (2 workers, the producer here, Prometheus itself) scraped before data flows,
-        # so counters have a sample at their starting value and rate() sees the increase.
+        # Every target (2 workers, the producer here, the live campaign, Prometheus itself) scraped
+        # before data flows, so counters have a sample at their starting value and rate() sees the increase.
         poll("Prometheus to scrape every target",
-             lambda: (lambda up: len(up) == settings.workers + 2 and all(up.values()))(prometheus.targets_up()))
+             lambda: (lambda up: len(up) == settings.workers + 3 and all(up.values()))(prometheus.targets_up()))
 
         # The producer's registry lives in this process: earlier tests may have counted skips too.
         skipped_before = metrics.PRODUCER_SKIPPED.labels(reason="missing_partner")._value.get()
@@ -351,7 +353,8 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(make_stack, d
 
         # Metric names: Prometheus's own lint, and our conventions, on what the processes export.
         expositions = {"worker 0": get_text(settings.worker_url(0) + "/metrics"),
-                       "producer": get_text(f"http://{settings.web_host}:{settings.producer_metrics_port}/metrics")}
+                       "producer": get_text(f"http://{settings.web_host}:{settings.producer_metrics_port}/metrics"),
+                       "live campaign": get_text(settings.campaign_url + "/metrics")}
         problems = []
         for source, text in expositions.items():
             lint = promtool("check", "metrics", stdin=quax_exposition(text))
@@ -362,5 +365,6 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(make_stack, d
         assert "faust_messages_received_total" in expositions["worker 0"], "Faust's sensor is exported"
     finally:
         prometheus.stop()
+        campaign.stop()
         if producer_http is not None:
             producer_http.shutdown()

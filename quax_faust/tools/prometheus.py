@@ -55,6 +55,7 @@ def render_config(settings: Settings, scrape_interval_s: float | None = None,
     targets = {  # each worker at its own host (web_hosts), else web_host
         "quax-workers": [f"{settings.worker_host(k)}:{settings.web_port_base + k}" for k in range(settings.workers)],
         "quax-producer": [f"{host}:{settings.producer_metrics_port}"],
+        "quax-campaign": [f"{host}:{settings.campaign_port}"],
         "prometheus": [f"{host}:{settings.prometheus_port}"],
     }
     for job in config["scrape_configs"]:
