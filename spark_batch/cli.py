@@ -105,7 +105,7 @@ def cmd_reprocess_campaign(args, settings: Settings) -> int:
     from quax_faust.search.campaign_result import analyse, summary, tables
 
     from .campaign import reprocess_runs
-    from .campaign_options import analysis_goal
+    from quax_faust.search.campaign_options import analysis_goal
     from .session import get_session
 
     campaign_file.check_output(args.out, force=args.force)  # before the archive is read
@@ -123,7 +123,7 @@ def cmd_reprocess_campaign(args, settings: Settings) -> int:
 
 
 def _add_campaign_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from .campaign_options import add_analysis_options
+    from quax_faust.search.campaign_options import add_analysis_options
 
     help_text = "the campaign analysis of many runs, each recomputed with Spark from the archived topic"
     p = sub.add_parser("reprocess-campaign", parents=[common], help=help_text,

@@ -9,7 +9,6 @@ result goes to a campaign file (exports/campaign.py: .h5 or .npz) and a summary 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import zipfile
 from collections.abc import Callable, Sequence
@@ -19,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quax_faust.client import RunAverage
-from quax_faust.search import exclusion, rescan
+from quax_faust.search.campaign_options import add_analysis_options, analysis_goal
 from quax_faust.search.campaign_result import LIVE, analyse, summary, tables
-from quax_faust.search.run_excess import CampaignConfig, RunSpectrum
+from quax_faust.search.run_excess import RunSpectrum
 from quax_faust.settings import Settings
 from quax_faust.tools.commands import EXIT_OK, _progress
 
@@ -59,7 +58,9 @@ def read_exports(paths: Sequence[Path], progress: Progress | None = None) -> lis
     """(run, its source: the path) of each export, in the order given; FileNotFoundError naming a
     missing file, RuntimeError for one that cannot be read, ValueError for a run given twice or a
     file that is no export by its suffix."""
-    from quax_faust.exports.load import load_run  # with h5py: when used, not by every quax command
+    from quax_faust.exports.load import (
+        load_run,  # with h5py: when used, not by every quax command
+    )
 
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -108,42 +109,13 @@ def read_live(settings: Settings, runs: Sequence[str] | None,
     return found
 
 
-# --- the analysis and its file ---------------------------------------------------------------------
-
 # --- the command ------------------------------------------------------------------------------------
-
-def parse_config(pairs: Sequence[str]) -> CampaignConfig:
-    """CampaignConfig from ``NAME=VALUE`` strings (--config), each VALUE of its knob's type."""
-    fields = {f.name: type(f.default) for f in dataclasses.fields(CampaignConfig)}
-    changes = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in fields:
-            raise ValueError(f"--config {pair!r}: expected NAME=VALUE, NAME one of {', '.join(fields)}")
-        try:
-            changes[name] = fields[name](value)
-        except ValueError:
-            raise ValueError(f"--config {pair!r}: {value!r} is not a {fields[name].__name__}") from None
-        if changes[name] < 0:
-            raise ValueError(f"--config {pair!r}: must not be negative")
-    return dataclasses.replace(CampaignConfig(), **changes)
-
 
 def cmd_campaign(args, settings: Settings) -> int:
     from quax_faust.exports import campaign as campaign_file
 
     campaign_file.check_output(args.out, force=args.force)  # before any run is read
-    config = parse_config(args.config)
-    for name in ("detection_probability", "confidence"):
-        if not 0 < getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: a probability between 0 and 1")
-    if args.threshold is not None:
-        threshold, goal = args.threshold, {}
-    else:
-        threshold = rescan.threshold_for_goal(args.target_significance, args.detection_probability)
-        goal = {"target_significance": args.target_significance, "detection_probability": args.detection_probability}
-    goal |= {"confidence": args.confidence, "power_floor_sigma": args.power_floor_sigma}
+    config, threshold, goal = analysis_goal(args)
     with _progress(unit="run", desc="campaign: read") as bar:
         def progress(read: int, total: int) -> None:
             bar.total = total
@@ -156,7 +128,7 @@ def cmd_campaign(args, settings: Settings) -> int:
             read = read_live(settings, None if args.all else args.runs, progress)
             inputs = {"live": settings.worker_urls, "runs": [spectrum.run for spectrum, _ in read]}
     log.info("campaign: %d runs read; analysing", len(read))
-    c = analyse(read, config, threshold, args.confidence, args.power_floor_sigma)
+    c = analyse(read, config, threshold, goal["confidence"], goal["power_floor_sigma"])
     campaign_file.write_campaign(args.out, tables(c), campaign_file.campaign_metadata(c, inputs, goal),
                                 force=args.force)
     print(summary(c, goal))
@@ -174,15 +146,5 @@ def register(sub, common) -> None:
     source.add_argument("--exports", nargs="+", type=Path, metavar="FILE", help="run exports written by `quax export`")
     p.add_argument("--out", type=Path, required=True, help="the campaign file, FILE.h5 or FILE.npz")
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--target-significance", type=float, default=5.0, metavar="SIGMA",
-                   help="threshold set so that an axion expected at this significance passes it ... (default 5)")
-    p.add_argument("--detection-probability", type=float, default=0.95, metavar="P", help="... this often (default 0.95)")
-    p.add_argument("--threshold", type=float, metavar="SIGMA", help="the candidate threshold itself, in sigma")
-    p.add_argument("--confidence", type=float, default=exclusion.CONFIDENCE, metavar="CL",
-                   help="confidence level of the exclusion limit (default 0.9)")
-    p.add_argument("--power-floor-sigma", type=float, default=0.0, metavar="SIGMA",
-                   help="power constraint: the measured g2 is floored at this many sigma (default 0)")
-    p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                   help="a knob of the analysis (repeatable): " + ", ".join(
-                       f"{f.name} ({f.default})" for f in dataclasses.fields(CampaignConfig)))
+    add_analysis_options(p)
     p.set_defaults(func=cmd_campaign)

@@ -1,6 +1,6 @@
-"""The analysis options of ``quax reprocess-campaign``: those of ``quax campaign``, same names and
-defaults (quax_faust/tools/campaign_cmd.py, which spark_batch may not import), read into the
-campaign analysis' knobs, threshold and goal."""
+"""The campaign analysis' command-line options, shared by ``quax campaign`` (tools/campaign_cmd.py)
+and ``quax reprocess-campaign`` (spark_batch/cli.py): their definitions, and how they are read into
+the analysis' knobs (CampaignConfig), its candidate threshold (sigma) and the goal it records."""
 
 from __future__ import annotations
 
