@@ -9,6 +9,8 @@
 The numerics are ``recompute`` (scipy.fft, float64 sums, de-duplication by slice index): written
 apart from the live workers' dsp and accumulators, which nothing here imports, so the audit can
 catch a bug in them (docs/spark.md). ``job.reprocess`` runs it; ``quax reprocess`` and
-``quax verify`` (spark_batch/cli.py) are the commands. Nothing here imports pyspark at module
+``quax verify`` (spark_batch/cli.py) are the commands. ``quax reprocess-campaign`` (campaign.py,
+campaign_fold.py) folds many runs in one pass the same way, then runs the campaign analysis
+(quax_faust.search, on the driver only) on the recomputed averages (docs/spark.md, "Campaigns"). Nothing here imports pyspark at module
 import time except ``session``, ``job`` and ``archive``.
 """

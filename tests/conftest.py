@@ -16,7 +16,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 LONGEST_FILES = ("test_reliability.py", "test_spark_cluster.py", "test_scale_out.py", "test_memory.py",
                  "test_spark_batch.py", "test_campaign.py", "test_producer_outage.py", "test_packaging.py",
-                 "test_dashboard_browser.py")
+                 "test_dashboard_browser.py", "test_spark_campaign.py")
 """The test files that take longest (`make test`'s durations, fresh-clone run 16: 3 min to 40 s each)."""
 
 
