@@ -20,8 +20,8 @@ from functools import partial
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (ColumnDataSource, DataTable, Div, HoverTool, NumberFormatter, ScientificFormatter, Span,
-                          TableColumn)
+from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, HoverTool, NumberFormatter,
+                          ScientificFormatter, Span, TableColumn)
 from bokeh.plotting import figure
 
 from quax_faust.settings import Settings
@@ -158,6 +158,8 @@ class CampaignDashboard:
             TableColumn(field="n_files", title="files", formatter=NumberFormatter(format="0,0"), width=50),
             TableColumn(field="noise_ratio", title="noise ratio", formatter=NumberFormatter(format="0.000"),
                         width=70)])
+        for table in (self.cand_table, self.used_table):
+            redraw_on_new_data(table)
         self.left_out_div = Div(text=_left_out_html({"run": []}), name="campaign_left_out",
                                 width=WIDTH - RIGHT_WIDTH - 360)
 
@@ -297,6 +299,12 @@ class CampaignDashboard:
             lines.append(f"<span style='color:{BAD_COLOUR}'>last error: "
                          f"{html.escape(' '.join(self.last_error.split())[:300])}</span>")
         self.status_div.text = "<div style='font-size:12px;color:#444;line-height:1.5'>" + "<br>".join(lines) + "</div>"
+
+
+def redraw_on_new_data(table: DataTable) -> None:
+    """Redraw the table whenever its source's data is replaced. BokehJS (3.9) redraws a table when
+    the rows it shows change, so new values in as many rows as before (a run grown) stayed unseen."""
+    table.source.js_on_change("data", CustomJS(args={"table": table}, code="table.view.change.emit()"))
 
 
 def _legend_above(p) -> None:
