@@ -10,8 +10,12 @@ port_base=${QUAX_WEB_PORT_BASE:-6066}
 export QUAX_SLICES_RETENTION_S=${QUAX_SLICES_RETENTION_S:-600}
 cat <<MSG
 quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace
-  (a fresh synthetic file every 4.2 s; slices kept ${QUAX_SLICES_RETENTION_S} s).
+  (a fresh synthetic file every 4.2 s; slices kept ${QUAX_SLICES_RETENTION_S} s), stepping the cavity like a
+  haloscope campaign: a new run every ${QUAX_DEMO_FILES_PER_STEP:-36} files, its LO 50 kHz up, an axion injected at
+  ${QUAX_DEMO_AXION-10400400000:400} (FREQ_HZ:(g/g_KSVZ)^2; it passes the threshold after about 4 runs).
   dashboard:     http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard   (panels: docs/dashboard.md)
+  campaign:      http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard?page=campaign   (grand spectrum, rescan list, limit)
+                 http://127.0.0.1:${QUAX_CAMPAIGN_PORT:-6060}/campaign/   (quax campaign-live: docs/analysis.md)
   worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
   metrics:       http://127.0.0.1:$port_base/metrics  (producer: http://127.0.0.1:${QUAX_PRODUCER_METRICS_PORT:-9464}/metrics)

@@ -14,7 +14,7 @@ from quax_faust.core import daq, dsp, synth
 from quax_faust.settings import REPO_DIR, Settings
 from quax_faust.tools import cli
 
-DEMO_TONE = ((250_000.0, 0.02),)  # ops/demo/produce.sh's line
+DEMO_TONE = ((830_000.0, 0.02),)  # ops/demo/produce.sh's line (outside the campaign's band, inside the live search's)
 N_FILES = 18
 
 
@@ -56,6 +56,7 @@ def test_the_emulator_writes_at_its_pace_and_keeps_a_window_of_its_own_pairs(tmp
 
 def test_the_demo_runs_the_emulator_and_a_following_producer():
     script = (REPO_DIR / "ops" / "demo" / "produce.sh").read_text()
-    assert "quax synth --out \"$daq\" --files \"$files\" --pace" in script and "--keep" in script
-    assert "quax produce --source \"$daq\" --run \"$run\" --follow" in script
+    assert "quax synth-campaign --out \"$daq\" --runs \"$steps\" --files \"$per_step\" --pace" in script
+    assert "--keep" in script
+    assert 'quax produce --source "$daq/$name" --run "$name" --meta-file "$daq/$name/run.toml" --follow' in script
     assert "--loop" not in script

@@ -149,13 +149,13 @@ def test_broker_limits_and_version_are_the_documented_ones():
 def test_demo_knobs_are_the_documented_ones():
     usage = " ".join(section(DOCS / "usage.md", "## Setup and the demo", "## The `quax` command").split())
     script = (REPO_DIR / "ops" / "demo" / "produce.sh").read_text()
-    knobs = dict(re.findall(r"\$\{(QUAX_DEMO_[A-Z_]+):-([^}]*)\}", script))
+    knobs = dict(re.findall(r"\$\{(QUAX_DEMO_[A-Z_]+):?-([^}]*)\}", script))  # :- or - (empty: none)
     knobs["QUAX_DEMO_RUN"] = None  # a UTC time stamp
     assert set(re.findall(r"QUAX_DEMO_[A-Z_]+", usage)) == set(knobs)
     for name, default in knobs.items():
         if default is not None:
             assert f"`{name}` ({default.replace('$repo/', '')}" in usage, name
-    assert "--files \"$files\"" in script and "(2^23 samples each)" in script
+    assert "--files \"$per_step\"" in script and "(2^23 samples each)" in script
     assert cli.build_parser().parse_args(["synth", "--out", "d", "--files", "1"]).samples == 2 ** 23
 
 

@@ -238,3 +238,18 @@ def test_an_axion_needs_the_lo_and_the_cavity_in_its_band(tmp_path, caplog):
         assert cli.main(["synth-campaign", "--out", str(tmp_path), "--runs", "2", "--axion", "9e9:10"]) == 2
         assert "--axion 9000000000.0:10: no run's band reaches it" in caplog.text
     assert not daq.scan_dir(tmp_path)[0] and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_synth_campaign_at_a_pace_keeps_each_runs_newest_pairs_and_writes_its_metadata_first(tmp_path):
+    """The demo's emulator (ops/demo/produce.sh): --pace, --keep and a tone, per run."""
+    assert cli.main(["synth-campaign", "--out", str(tmp_path), "--runs", "2", "--files", "5", "--samples", "8192",
+                     "--pace", "1000", "--keep", "2", "--tone-hz", "830000", "--tone-amplitude", "0.02",
+                     "--run-prefix", "d-s"]) == 0
+    for run in ("d-s000", "d-s001"):
+        pairs, _ = daq.scan_dir(tmp_path / run)
+        assert [p.file_index for p in pairs] == [3, 4]  # the newest two of five
+        assert run_meta.read_file(tmp_path / run / METADATA_FILE)["lo_frequency_hz"] > 10e9
+    samples = daq.read_channels(daq.pair_paths(tmp_path / "d-s000", 4))
+    model = synth.SynthModel(tones=((830_000.0, 0.02),))
+    seed = raw_campaign_runs(CampaignPlan(n_runs=2), (), seed=0, run_prefix="d-s")[0].seed
+    np.testing.assert_array_equal(samples[0] + 1j * samples[1], synth.synth_file(4, 8192, model, seed))

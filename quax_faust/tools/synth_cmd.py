@@ -41,8 +41,7 @@ def register(sub, common) -> None:
     p.add_argument("--samples", type=int, default=1 << 23, help="samples per file (default 2**23)")
     p.add_argument("--first-index", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tone-hz", type=float, action="append", help="inject a line at this baseband frequency")
-    p.add_argument("--tone-amplitude", type=float, action="append", help="its amplitude (V; noise is 1 V rms per channel)")
+    _tone_options(p)
     p.add_argument("--pace", help="like a DAQ: realtime (one file per file duration) or X times faster (default: max)")
     p.add_argument("--keep", type=int, metavar="K", help="delete the pairs it wrote beyond the newest K")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +65,22 @@ def register(sub, common) -> None:
     _axion_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-prefix", default="run", help="run names: PREFIX000, PREFIX001, ... (default run)")
+    _tone_options(p)
+    p.add_argument("--pace", help="like a DAQ stepping its cavity: realtime (one file per file duration) or X times "
+                                  "faster (default: max); each run's run.toml is written before its first file")
+    p.add_argument("--keep", type=int, metavar="K", help="in each run, delete the pairs it wrote beyond the newest K")
     p.set_defaults(func=cmd_synth_campaign)
+
+
+def _tone_options(p) -> None:
+    p.add_argument("--tone-hz", type=float, action="append", help="inject a line at this baseband frequency")
+    p.add_argument("--tone-amplitude", type=float, action="append", help="its amplitude (V; noise is 1 V rms per channel)")
+
+
+def _tones(args) -> tuple[tuple[float, float], ...]:
+    if len(args.tone_hz or []) != len(args.tone_amplitude or []):
+        raise ValueError("give one --tone-amplitude per --tone-hz")
+    return tuple(zip(args.tone_hz or [], args.tone_amplitude or []))
 
 
 def _axion_option(p) -> None:
@@ -146,10 +160,7 @@ def _given_metadata(args, settings: Settings) -> dict[str, Any]:
 def cmd_synth(args, settings: Settings) -> int:
     from quax_faust.ingest.producer import parse_pace
 
-    if len(args.tone_hz or []) != len(args.tone_amplitude or []):
-        raise ValueError("give one --tone-amplitude per --tone-hz")
-    tones = tuple(zip(args.tone_hz or [], args.tone_amplitude or []))
-    model = synth.SynthModel(sample_rate_hz=settings.sample_rate_hz, tones=tones)
+    model = synth.SynthModel(sample_rate_hz=settings.sample_rate_hz, tones=_tones(args))
     fields = _given_metadata(args, settings)
     excess = axion_excess_of(args.axion, fields, args.samples, settings.sample_rate_hz)
     if (args.meta or args.meta_file) and not (args.axion or args.meta_out):
@@ -182,17 +193,26 @@ def _comment(writer: str, axions: Sequence[Axion]) -> str:
 # --- synthetic campaigns -------------------------------------------------------------------------
 
 def write_raw_run(directory: Path, run: RawRun, n_files: int, n_samples: int, sample_rate_hz: float,
-                  on_file: Callable[[daq.FilePair], None] | None = None) -> Path:
+                  on_file: Callable[[daq.FilePair], None] | None = None, *, every_s: float = 0.0,
+                  keep: int | None = None, tones: tuple[tuple[float, float], ...] = ()) -> Path:
     """Write a planned run into directory: DIR/run.toml, then its pairs 0 .. n_files - 1 (the
-    axions' signal computed once); on_file(pair) after each. FileExistsError if directory already
-    holds pairs (a producer would send them with the new ones). The metadata file's path."""
+    axions' signal computed once), one every ``every_s`` seconds (a DAQ's pace; 0: at once),
+    deleting those beyond the newest ``keep``; on_file(pair) after each. FileExistsError if
+    directory already holds pairs (a producer would send them with the new ones). The metadata
+    file's path."""
     directory = Path(directory)
     _refuse_old_pairs(directory)
-    model = synth.SynthModel(sample_rate_hz=sample_rate_hz)
+    model = synth.SynthModel(sample_rate_hz=sample_rate_hz, tones=tones)
     excess = axion_excess_of(run.axions, run.metadata, n_samples, sample_rate_hz)
     path = write_metadata(directory / METADATA_FILE, run.metadata, _comment("quax synth-campaign", run.axions))
+    started = time.monotonic()
     for index in range(n_files):
+        time.sleep(max(0.0, started + index * every_s - time.monotonic()))
         pair = daq.write_pair(directory, index, synth.synth_file(index, n_samples, model, run.seed, excess))
+        if keep and index >= keep:
+            old = daq.pair_paths(directory, index - keep)
+            old.i_path.unlink(missing_ok=True)
+            old.q_path.unlink(missing_ok=True)
         if on_file is not None:
             on_file(pair)
     return path
@@ -211,8 +231,12 @@ def produce_command(directory: Path, run: RawRun) -> str:
 
 
 def cmd_synth_campaign(args, settings: Settings) -> int:
+    from quax_faust.ingest.producer import parse_pace
+
     if args.runs < 1 or args.files < 1:
         raise ValueError(f"--runs {args.runs}, --files {args.files}: at least one run of one file")
+    tones = _tones(args)
+    every_s = args.samples / settings.sample_rate_hz / parse_pace(args.pace) if args.pace else 0.0
     plan = replace(CampaignPlan(), n_runs=args.runs, first_lo_hz=args.first_lo_hz, lo_step_bins=args.lo_step_bins,
                    cavity_offset_hz=args.cavity_offset_hz, n_bins=settings.slice_len,
                    sample_rate_hz=settings.sample_rate_hz)
@@ -228,8 +252,10 @@ def cmd_synth_campaign(args, settings: Settings) -> int:
     with _progress(total=args.runs * args.files, unit="file", desc="synth-campaign") as bar:
         for run in runs:
             directory = args.out / run.name
+            bar.write(f"{run.name}: writing {directory / METADATA_FILE}, then its pairs", file=sys.stdout)
+            sys.stdout.flush()
             write_raw_run(directory, run, args.files, args.samples, settings.sample_rate_hz,
-                          on_file=lambda pair: bar.update())
+                          on_file=lambda pair: bar.update(), every_s=every_s, keep=args.keep, tones=tones)
             axions = ", ".join(f"{a.frequency_hz:.1f} Hz g2 {a.g2:g}" for a in run.axions) or "none"
             bar.write(f"{run.name}: LO {run.metadata['lo_frequency_hz']:.1f} Hz, cavity "
                       f"{run.metadata['cavity_frequency_hz']:.1f} Hz, {args.files} files of {args.samples} "
