@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from quax_faust.exports.campaign import read_campaign
 from quax_faust.ingest.producer import produce_directory
-from quax_faust.search.synthetic_campaign import QUAX_LIKE_CAVITY
+from quax_faust.search.axion_signal import Axion
+from quax_faust.search.grand import grand_spectrum
+from quax_faust.search.synthetic_campaign import (
+    QUAX_LIKE_CAVITY,
+    CampaignPlan,
+    raw_campaign_runs,
+    synthetic_campaign,
+)
+from quax_faust.tools.synth_cmd import write_raw_run
 from quax_faust.tools import cli
 from quax_faust.tools.launch import CampaignLive, wait_for_run
 from tests.conftest import write_synthetic_run
@@ -113,5 +122,38 @@ def test_live_campaign_equals_the_offline_analysis_grows_and_resumes(make_stack,
             assert after[key] == before[key], key
         log = (tmp_path / "campaign-live.log").read_text()
         assert f"reading {settings.spectra_topic} from offset {before['next_offsets']['spectra']}" in log
+    finally:
+        service.stop()
+
+
+def test_an_axion_written_into_the_raw_files_is_found_live(make_stack, tmp_path):
+    """Four runs at stepped LOs with an axion in their raw DAQ files (quax synth-campaign's writer),
+    through the producer, the workers and the live campaign: the axion is the first candidate on
+    the rescan list, at its frequency, with its coupling."""
+    settings, _workers = make_stack(workers=2, campaign_refresh_s=0.2)
+    n_files, n_samples = 4, 1 << 18
+    plan = replace(CampaignPlan(), n_runs=4, n_slices=n_files * (n_samples // settings.slice_len))
+    # sigma of g2 where all four runs overlap, from a drawn campaign of the same N: inject at 10 sigma
+    drawn = grand_spectrum(synthetic_campaign(plan, seed=1))
+    k = int(np.argmin(np.abs(drawn.frequency_hz - (plan.first_lo_hz + 270e3))))
+    assert drawn.n_runs[k] == plan.n_runs
+    axion = Axion(float(drawn.frequency_hz[k]) + 0.3 * drawn.bin_width_hz, 10 * float(drawn.sigma[k]))
+    runs = raw_campaign_runs(plan, [axion], seed=7, run_prefix="raw")
+    assert all(run.axions == (axion,) for run in runs)
+    service = CampaignLive(settings, tmp_path / "campaign-live.log").start()
+    try:
+        for run in runs:
+            write_raw_run(tmp_path / run.name, run, n_files, n_samples, settings.sample_rate_hz)
+            asyncio.run(produce_directory(settings, tmp_path / run.name, run.name, "max", progress=False,
+                                          metadata=run.metadata))
+        doc = service.wait_for(lambda d: d["files_folded"] == plan.n_runs * n_files)
+        assert [r["run"] for r in doc["runs_used"]] == [run.name for run in runs] and not doc["runs_left_out"]
+        best = doc["candidates"][0]
+        print(f"injected g2 {axion.g2:.0f} at {axion.frequency_hz:.1f} Hz: found {best['g2']:.0f} +- "
+              f"{best['sigma']:.0f} ({best['significance']:.2f} sigma) at {best['frequency_hz']:.1f} Hz")
+        assert abs(best["frequency_hz"] - axion.frequency_hz) <= 8 * drawn.bin_width_hz
+        assert best["significance"] > 6
+        assert best["g2"] == pytest.approx(axion.g2, abs=3 * best["sigma"])
+        assert {r["run"] for r in best["runs"]} == {run.name for run in runs}
     finally:
         service.stop()
