@@ -20,13 +20,14 @@ from functools import partial
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (ColumnDataSource, CustomJS, DataTable, Div, HoverTool, NumberFormatter,
-                          ScientificFormatter, Span, TableColumn)
+from bokeh.models import (ColumnDataSource, DataTable, Div, HoverTool, NumberFormatter, ScientificFormatter,
+                          Span, TableColumn)
 from bokeh.plotting import figure
 
 from quax_faust.settings import Settings
 
 from . import campaign_shaping as shaping
+from .bokeh_tables import redraw_on_new_data
 from .campaign_feed import CampaignFeed, CampaignPoll
 from .page import (BAD_COLOUR, BASELINE_COLOUR, FILE_COLOUR, IDLE_COLOUR, LEFT_WIDTH, OK_COLOUR, RIGHT_WIDTH,
                    RUN_COLOUR, WARN_COLOUR, _health_html, _style)
@@ -299,12 +300,6 @@ class CampaignDashboard:
             lines.append(f"<span style='color:{BAD_COLOUR}'>last error: "
                          f"{html.escape(' '.join(self.last_error.split())[:300])}</span>")
         self.status_div.text = "<div style='font-size:12px;color:#444;line-height:1.5'>" + "<br>".join(lines) + "</div>"
-
-
-def redraw_on_new_data(table: DataTable) -> None:
-    """Redraw the table whenever its source's data is replaced. BokehJS (3.9) redraws a table when
-    the rows it shows change, so new values in as many rows as before (a run grown) stayed unseen."""
-    table.source.js_on_change("data", CustomJS(args={"table": table}, code="table.view.change.emit()"))
 
 
 def _legend_above(p) -> None:

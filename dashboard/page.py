@@ -31,6 +31,7 @@ from bokeh.plotting import figure
 from quax_faust.settings import Settings
 
 from . import shaping
+from .bokeh_tables import redraw_on_new_data
 from .feed import Poll, PollRequest, TableFeed, spectrum_arrays
 
 FILES_KEPT = 50_000
@@ -219,6 +220,7 @@ class LiveDashboard:
                                                     formatter=ScientificFormatter(precision=2)),
                                         TableColumn(field="first_seen_file", title="first file"),
                                         TableColumn(field="persistent", title="persists")])
+        redraw_on_new_data(self.cand_table)  # a candidate's significance grows in the same row
 
         self.header = Div(text=_header_html(s), width=LEFT_WIDTH + RIGHT_WIDTH)
         self.health_div = Div(text="", name="health", width=LEFT_WIDTH + RIGHT_WIDTH)

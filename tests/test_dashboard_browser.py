@@ -163,6 +163,12 @@ def test_dashboard_shows_the_tables_file_by_file_and_survives_a_worker_restart(m
         marks = column(page, "excess_marks", "frequency_hz")
         tone_bin_hz = page_freq[np.argmin(np.abs(page_freq - TONE_HZ))]
         assert tone_bin_hz in marks
+        # The candidates table draws the newest values: the tone's one row, whose significance grew
+        # with every file (BokehJS redraws a table on its own only when its rows change in number).
+        significance = column(page, "candidates", "significance")
+        assert len(significance) == 1
+        playwright_sync.expect(page.locator(".slick-row .slick-cell.l1").first).to_have_text(
+            f"{significance[0]:.1f}", timeout=WAIT_MS)
         health = health_text(page)
         assert "2/2" in health and "STALE" not in health
 
