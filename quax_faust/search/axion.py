@@ -173,12 +173,58 @@ def matched_filter_bandwidth_hz(axion_frequency_hz: np.ndarray | float) -> np.nd
 
 def binned_line_shape(axion_frequency_hz: float, bin_width_hz: float, n_bins: int,
                       position_in_bin: float | None = None, n_positions: int = 64) -> np.ndarray:
-    """The line's power fraction in each of n_bins bins, the first holding f_a: (n_bins,) float64.
+    """The line's power fraction between the edges of each of n_bins rectangular bins, the first
+    holding f_a: (n_bins,) float64. Right for bins much narrower than the line's features (a
+    whole file's FFT); a slice periodogram's bins see the line through their window instead
+    (``windowed_line_shape``, what the campaign analysis uses).
 
     position_in_bin: where f_a lies in the first bin, 0 (its lower edge) .. 1; None averages over
-    a uniform position (n_positions midpoints), the filter of the grand spectrum (TASEH's choice).
+    a uniform position (n_positions midpoints), as TASEH's filter does.
     Sums to the fraction within n_bins bins (0.94 for 16 bins of 651 Hz at 10.4 GHz).
     """
     positions = (np.arange(n_positions) + 0.5) / n_positions if position_in_bin is None else np.array([position_in_bin])
     edges = (np.arange(n_bins + 1)[None, :] - positions[:, None]) * bin_width_hz
     return np.diff(halo_line_cdf(edges, axion_frequency_hz), axis=1).mean(axis=0)
+
+
+def windowed_line_shape(axion_frequency_hz: float, bin_width_hz: float, slice_len: int, n_bins: int,
+                        first_bin: int = 0, position_in_bin: float | None = None) -> np.ndarray:
+    """The line's share of each bin of a boxcar periodogram of slice_len samples: (n_bins,) float64,
+    element i for bin first_bin + i, bin 0 holding f_a (first_bin < 0: bins below it; bins are
+    periodic: bin q + slice_len is bin q).
+
+    The expected periodogram of a density S is S convolved with the Fejer kernel
+    K(d) = sin(pi d L/fs)**2 / (fs L sin(pi d/fs)**2) (L = slice_len, fs = L bin_width_hz), sampled
+    at the bin centres; the share of bin q is bin_width_hz times that for S = the halo line. It
+    is computed exactly as the kernel's Fourier series: (1/L) sum over |m| < L of
+    (1 - |m|/L) phi(2 pi m/fs) exp(2 pi i m (f_a - f_q)/fs), phi(t) = (1 - i t f_a beta**2/3)**-1.5
+    the line's characteristic function. The window leaks the line's sharp onset into the bins
+    around it, below bin 0 too. Over all slice_len bins the shares sum to 1 (the line folded
+    into one period fs, as sampling folds it). Cost ~0.5 ms for 3072 bins.
+
+    position_in_bin: where f_a lies in bin 0, 0 (its lower edge) .. 1; None averages over a
+    uniform position (exactly), the filter of the grand spectrum (TASEH's choice).
+    """
+    offset = None if position_in_bin is None else position_in_bin - 0.5
+    shares = _periodogram_line_shares(axion_frequency_hz, bin_width_hz, slice_len, offset)
+    return shares[(first_bin + np.arange(n_bins)) % slice_len]
+
+
+def _periodogram_line_shares(axion_frequency_hz: float, bin_width_hz: float, slice_len: int,
+                             offset_bins: float | None) -> np.ndarray:
+    """The line's share of bin k = 0 .. slice_len - 1 (modulo slice_len, unshifted) of a boxcar
+    periodogram whose bin 0 is centred offset_bins bins below f_a: (slice_len,) float64
+    (``windowed_line_shape``; offset_bins None averages it over -0.5 .. 0.5)."""
+    length = int(slice_len)
+    if length < 1 or not bin_width_hz > 0:
+        raise ValueError(f"a periodogram needs slice_len >= 1 and bin_width_hz > 0, not {slice_len}, {bin_width_hz}")
+    lag = np.arange(-(length - 1), length)
+    scale_cycles = float(halo_width_hz(axion_frequency_hz)) / 3 / (length * bin_width_hz)
+    terms = (1 - np.abs(lag) / length) * (1 - 2j * np.pi * scale_cycles * lag) ** -1.5
+    if offset_bins is None:
+        terms = terms * np.sinc(lag / length)  # the mean of exp(2 pi i m u/L) over u in -1/2 .. 1/2
+    else:
+        terms = terms * np.exp(2j * np.pi * lag * offset_bins / length)
+    folded = np.zeros(length, dtype=np.complex128)
+    np.add.at(folded, lag % length, terms)
+    return np.fft.fft(folded).real / length

@@ -4,12 +4,15 @@ Pure numpy/scipy (docs/analysis.md, "The campaign analysis", steps 1-3). A run's
 N slices and its Savitzky-Golay baseline B give the normalised excess delta = P/B - 1 per bin,
 sigma = 1/sqrt(N) (radiometer equation). An axion of coupling g adds (g/g_KSVZ)**2 a_j to bin j,
 
-    a_j = P_KSVZ(f_j) L(f_j) Lq / (k_B T_sys b)     (Lq: the line's share of bin j)
+    a_j = P_KSVZ(f_j) L(f_j) Lq / (k_B T_sys b)
 
-so delta_j / (a_j/Lq) estimates (g/g_KSVZ)**2 with sigma (Lq/a_j)/sqrt(N). Besides the data,
-``run_response`` computes once per run layout (metadata, bins, knobs; cached) what the baseline
-fit does to the grand spectrum's noise and to an axion line, exactly in the linear approximation:
-delta = (I - S) eps for noise eps of variance 1/N per bin, S the baseline's smoothing matrix.
+(Lq: the line's share of bin j as the periodograms of the run's slices show it, seen through
+their boxcar window, which leaks it into the bins around it: axion.windowed_line_shape with L =
+the run's number of bins), so delta_j / (a_j/Lq) estimates (g/g_KSVZ)**2 with sigma
+(Lq/a_j)/sqrt(N). Besides the data, ``run_response`` computes once per run layout (metadata,
+bins, knobs; cached) what the baseline fit does to the grand spectrum's noise and to an axion
+line, exactly in the linear approximation: delta = (I - S) eps for noise eps of variance 1/N per
+bin, S the baseline's smoothing matrix.
 
 Spectra are fftshifted (core.dsp.frequency_axis_hz), in any power-spectral-density unit; the RF
 frequency of bin j is lo_frequency_hz + baseband_j (upper sideband).
@@ -30,8 +33,8 @@ from quax_faust.core.errors import QuaxError
 from quax_faust.search.axion import (
     CAVITY_FIELDS,
     Cavity,
-    binned_line_shape,
     ksvz_coupling_gev,
+    windowed_line_shape,
 )
 from quax_faust.search.baseline import baseline_residual_variance, savgol_baseline
 
@@ -77,7 +80,8 @@ class RunResponse:
     """(n_bins,) a_j / Lq: expected excess per unit (g/g_KSVZ)**2 of a whole line at bin j; 0 if not used."""
     first_line_bin: int
     line_shape: np.ndarray
-    """(line_bins,) Lq: the position-averaged line shape of the filter (axion.binned_line_shape)."""
+    """(line_bins,) Lq: the position-averaged line shape of the filter, as the run's boxcar
+    periodogram shows it (axion.windowed_line_shape), from the bin holding the rest frequency."""
     nominal: np.ndarray
     """(n_rows,) sum_q (Lq a)**2 over used bins: inverse variance of the filtered estimate, no baseline."""
     variance: np.ndarray
@@ -152,20 +156,23 @@ def run_response(cavity: Cavity, lo_frequency_hz: float, n_bins: int, sample_rat
     gain = np.where(used, whole_line, 0.0)
     dc_bins = np.flatnonzero(dc)
     pad = dc_bins.size + 1
-    # The line as the filter sees it (k bins), and as the baseline sees it: its tail beyond the
-    # filter (7 % of the power) still lifts the fit under it, by ~1 % of the filtered excess.
-    long_shape = binned_line_shape(float(np.median(rf)), bin_width_hz, k + half + pad)
-    shape = long_shape[:k]
+    # The line as the filter sees it (k bins from the one holding f_a), and as the data hold it:
+    # the window's leak below bin 0 and the tail above the filter (8.5 % of the power) lift the
+    # fit under the line, and reach the filtered sum through it.
+    below = half + pad
+    long_shape = windowed_line_shape(float(np.median(rf)), bin_width_hz, n_bins, k + 2 * below, first_bin=-below)
+    shape = long_shape[below:below + k]
 
     used_bins = np.flatnonzero(used)
     first = used_bins[0] - k + 1
     n_rows = used_bins[-1] - first + 1
     starts = first + np.arange(n_rows)
-    line_bins = starts[:, None] + np.arange(long_shape.size)[None, :]
+    line_bins = starts[:, None] + np.arange(-below, k + below)[None, :]
     inside = (line_bins >= 0) & (line_bins < n_bins)
     clipped = np.clip(line_bins, 0, n_bins - 1)
-    c = np.where(inside[:, :k], gain[clipped[:, :k]], 0.0) * shape   # filter weights (per slice)
-    s = np.where(inside, whole_line[clipped], 0.0) * long_shape      # the line's excess, used or not
+    filtered = slice(below, below + k)
+    c = np.where(inside[:, filtered], gain[clipped[:, filtered]], 0.0) * shape  # filter weights (per slice)
+    s = np.where(inside, whole_line[clipped], 0.0) * long_shape                 # the line's excess, used or not
 
     # Row r of (I - S Br)^T c over bins [start_r - half - pad, start_r + k + half + pad): S the
     # Savitzky-Golay smoother (interior rows: the kernel h, since used bins are interior), Br the
@@ -193,7 +200,7 @@ def run_response(cavity: Cavity, lo_frequency_hz: float, n_bins: int, sample_rat
     response = RunResponse(used=used, gain=gain, first_line_bin=int(first), line_shape=shape,
                            nominal=np.einsum("ij,ij->i", c, c),
                            variance=np.einsum("ij,ij->i", rows, rows),
-                           signal=np.einsum("ij,ij->i", rows[:, half + pad:], s),
+                           signal=np.einsum("ij,ij->i", rows, s),
                            next_covariance=next_covariance)
     for array in (response.used, response.gain, response.line_shape, response.nominal, response.variance, response.signal,
                   response.next_covariance):

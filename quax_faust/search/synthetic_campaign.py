@@ -4,10 +4,11 @@ Pure numpy/scipy, for tests and docs (docs/analysis.md, "The campaign analysis")
 the average of N periodograms drawn directly from its distribution, not through an FFT: for
 Gaussian noise plus an axion (itself a Gaussian random field) every bin of one periodogram is
 exponential with mean B_j (1 + s_j), so the average is B_j (1 + s_j) Gamma(N, 1/N). B is the
-receiver passband of core.synth; s_j is the axion's power in bin j over k_B T_sys b: its whole
-power P_sig (axion.signal_power_w, on resonance) times the cavity Lorentzian at the bin times the
-halo line's share of the bin. T_sys is flat (the cavity sits at the mixing-chamber temperature),
-so the noise baseline carries no Lorentzian.
+receiver passband of core.synth; s_j is the axion's power in bin j over k_B T_sys b: its density
+(whole power P_sig on resonance, axion.signal_power_w, times the cavity Lorentzian times the halo
+line) as the boxcar periodogram of n_bins-sample slices sees it, the window's leak included
+(axion_signal.axion_periodogram_excess): what raw data's slices give. T_sys is flat (the cavity
+sits at the mixing-chamber temperature), so the noise baseline carries no Lorentzian.
 
 ``raw_campaign_runs`` plans the same campaign for raw data (quax synth-campaign): each run's name,
 metadata and the axions in its band, for core.synth to write its files.
@@ -23,7 +24,7 @@ import numpy as np
 from quax_faust.core.dsp import frequency_axis_hz
 from quax_faust.core.synth import SynthModel, passband_power_gain
 from quax_faust.search.axion import Cavity
-from quax_faust.search.axion_signal import Axion, axion_excess, axions_in_band
+from quax_faust.search.axion_signal import Axion, axion_periodogram_excess, axions_in_band
 from quax_faust.search.run_excess import RunSpectrum
 
 QUAX_LIKE_CAVITY = Cavity(cavity_frequency_hz=10.4e9, loaded_q=1e5, coupling_beta=1.0, b_field_t=8.0,
@@ -75,8 +76,8 @@ def synthetic_campaign(plan: CampaignPlan | None = None, axions: Sequence[Axion]
     for index in range(plan.n_runs):
         metadata = plan.metadata(index)
         cavity = Cavity.from_metadata(metadata)
-        rf = baseband + metadata["lo_frequency_hz"]
-        excess = sum((axion_excess(rf, plan.bin_width_hz, cavity, axion) for axion in axions), np.zeros(plan.n_bins))
+        excess = sum((axion_periodogram_excess(metadata["lo_frequency_hz"], plan.n_bins, plan.sample_rate_hz, cavity,
+                                               axion) for axion in axions), np.zeros(plan.n_bins))
         expected = passband * (1 + excess)
         rng = np.random.default_rng([seed, index])
         mean = expected * rng.gamma(plan.n_slices, 1.0 / plan.n_slices, plan.n_bins)
