@@ -22,7 +22,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from quax_faust import connection
+from quax_faust import connection, record_crc
 from quax_faust.campaign import snapshot
 from quax_faust.campaign.document import campaign_document
 from quax_faust.campaign.state import CampaignState, Goal
@@ -86,7 +86,8 @@ class CampaignService:
         topics = {"spectra": TopicPartition(s.spectra_topic, 0), "metadata": TopicPartition(s.metadata_topic, 0)}
         await wait_for_topics(s, [tp.topic for tp in topics.values()], stop)
         consumer = AIOKafkaConsumer(**connection.client_options(s), enable_auto_commit=False,
-                                    max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES)
+                                    max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES,
+                                    **record_crc.consumer_options())
         await consumer.start()
         try:
             consumer.assign(list(topics.values()))

@@ -21,7 +21,7 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import REGISTRY
 
 from quax_faust.settings import Settings
-from quax_faust import connection
+from quax_faust import connection, record_crc
 from quax_faust.stream import agents, table_store, upkeep, web
 from quax_faust.stream.chain import Chain
 
@@ -31,6 +31,7 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 def create_app(settings: Settings) -> faust.App:
     """The worker's app: topics, tables (RocksDB, one memory budget per worker), agents, timers and
     web views, all configured from ``settings``."""
+    record_crc.install()  # the consumers' CRC32C check, in hardware: broker_check_crcs=False below
     app = faust.App(settings.app_id,
                     broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
                     broker_credentials=connection.faust_credentials(settings),
@@ -45,7 +46,8 @@ def create_app(settings: Settings) -> faust.App:
                     broker_session_timeout=settings.session_timeout_s,
                     broker_heartbeat_interval=settings.session_timeout_s / 10,
                     web_host=settings.web_host, web_bind=settings.web_host,
-                    consumer_auto_offset_reset="earliest")
+                    consumer_auto_offset_reset="earliest",
+                    broker_check_crcs=False)  # checked by record_crc instead (installed above)
     # Faust's own sensor (faust_*: events, commits, rebalances; its latencies are in ms) joins our
     # quax_* metrics on /metrics (docs/metrics.md).
     app.monitor = PrometheusMonitor(metrics=_faust_metrics())

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from confluent_kafka import Producer
 
-from quax_faust import connection
+from quax_faust import connection, record_crc
 from quax_faust.core import wire
 from quax_faust.ingest.rdkafka import producer_config
 from quax_faust.settings import Settings
@@ -78,7 +78,8 @@ async def consume_only(settings: Settings, n: int) -> dict:
     max_message_bytes); MB/s and this process's CPU meanwhile."""
     consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
                                 max_partition_fetch_bytes=settings.max_message_bytes,
-                                fetch_max_bytes=4 * settings.max_message_bytes)
+                                fetch_max_bytes=4 * settings.max_message_bytes,
+                                **record_crc.consumer_options())  # the workers' CRC check
     await consumer.start()
     try:
         tps = [TopicPartition(TOPIC, p) for p in range(settings.partitions)]
