@@ -20,7 +20,7 @@ quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, D
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
   metrics:       http://127.0.0.1:$port_base/metrics  (producer: http://127.0.0.1:${QUAX_PRODUCER_METRICS_PORT:-9464}/metrics)
   prometheus:    http://127.0.0.1:${QUAX_PROMETHEUS_PORT:-9090}/   (rules and Grafana dashboard: docs/metrics.md)
-  alerts:        http://127.0.0.1:${ALERTMANAGER_PORT:-9093}/   (Alertmanager: routes and receivers in docs/deploy.md)
+  alerts:        http://127.0.0.1:${ALERTMANAGER_PORT:-9095}/   (Alertmanager: routes and receivers in docs/deploy.md)
   export a run:  .venv/bin/quax export --run <run> --out run.npz
   check it all:  .venv/bin/quax doctor   (each check ok / warn / fail with its fix: docs/troubleshooting.md)
 Ctrl-C stops everything.

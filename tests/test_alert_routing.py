@@ -92,7 +92,7 @@ def test_each_alert_goes_to_the_receiver_of_its_severity_grouped_by_run():
 def test_prometheus_sends_the_alerts_to_the_alertmanager_of_the_environment(tmp_path):
     committed = yaml.safe_load(CONFIG.read_text())["alerting"]["alertmanagers"]
     assert committed == [{"static_configs": [{"targets": [alertmanager_address({})]}]}]
-    assert alertmanager_address({}) == "127.0.0.1:9093"  # where ops/alertmanager/run.sh listens by default
+    assert alertmanager_address({}) == "127.0.0.1:9095"  # where ops/alertmanager/run.sh listens by default
     assert alertmanager_address({"ALERTMANAGER_HOST": "alerts.lab", "ALERTMANAGER_PORT": "9193"}) == "alerts.lab:9193"
     assert alertmanager_address({"ALERTMANAGER_PORT": "0"}) is None
     with pytest.raises(ValueError, match="ALERTMANAGER_PORT='x93'"):

@@ -157,3 +157,40 @@ def test_an_axion_written_into_the_raw_files_is_found_live(make_stack, tmp_path)
         assert {r["run"] for r in best["runs"]} == {run.name for run in runs}
     finally:
         service.stop()
+
+
+def test_stopped_while_waiting_for_the_broker_it_exits_cleanly(tmp_path):
+    """`make demo` starts the live campaign beside the broker: until the chain's topics exist it
+    waits and says so, and a Ctrl-C meanwhile ends it with exit 0, not a connection error."""
+    from quax_faust.settings import Settings
+    from quax_faust.tools.launch import free_port
+
+    settings = Settings(broker=f"127.0.0.1:{free_port()}", campaign_port=free_port(), var_dir=tmp_path / "var")
+    service = CampaignLive(settings, tmp_path / "campaign-live.log").start()
+    try:
+        doc = wait_until_served(service)
+        assert doc["status"] == "starting" and doc["files_folded"] == 0
+    finally:
+        code = service.stop()
+    log = (tmp_path / "campaign-live.log").read_text()
+    assert code == 0, log
+    assert "Traceback" not in log and "KafkaConnectionError" not in log, log
+
+
+def wait_until_served(service: CampaignLive) -> dict:
+    """The 503 answer of a service that has not analysed anything yet."""
+    import json
+    import time
+    import urllib.error
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(service.settings.campaign_url + "/campaign/", timeout=5)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:
+                return json.loads(exc.read())
+            raise
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the live campaign did not answer within 60 s")

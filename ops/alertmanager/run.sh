@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Alertmanager for quax-stream in the foreground (Procfile, quax-alertmanager.service): Debian's
-# prometheus-alertmanager on ${ALERTMANAGER_HOST:-127.0.0.1}:${ALERTMANAGER_PORT:-9093}, routing
+# prometheus-alertmanager on ${ALERTMANAGER_HOST:-127.0.0.1}:${ALERTMANAGER_PORT:-9095}, routing
 # what Prometheus (ops/prometheus/run.sh, which sends there) fires; docs/deploy.md, "Alerts routed".
 #
-# Environment: ALERTMANAGER_HOST (127.0.0.1), ALERTMANAGER_PORT (9093), ALERTMANAGER_CONFIG
+# Environment: ALERTMANAGER_HOST (127.0.0.1), ALERTMANAGER_PORT (9095), ALERTMANAGER_CONFIG
 # (ops/alertmanager/alertmanager.yml, whose receivers are placeholders: a lab points this at its
 # own copy, e.g. /etc/quax/alertmanager.yml), ALERTMANAGER_DATA_DIR (QUAX_VAR_DIR/alertmanager/PORT,
 # QUAX_VAR_DIR ./var as in the settings): silences and the notification log, kept 5 days.
@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 host=${ALERTMANAGER_HOST:-127.0.0.1}
-port=${ALERTMANAGER_PORT:-9093}
+port=${ALERTMANAGER_PORT:-9095}
 config=${ALERTMANAGER_CONFIG:-$here/alertmanager.yml}
 data=${ALERTMANAGER_DATA_DIR:-${QUAX_VAR_DIR:-$PWD/var}/alertmanager/$port}
 

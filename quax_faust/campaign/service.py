@@ -85,11 +85,13 @@ class CampaignService:
         s = self.settings
         topics = {"spectra": TopicPartition(s.spectra_topic, 0), "metadata": TopicPartition(s.metadata_topic, 0)}
         await wait_for_topics(s, [tp.topic for tp in topics.values()], stop)
+        if stop.is_set():  # stopped while waiting for the chain
+            return
         consumer = AIOKafkaConsumer(**connection.client_options(s), enable_auto_commit=False,
                                     max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES,
                                     **record_crc.consumer_options())
-        await consumer.start()
         try:
+            await consumer.start()
             consumer.assign(list(topics.values()))
             ends = await consumer.end_offsets(list(topics.values()))
             for role, tp in topics.items():

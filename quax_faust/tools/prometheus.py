@@ -9,7 +9,7 @@ quax_faust/ops: ops_files.py). docs/metrics.md explains the metrics.
 
     python -m quax_faust.tools.prometheus run      # what ops/prometheus/run.sh (Procfile) does
 
-`run` sends the alerts to ALERTMANAGER_HOST:ALERTMANAGER_PORT (127.0.0.1:9093, where
+`run` sends the alerts to ALERTMANAGER_HOST:ALERTMANAGER_PORT (127.0.0.1:9095, where
 ops/alertmanager/run.sh listens with the same variables; port 0: no alerts are sent).
 """
 
@@ -177,9 +177,9 @@ class Prometheus:
 
 
 def alertmanager_address(environ: Mapping[str, str]) -> str | None:
-    """host:port of ALERTMANAGER_HOST (127.0.0.1) and ALERTMANAGER_PORT (9093), the variables
+    """host:port of ALERTMANAGER_HOST (127.0.0.1) and ALERTMANAGER_PORT (9095), the variables
     ops/alertmanager/run.sh listens on; None for port 0."""
-    host, port = environ.get("ALERTMANAGER_HOST", "127.0.0.1"), environ.get("ALERTMANAGER_PORT", "9093")
+    host, port = environ.get("ALERTMANAGER_HOST", "127.0.0.1"), environ.get("ALERTMANAGER_PORT", "9095")
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"ALERTMANAGER_PORT={port!r}: expected a port number (0: send no alerts)")
     return f"{host}:{int(port)}" if int(port) else None
