@@ -60,3 +60,25 @@ def test_the_demo_runs_the_emulator_and_a_following_producer():
     assert "--keep" in script
     assert 'quax produce --source "$daq/$name" --run "$name" --meta-file "$daq/$name/run.toml" --follow' in script
     assert "--loop" not in script
+
+
+def test_the_demos_processes_listen_on_distinct_default_ports():
+    """`make demo` runs every process of the Procfile on its default port: none may take another's
+    (the Alertmanager once sat on 9093, the broker's controller port, and the broker did not start)."""
+    import re
+
+    settings = Settings()
+    broker = int(re.search(r"port=\$\{2:-\$\{KAFKA_PORT:-(\d+)\}\}", (REPO_DIR / "ops/kafka/broker.sh").read_text()).group(1))
+    alertmanager = int(re.search(r"port=\$\{ALERTMANAGER_PORT:-(\d+)\}",
+                                 (REPO_DIR / "ops/alertmanager/run.sh").read_text()).group(1))
+    ports = {"broker": broker, "broker's controller": broker + 1, "alertmanager": alertmanager,
+             "prometheus": settings.prometheus_port, "producer metrics": settings.producer_metrics_port,
+             "dashboard": settings.dashboard_port, "live campaign": settings.campaign_port,
+             **{f"worker {k}": settings.web_port_base + k for k in range(settings.workers)}}
+    taken = {}
+    for name, port in ports.items():
+        assert port not in taken, f"{name} and {taken.get(port)} both on port {port}"
+        taken[port] = name
+    procfile = (REPO_DIR / "Procfile").read_text()
+    for process in ("broker", "worker0", "producer", "campaign", "prometheus", "alertmanager", "dashboard"):
+        assert re.search(rf"^{process}: ", procfile, re.M), process
