@@ -8,6 +8,10 @@ port_base=${QUAX_WEB_PORT_BASE:-6066}
 # The DAQ emulator makes 16 MB/s of slices, 58 GB an hour: the demo keeps them 10 minutes, not the
 # 7 days a detector's broker does (spectra and candidates are kept forever either way; docs/usage.md).
 export QUAX_SLICES_RETENTION_S=${QUAX_SLICES_RETENTION_S:-600}
+# This demo's campaign: its runs are QUAX_DEMO_RUN-s000, -s001, ... (ops/demo/produce.sh); the live
+# campaign leaves out the runs of earlier demos, which the broker under var/ still holds.
+export QUAX_DEMO_RUN=${QUAX_DEMO_RUN:-demo-$(date -u +%Y%m%d-%H%M%S)}
+export QUAX_CAMPAIGN_RUNS=${QUAX_CAMPAIGN_RUNS:-$QUAX_DEMO_RUN-s*}
 cat <<MSG
 quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, DAQ emulator at real-time pace
   (a fresh synthetic file every 4.2 s; slices kept ${QUAX_SLICES_RETENTION_S} s), stepping the cavity like a
@@ -15,7 +19,8 @@ quax-stream demo — broker 127.0.0.1:${KAFKA_PORT:-9092}, four Faust workers, D
   ${QUAX_DEMO_AXION-10400400000:400} (FREQ_HZ:(g/g_KSVZ)^2; it passes the threshold after about 4 runs).
   dashboard:     http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard   (panels: docs/dashboard.md)
   campaign:      http://127.0.0.1:${QUAX_DASHBOARD_PORT:-5006}/dashboard?page=campaign   (grand spectrum, rescan list, limit)
-                 http://127.0.0.1:${QUAX_CAMPAIGN_PORT:-6060}/campaign/   (quax campaign-live: docs/analysis.md)
+                 http://127.0.0.1:${QUAX_CAMPAIGN_PORT:-6060}/campaign/   (quax campaign-live: docs/analysis.md;
+                 the runs $QUAX_CAMPAIGN_RUNS)
   worker views:  http://127.0.0.1:$port_base/quax/runs/   (any worker: $port_base..$((port_base + 3)))
                  http://127.0.0.1:$port_base/quax/runs/<run>/files/latest/
   metrics:       http://127.0.0.1:$port_base/metrics  (producer: http://127.0.0.1:${QUAX_PRODUCER_METRICS_PORT:-9464}/metrics)

@@ -162,6 +162,9 @@ class Settings:
     # --- the live campaign (quax_faust/campaign/: `quax campaign-live`, docs/analysis.md) -----------
     campaign_port: int = 6060
     """The live campaign service serves its document and metrics on web_host:this."""
+    campaign_runs: str = ""
+    """The runs of the live campaign: shell patterns of run ids, comma-separated (e.g. "step-*");
+    empty: every run on the spectra topic. Other runs' files are skipped unread."""
     campaign_refresh_s: float = 1.0
     """Least time between two analyses of the live campaign (s): files arriving faster are
     folded, and analysed together at most this often."""

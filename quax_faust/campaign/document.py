@@ -7,6 +7,8 @@ its line is not whole inside some run's used bins.
 
     {"version": n (the analyses so far), "updated_at_s": Unix s, "analysis_s": s,
      "status": "ok" | "no usable run" | "no runs yet",
+     "runs_pattern": the campaign's runs (settings.campaign_runs; "" for all),
+     "other_runs": runs seen on the topics that are not the campaign's,
      "files_folded", "duplicate_files", "rejected": {"spectra/reason": n, ...},
      "next_offsets": {"spectra": o, "metadata": o},
      "threshold_sigma", "goal": {...}, "expected_false_candidates", "band": {...},
@@ -50,6 +52,7 @@ def campaign_document(c: Campaign, state: CampaignState, *, version: int, update
     status = "ok" if g.runs else ("no usable run" if g.left_out else "no runs yet")
     return {
         "version": version, "updated_at_s": updated_at_s, "analysis_s": analysis_s, "status": status,
+        "runs_pattern": state.runs_pattern, "other_runs": len(state.other_runs),
         "files_folded": state.files_folded, "duplicate_files": state.duplicate_files,
         "rejected": {f"{role}/{reason}": n for (role, reason), n in sorted(state.rejected.items())},
         "next_offsets": dict(state.next_offsets),

@@ -182,8 +182,9 @@ def initial_state(settings: Settings, *, from_beginning: bool) -> CampaignState:
     """The saved state, or a new one (``from_beginning``: ignore the snapshot)."""
     goal = Goal(settings.campaign_target_significance, settings.campaign_detection_probability)
     path = snapshot.snapshot_path(settings.var_dir, settings.app_id)
-    state = None if from_beginning else snapshot.load(path, CampaignConfig(), goal)
-    return state if state is not None else CampaignState(config=CampaignConfig(), goal=goal)
+    pattern = settings.campaign_runs
+    state = None if from_beginning else snapshot.load(path, CampaignConfig(), goal, pattern)
+    return state if state is not None else CampaignState(config=CampaignConfig(), goal=goal, runs_pattern=pattern)
 
 
 async def serve(settings: Settings, *, from_beginning: bool = False, stop: asyncio.Event | None = None) -> None:

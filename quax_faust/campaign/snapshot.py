@@ -10,6 +10,7 @@ temporary file, flushed to disk and renamed, so a crash leaves the previous snap
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections import Counter
@@ -21,6 +22,7 @@ from quax_faust.core.errors import QuaxError
 from quax_faust.search.run_excess import CampaignConfig
 
 MAGIC = b"quax-campaign-state/1\n"
+log = logging.getLogger("quax.campaign")
 _LENGTH = struct.Struct("<Q")
 
 
@@ -36,6 +38,7 @@ def save(state: CampaignState, path: Path) -> int:
     """Write the state atomically; returns the bytes written."""
     blobs = [(run, acc.to_bytes()) for run, acc in sorted(state.runs.items())]
     header = json.dumps({
+        "runs_pattern": state.runs_pattern, "other_runs": sorted(state.other_runs),
         "next_offsets": state.next_offsets, "metadata": state.metadata,
         "rejected": [[role, reason, n] for (role, reason), n in sorted(state.rejected.items())],
         "files_folded": state.files_folded, "duplicate_files": state.duplicate_files,
@@ -53,9 +56,10 @@ def save(state: CampaignState, path: Path) -> int:
     return path.stat().st_size
 
 
-def load(path: Path, config: CampaignConfig, goal: Goal) -> CampaignState | None:
-    """The state saved at ``path``, every run marked changed; None if there is no snapshot.
-    SnapshotError naming the file if it is not one (delete it to rebuild from the topics)."""
+def load(path: Path, config: CampaignConfig, goal: Goal, runs_pattern: str = "") -> CampaignState | None:
+    """The state saved at ``path``, every run marked changed; None if there is no snapshot, or
+    if it was saved for other runs (another ``runs_pattern``: the campaign is rebuilt from the
+    topics). SnapshotError naming the file if it is not one (delete it to rebuild)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -66,6 +70,10 @@ def load(path: Path, config: CampaignConfig, goal: Goal) -> CampaignState | None
         start = len(MAGIC) + _LENGTH.size
         (n,) = _LENGTH.unpack_from(data, len(MAGIC))
         header = json.loads(data[start:start + n])
+        if header.get("runs_pattern", "") != runs_pattern:
+            log.warning("live campaign: %s was saved for the runs %r, not %r: rebuilding the campaign from "
+                        "the topics' beginning", path, header.get("runs_pattern", ""), runs_pattern)
+            return None
         position, runs = start + n, {}
         for run, length in header["runs"]:
             blob = data[position:position + length]
@@ -73,7 +81,8 @@ def load(path: Path, config: CampaignConfig, goal: Goal) -> CampaignState | None
                 raise ValueError(f"run {run}: {len(blob)} of {length} bytes")
             runs[run] = RunAccumulator.from_bytes(blob)
             position += length
-        return CampaignState(config=config, goal=goal, runs=runs, metadata=header["metadata"],
+        return CampaignState(config=config, goal=goal, runs_pattern=runs_pattern, runs=runs,
+                             metadata=header["metadata"], other_runs=set(header.get("other_runs", [])),
                              next_offsets={k: int(v) for k, v in header["next_offsets"].items()},
                              rejected=Counter({(role, reason): n for role, reason, n in header["rejected"]}),
                              files_folded=int(header["files_folded"]),

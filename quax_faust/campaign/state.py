@@ -14,6 +14,7 @@ equal to ``quax campaign --all`` on the same runs.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class CampaignState:
 
     config: CampaignConfig = field(default_factory=CampaignConfig)
     goal: Goal = field(default_factory=Goal)
+    runs_pattern: str = ""
+    """Shell patterns of the campaign's run ids, comma-separated; "" for every run."""
     runs: dict[str, RunAccumulator] = field(default_factory=dict)
     metadata: dict[str, dict] = field(default_factory=dict)
     next_offsets: dict[str, int] = field(default_factory=lambda: {"spectra": 0, "metadata": 0})
@@ -61,10 +64,27 @@ class CampaignState:
     duplicate_files: int = 0
     changed: set[str] = field(default_factory=set)
     """Runs whose average or metadata changed since the last analysis."""
+    other_runs: set[str] = field(default_factory=set)
+    """Runs seen on the topics that are not the campaign's (runs_pattern)."""
 
     def __post_init__(self) -> None:
         self._engine = LiveGrand(self.config)
         self.changed |= set(self.runs)
+        self._patterns = [p.strip() for p in self.runs_pattern.split(",") if p.strip()]
+
+    def wanted(self, run: str) -> bool:
+        """Whether a run is the campaign's."""
+        return not self._patterns or any(fnmatch.fnmatchcase(run, p) for p in self._patterns)
+
+    def _other(self, key: bytes | None) -> bool:
+        """A record of another run, by its key (the run id): skipped unread."""
+        if not self._patterns or not isinstance(key, bytes):
+            return False
+        run = key.decode(errors="replace")
+        if self.wanted(run):
+            return False
+        self.other_runs.add(run)
+        return True
 
     # --- folding records --------------------------------------------------------------------------
 
@@ -72,8 +92,13 @@ class CampaignState:
         """Fold a spectra record (a finished file) into its run, once; the run if its average
         changed, None for a repeat or a rejected record."""
         self.next_offsets["spectra"] = offset + 1
+        if self._other(key):
+            return None
         try:
             spectrum = wire.decode_file_spectrum(value if isinstance(value, bytes) else b"")
+            if not self.wanted(spectrum.run):  # its key said otherwise
+                self.other_runs.add(spectrum.run)
+                return None
             acc = self.runs.get(spectrum.run) or RunAccumulator.for_spectrum(spectrum)
             if not acc.fold(spectrum):
                 self.duplicate_files += 1
@@ -89,6 +114,8 @@ class CampaignState:
     def record_metadata(self, offset: int, key: bytes | None, value: bytes | None) -> str | None:
         """Merge a metadata record into its run's; the run if its metadata grew, else None."""
         self.next_offsets["metadata"] = offset + 1
+        if self._other(key):
+            return None
         try:
             run, fields = run_meta.decode(value if isinstance(value, bytes) else b"")
             if key != run.encode():
