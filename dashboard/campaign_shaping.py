@@ -187,7 +187,8 @@ def status_cells(doc: Mapping[str, Any], now_s: float) -> list[tuple[str, str]]:
         ("version", f"{doc['version']}"),
         ("files folded", f"{doc['files_folded']:,}" + (f" ({rejected} rejected)" if rejected else "")),
         ("updated", age),
-        ("runs used / left out", f"{len(doc['runs_used'])} / {len(doc['runs_left_out'])}"),
+        ("runs used / left out", f"{len(doc['runs_used'])} / {len(doc['runs_left_out'])}"
+         + (f" (runs {doc['runs_pattern']}; {doc.get('other_runs', 0)} others skipped)" if doc.get("runs_pattern") else "")),
         ("candidates", f"{len(doc['candidates'])} above {number(doc['threshold_sigma']):.3f} σ"),
         ("false candidates expected", "n/a" if expected is None else f"{expected:.2f}"),
         ("best limit" + _confidence_text(doc), best_limit_text(doc)),

@@ -113,6 +113,8 @@ def test_status_cells_give_version_files_update_false_candidates_and_best_limit(
     assert cells["files folded"] == "40"
     assert cells["updated"].endswith("(12 s ago)")
     assert cells["runs used / left out"] == "4 / 1"
+    scoped = dict(shaping.status_cells({**doc, "runs_pattern": "run*", "other_runs": 2}, now_s=UPDATED_AT_S))
+    assert scoped["runs used / left out"] == "4 / 1 (runs run*; 2 others skipped)"
     assert cells["candidates"] == f"{len(doc['candidates'])} above {doc['threshold_sigma']:.3f} σ"
     assert cells["false candidates expected"] == f"{doc['expected_false_candidates']:.2f}"
     best = doc["best_limit"]
