@@ -165,7 +165,7 @@ async def wait_for_topics(settings: Settings, names: list[str], stop: asyncio.Ev
     said = False
     while not stop.is_set():
         try:
-            found = await connection.partition_counts(settings, names, wait_s=10.0)
+            found = await connection.partition_counts(settings, names, wait_s=2.0)  # a stop waits at most this
         except Exception as exc:  # the broker is not up yet: wait, as the workers do
             found, reason = {}, f"{type(exc).__name__}: {exc}"
         else:
