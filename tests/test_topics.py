@@ -12,7 +12,7 @@ from aiokafka.admin import NewTopic
 
 from quax_faust.connection import connect_admin, existing_partition_counts
 from quax_faust.settings import Settings
-from quax_faust.stream.topics import (DAY_S, TopicSpec, daq_bytes_per_s, describe_plan,
+from quax_faust.stream.topics import (DAY_S, TopicSpec, changelog_plan, daq_bytes_per_s, describe_plan,
                                       describe_topic_configs, ensure_topics, topic_plan)
 from tests.conftest import stack_settings
 
@@ -138,3 +138,22 @@ def test_a_wrong_partition_count_is_still_an_error(broker, tmp_path):
     with pytest.raises(RuntimeError, match=rf"topic '{settings.slices_topic}' has 4 partitions, expected 2"):
         asyncio.run(ensure_topics(settings.replace(partitions=2), wait_s=30))
 
+
+
+@pytest.mark.broker
+def test_the_tables_changelogs_exist_before_a_worker_subscribes(broker, tmp_path):
+    """The worker creates its tables' changelog topics as Faust would, before Faust starts: a worker
+    whose consumer missed them in its first metadata failed with PartitionsMismatch for minutes."""
+    from quax_faust.stream.app import create_app
+
+    settings = stack_settings(broker, tmp_path, partitions=4)
+    plan = changelog_plan(create_app(settings))
+    assert {name: spec.partitions for name, spec in plan.items()} == {
+        f"{settings.app_id}-{table}-changelog": n
+        for table, n in (("files", 4), ("runs", 1), ("file_spectra", 1), ("candidates", 1), ("run_metadata", 1))}
+    returned = asyncio.run(ensure_topics(settings, wait_s=30, extra=plan))
+    for name, spec in plan.items():
+        assert returned[name].partitions == spec.partitions
+        assert returned[name].configs["cleanup.policy"] == "compact"
+    assert set(topic_plan(settings)) <= set(returned)
+    asyncio.run(ensure_topics(settings, wait_s=30, extra=plan))  # again: nothing to create, no error

@@ -81,10 +81,25 @@ def topic_plan(settings: Settings) -> dict[str, TopicSpec]:
     }
 
 
-async def ensure_topics(settings: Settings, wait_s: float = 90.0) -> dict[str, TopicSpec]:
-    """Create missing topics and fix the configs of existing ones; raise RuntimeError if one exists
-    with the wrong partition count. Returns each topic's partitions and all its configs, read back."""
-    plan = topic_plan(settings)
+def changelog_plan(app) -> dict[str, TopicSpec]:
+    """The Faust app's table changelog topics as Faust would create them (compacted, one partition
+    per table partition). Created before the workers subscribe: a worker whose consumer asked for
+    the cluster's metadata a moment before another worker's Faust created them took them as
+    missing, and its tables failed with PartitionsMismatch (a changelog of 0 partitions) until its
+    metadata was next refreshed, minutes later (fresh-clone run 24)."""
+    plan = {}
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        plan[topic.get_topic_name()] = TopicSpec(topic.partitions, {"cleanup.policy": "compact"})
+    return plan
+
+
+async def ensure_topics(settings: Settings, wait_s: float = 90.0,
+                        extra: dict[str, TopicSpec] | None = None) -> dict[str, TopicSpec]:
+    """Create missing topics (ours, and ``extra``: e.g. changelog_plan) and fix the configs of
+    existing ones; raise RuntimeError if one exists with the wrong partition count. Returns each
+    topic's partitions and all its configs, read back, once every one is described."""
+    plan = {**topic_plan(settings), **(extra or {})}
     admin = await connect_admin(settings, wait_s)
     try:
         existing = await existing_partition_counts(admin, plan)

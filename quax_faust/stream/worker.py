@@ -2,7 +2,7 @@
 
 The process-wide preparations happen here, not at import: malloc keeps freed memory for reuse
 (malloc.py), the Faust patches are installed and pointed at the agents' source topics
-(faust_fixes.py), our topics exist before Faust subscribes.
+(faust_fixes.py), our topics and the tables' changelogs exist before Faust subscribes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from quax_faust.settings import Settings
 from quax_faust.stream import faust_fixes, malloc
 from quax_faust.stream.app import create_app
-from quax_faust.stream.topics import ensure_topics
+from quax_faust.stream.topics import changelog_plan, ensure_topics
 
 
 def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
@@ -31,11 +31,13 @@ def run_worker(settings: Settings, index: int, loglevel: str = "info") -> None:
     malloc.keep_freed_memory()  # multi-MiB fetches and records reuse freed memory
     faust_fixes.install()  # flush really flushes; only processed offsets are committed
     faust_fixes.guard_topics([settings.slices_topic, settings.spectra_topic, settings.metadata_topic])
-    asyncio.run(ensure_topics(settings))  # Faust subscribes only to topics that exist (idempotent)
+    app = create_app(settings)
+    # Faust subscribes only to topics that exist, and its consumer must see every table changelog
+    # at its first metadata request: ours and the changelogs, created and described (idempotent).
+    asyncio.run(ensure_topics(settings, extra=changelog_plan(app)))
 
     datadir = Path(settings.var_dir) / "workers" / str(index)
     datadir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
     app.conf.datadir = datadir
     sys.argv = ["quax-worker", "worker", "--loglevel", loglevel, "--web-host", host,
                 "--web-bind", settings.web_bind or host, "--web-port", str(settings.web_port_base + index)]
