@@ -43,8 +43,11 @@ for ((k = 0; k < steps; k++)); do
     sleep 0.5
   done
   # Each run's producer starts before its first pair and ends 30 s after its last one, when the
-  # emulator has long moved on to the next run (whose producer is already following it).
-  quax produce --source "$daq/$name" --run "$name" --meta-file "$daq/$name/run.toml" --follow --idle-exit 30 &
+  # emulator has long moved on to the next run (whose producer is already following it). Once
+  # every pair of the run is sent and acked, its pairs are deleted: a week-long demo keeps only
+  # the newest pairs of the runs in progress on disk (64 MB each).
+  (quax produce --source "$daq/$name" --run "$name" --meta-file "$daq/$name/run.toml" --follow --idle-exit 30 \
+     && rm -f "$daq/$name"/duck_[iq]_[0-9]*.dat) &
   producers+=($!)
 done
 status=0
