@@ -45,6 +45,37 @@ def write_synthetic_run(directory: Path, n_files: int, n_samples: int, *, seed: 
     return directory
 
 
+def campaign_records(settings: Settings, without_cavity: str = "nocavity") -> dict[str, dict]:
+    """Metadata of three runs of a campaign (search.synthetic_campaign.CampaignPlan for this
+    slice length and rate): step0 and step1 with a QUAX-like cavity 200 kHz above LOs 77 bins
+    apart, and ``without_cavity`` at the next LO step with its LO only (left out of the physics;
+    ``CampaignPlan(...).metadata(2)`` is its whole record)."""
+    plan = campaign_plan(settings)
+    return {"step0": plan.metadata(0), "step1": plan.metadata(1),
+            without_cavity: {"lo_frequency_hz": plan.metadata(2)["lo_frequency_hz"]}}
+
+
+def produce_runs(settings: Settings, daq_dir: Path, records: dict[str, dict], n_files: int) -> None:
+    """Send daq_dir as each run of records with its metadata (quax produce at max pace), then wait
+    until the workers' tables hold n_files of every run."""
+    import asyncio
+
+    from quax_faust.ingest.producer import produce_directory
+    from quax_faust.tools.launch import wait_for_run
+
+    for run, fields in records.items():
+        asyncio.run(produce_directory(settings, daq_dir, run, "max", progress=False, metadata=fields))
+    for run in records:
+        wait_for_run(settings, run, n_files)
+
+
+def campaign_plan(settings: Settings):
+    """The synthetic CampaignPlan of campaign_records: 3 runs, the settings' bins and rate."""
+    from quax_faust.search.synthetic_campaign import CampaignPlan
+
+    return CampaignPlan(n_runs=3, n_bins=settings.slice_len, sample_rate_hz=settings.sample_rate_hz)
+
+
 def stack_settings(broker: Broker, var_dir: Path, **changes) -> Settings:
     """Settings for an isolated pipeline on the shared broker: own topics, app id and ports."""
     uid = uuid.uuid4().hex[:8]

@@ -4,7 +4,6 @@ the live tables (--all, --runs) and from their exports (--exports), with the sam
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import numpy as np
@@ -12,13 +11,10 @@ import pytest
 
 from quax_faust.client import fetch_run_average
 from quax_faust.exports.campaign import read_campaign
-from quax_faust.ingest.producer import produce_directory
 from quax_faust.search.grand import grand_spectrum
-from quax_faust.search.synthetic_campaign import QUAX_LIKE_CAVITY
 from quax_faust.tools import cli
 from quax_faust.tools.campaign_cmd import spectrum_of_average
-from quax_faust.tools.launch import wait_for_run
-from tests.conftest import write_synthetic_run
+from tests.conftest import campaign_records, produce_runs, write_synthetic_run
 
 pytestmark = pytest.mark.broker
 N_FILES, SLICES_PER_FILE = 2, 16
@@ -29,17 +25,8 @@ def test_campaign_of_live_runs_equals_that_of_their_exports(make_stack, tmp_path
     flags = ["--set", f"web_port_base={settings.web_port_base}", "--set", f"workers={settings.workers}",
              "--set", f"broker={settings.broker}"]
     daq_dir = write_synthetic_run(tmp_path / "daq", N_FILES, SLICES_PER_FILE * settings.slice_len, seed=5)
-    bin_hz = settings.sample_rate_hz / settings.slice_len
-    cavity = {k: v for k, v in vars(QUAX_LIKE_CAVITY).items() if k != "cavity_frequency_hz"}
-    records = {}
-    for k, run in enumerate(("step0", "step1")):
-        lo = 10.4e9 + 77 * k * bin_hz
-        records[run] = {"lo_frequency_hz": lo, "cavity_frequency_hz": lo + 200e3, **cavity}
-    records["nocavity"] = {"lo_frequency_hz": 10.4e9 + 154 * bin_hz}
-    for run, fields in records.items():
-        asyncio.run(produce_directory(settings, daq_dir, run, "max", progress=False, metadata=fields))
-    for run in records:
-        wait_for_run(settings, run, N_FILES)
+    records = campaign_records(settings)
+    produce_runs(settings, daq_dir, records, N_FILES)
 
     live = tmp_path / "live.h5"
     assert cli.main(["campaign", "--all", "--out", str(live), *flags]) == 0

@@ -21,16 +21,11 @@ from quax_faust.exports.campaign import read_campaign
 from quax_faust.ingest.producer import produce_directory
 from quax_faust.search.axion_signal import Axion
 from quax_faust.search.grand import grand_spectrum
-from quax_faust.search.synthetic_campaign import (
-    QUAX_LIKE_CAVITY,
-    CampaignPlan,
-    raw_campaign_runs,
-    synthetic_campaign,
-)
+from quax_faust.search.synthetic_campaign import CampaignPlan, raw_campaign_runs, synthetic_campaign
 from quax_faust.tools.synth_cmd import write_raw_run
 from quax_faust.tools import cli
 from quax_faust.tools.launch import CampaignLive, wait_for_run
-from tests.conftest import write_synthetic_run
+from tests.conftest import campaign_plan, campaign_records, produce_runs, write_synthetic_run
 from tests.kafka_io import send_raw_async
 
 pytestmark = pytest.mark.broker
@@ -63,22 +58,13 @@ def assert_equals_offline(doc: dict, settings, path) -> None:
 
 def test_live_campaign_equals_the_offline_analysis_grows_and_resumes(make_stack, tmp_path):
     settings, _workers = make_stack(workers=2, campaign_refresh_s=0.2, campaign_snapshot_s=0.5)
-    bin_hz = settings.sample_rate_hz / settings.slice_len
-    cavity = {k: v for k, v in vars(QUAX_LIKE_CAVITY).items() if k != "cavity_frequency_hz"}
-    records = {}
-    for k, run in enumerate(("step0", "step1")):
-        lo = 10.4e9 + 77 * k * bin_hz
-        records[run] = {"lo_frequency_hz": lo, "cavity_frequency_hz": lo + 200e3, **cavity}
-    records["late"] = {"lo_frequency_hz": 10.4e9 + 154 * bin_hz}
+    records = campaign_records(settings, without_cavity="late")
     daq_dir = write_synthetic_run(tmp_path / "daq", N_FILES, SLICES_PER_FILE * settings.slice_len, seed=5)
     service = CampaignLive(settings, tmp_path / "campaign-live.log").start()
     try:
         doc = service.wait_for(lambda d: d["status"] == "no runs yet")  # serves before any run exists
         assert doc["files_folded"] == 0 and doc["grid"]["frequency_hz"] == []
-        for run, fields in records.items():
-            asyncio.run(produce_directory(settings, daq_dir, run, "max", progress=False, metadata=fields))
-        for run in records:
-            wait_for_run(settings, run, N_FILES)
+        produce_runs(settings, daq_dir, records, N_FILES)
         doc = service.wait_for(lambda d: d["files_folded"] == 3 * N_FILES)
         assert [r["run"] for r in doc["runs_used"]] == ["step0", "step1"]
         assert [r["n_files"] for r in doc["runs_used"]] == [N_FILES, N_FILES]
@@ -92,7 +78,7 @@ def test_live_campaign_equals_the_offline_analysis_grows_and_resumes(make_stack,
         for k in range(N_FILES):
             for side in "iq":
                 (more / f"duck_{side}_{k:05d}.dat").unlink()
-        late = {**records["late"], "cavity_frequency_hz": records["late"]["lo_frequency_hz"] + 200e3, **cavity}
+        late = campaign_plan(settings).metadata(2)  # its cavity too, at the same LO
         asyncio.run(produce_directory(settings, more, "late", "max", progress=False, metadata=late))
         wait_for_run(settings, "late", N_FILES + 1)
         doc = service.wait_for(lambda d: d["files_folded"] == 3 * N_FILES + 1 and not d["runs_left_out"])

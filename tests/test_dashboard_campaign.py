@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 
 from quax_faust.ingest.producer import produce_directory
-from quax_faust.search.synthetic_campaign import QUAX_LIKE_CAVITY
 from quax_faust.tools.launch import CampaignLive, wait_for_run
-from tests.conftest import ARTIFACTS, write_synthetic_run
+from tests.conftest import ARTIFACTS, campaign_records, write_synthetic_run
 from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, bokeh_server
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -83,13 +82,7 @@ def assert_page_shows(page, doc: dict) -> None:
 def test_campaign_page_shows_the_live_campaign_and_survives_a_service_restart(make_stack, tmp_path):
     settings, _workers = make_stack(workers=2, dashboard_refresh_s=0.5, campaign_refresh_s=0.2,
                                     campaign_snapshot_s=0.5)
-    bin_hz = settings.sample_rate_hz / settings.slice_len
-    cavity = {k: v for k, v in vars(QUAX_LIKE_CAVITY).items() if k != "cavity_frequency_hz"}
-    records = {}
-    for k, run in enumerate(("step0", "step1")):
-        lo = 10.4e9 + 77 * k * bin_hz
-        records[run] = {"lo_frequency_hz": lo, "cavity_frequency_hz": lo + 200e3, **cavity}
-    records["nocavity"] = {"lo_frequency_hz": 10.4e9 + 154 * bin_hz}
+    records = campaign_records(settings)
     daq_dir = write_synthetic_run(tmp_path / "daq", N_FILES, SLICES_PER_FILE * settings.slice_len, seed=5)
     for run, fields in records.items():
         produce(settings, daq_dir, run, fields)

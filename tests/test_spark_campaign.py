@@ -10,7 +10,6 @@ local Spark: the same runs used and left out, the same slices, the same grand sp
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -21,13 +20,10 @@ import pytest
 
 from quax_faust.core import wire
 from quax_faust.exports.campaign import read_campaign
-from quax_faust.ingest.producer import produce_directory
-from quax_faust.search.synthetic_campaign import QUAX_LIKE_CAVITY
 from quax_faust.settings import Settings
 from quax_faust.tools import cli
-from quax_faust.tools.launch import wait_for_run
 from spark_batch import campaign_fold, fold
-from tests.conftest import write_synthetic_run
+from tests.conftest import campaign_records, produce_runs, write_synthetic_run
 
 N_FILES, SLICES_PER_FILE = 2, 16
 G2_TOLERANCE_SIGMA = 1e-5
@@ -155,17 +151,8 @@ def _quax(args: list[str], settings: Settings) -> int:
 def test_spark_campaign_equals_the_live_campaign(spark, make_stack, tmp_path, caplog, capsys):
     settings, _workers = make_stack(workers=2)
     daq_dir = write_synthetic_run(tmp_path / "daq", N_FILES, SLICES_PER_FILE * settings.slice_len, seed=5)
-    bin_hz = settings.sample_rate_hz / settings.slice_len
-    cavity = {k: v for k, v in vars(QUAX_LIKE_CAVITY).items() if k != "cavity_frequency_hz"}
-    records = {}
-    for k, run in enumerate(("step0", "step1")):
-        lo = 10.4e9 + 77 * k * bin_hz
-        records[run] = {"lo_frequency_hz": lo, "cavity_frequency_hz": lo + 200e3, **cavity}
-    records["nocavity"] = {"lo_frequency_hz": 10.4e9 + 154 * bin_hz}
-    for run, fields in records.items():
-        asyncio.run(produce_directory(settings, daq_dir, run, "max", progress=False, metadata=fields))
-    for run in records:
-        wait_for_run(settings, run, N_FILES)
+    records = campaign_records(settings)
+    produce_runs(settings, daq_dir, records, N_FILES)
 
     live_path, spark_path = tmp_path / "live.h5", tmp_path / "spark.npz"
     assert _quax(["campaign", "--all", "--out", str(live_path)], settings) == 0
