@@ -7,5 +7,6 @@ and its campaign page (``/dashboard?page=campaign``) reading the live campaign (
     campaign_feed.py     what the campaign page reads from quax campaign-live (HTTP, off the event loop)
     campaign_shaping.py  pure shaping: the campaign document in, plot and table columns out
     campaign_page.py     the campaign page
+    bokeh_session.py     a feed thread's result handed to the session; tables redrawn on new data
     main.py              the entry point Bokeh runs for each session: the page its URL asks for
 """

@@ -27,7 +27,7 @@ from bokeh.plotting import figure
 from quax_faust.settings import Settings
 
 from . import campaign_shaping as shaping
-from .bokeh_tables import redraw_on_new_data
+from .bokeh_session import hand_to_session, redraw_on_new_data
 from .campaign_feed import CampaignFeed, CampaignPoll
 from .page import (BAD_COLOUR, BASELINE_COLOUR, FILE_COLOUR, IDLE_COLOUR, LEFT_WIDTH, OK_COLOUR, RIGHT_WIDTH,
                    RUN_COLOUR, WARN_COLOUR, _health_html, _style)
@@ -193,17 +193,8 @@ class CampaignDashboard:
         if self._inflight is not None and not self._inflight.done():
             return
         future = _EXECUTOR.submit(self._fetch, self.poll_version)
-        future.add_done_callback(self._deliver)
+        future.add_done_callback(partial(hand_to_session, self.doc, self._closed, self._apply))
         self._inflight = future
-
-    def _deliver(self, future: Future) -> None:
-        """Runs in the feed thread: hand the result to the session's event loop."""
-        if self._closed.is_set():
-            return
-        try:
-            self.doc.add_next_tick_callback(partial(self._apply, future))
-        except Exception:  # the session went away between the check and the call
-            self._closed.set()
 
     def _fetch(self, shown_version: int | None) -> CampaignUpdate:
         """Runs in the feed thread: HTTP, then numpy; touches no Bokeh model."""

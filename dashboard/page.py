@@ -31,7 +31,7 @@ from bokeh.plotting import figure
 from quax_faust.settings import Settings
 
 from . import shaping
-from .bokeh_tables import redraw_on_new_data
+from .bokeh_session import hand_to_session, redraw_on_new_data
 from .feed import Poll, PollRequest, TableFeed, spectrum_arrays
 
 FILES_KEPT = 50_000
@@ -321,17 +321,8 @@ class LiveDashboard:
         request = PollRequest(self.wanted_run, self.run, self.version, frozenset(self.seen))
         generation, latest = self.generation, self.latest_index
         future = _EXECUTOR.submit(self._fetch, request, generation, latest)
-        future.add_done_callback(self._deliver)
+        future.add_done_callback(partial(hand_to_session, self.doc, self._closed, self._apply))
         self._inflight = future
-
-    def _deliver(self, future: Future) -> None:
-        """Runs in the feed thread: hand the result to the session's event loop."""
-        if self._closed.is_set():
-            return
-        try:
-            self.doc.add_next_tick_callback(partial(self._apply, future))
-        except Exception:  # the session went away between the check and the call
-            self._closed.set()
 
     def _fetch(self, request: PollRequest, generation: int, latest_index: int | None) -> PageUpdate:
         """Runs in the feed thread: HTTP, then numpy; touches no Bokeh model."""
