@@ -111,7 +111,7 @@ class CampaignService:
         s = self.settings
         analysed_at = saved_at = 0.0
         saved_offsets = dict(self.state.next_offsets)
-        published: dict[str, int] | None = None  # the offsets of the served document
+        published: dict[str, int] | None = None  # the offsets of the served document (None: nothing served)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
             for record in batch.get(topics["metadata"], []):  # metadata first: a run's cavity with its files
@@ -120,8 +120,8 @@ class CampaignService:
                 if self.state.fold_spectrum(record.offset, record.key, record.value):
                     FILES.inc()
             now = time.monotonic()
-            moved = self.state.changed or self.state.next_offsets != published  # a rejected record moves it too
-            if moved and now - analysed_at >= s.campaign_refresh_s:
+            # Every record moves the offsets (a rejected or repeated one too): re-analyse after any.
+            if self.state.next_offsets != published and now - analysed_at >= s.campaign_refresh_s:
                 ends = await consumer.end_offsets(list(topics.values()))
                 self.lag = {tp.topic: ends[tp] - self.state.next_offsets[role] for role, tp in topics.items()}
                 for topic, lag in self.lag.items():

@@ -148,9 +148,5 @@ class CampaignState:
         for run in sorted(self.changed):
             self._engine.put(self.spectrum(run))
         self.changed.clear()
-        grand = self._engine.grand()
-        threshold = self.goal.threshold_sigma
-        return Campaign(grand, rescan.rescan_list(grand, threshold),
-                        exclusion.exclusion_curve(grand, self.goal.confidence, self.goal.power_floor_sigma),
-                        threshold, rescan.expected_false_candidates(grand, threshold) if grand.runs else 0.0,
-                        {run: SOURCE for run in self.runs})
+        return self._engine.campaign(self.goal.threshold_sigma, self.goal.confidence, self.goal.power_floor_sigma,
+                                     {run: SOURCE for run in self.runs})
