@@ -169,20 +169,35 @@ def cmd_synth(args, settings: Settings) -> int:
         write_metadata(args.meta_out, fields, _comment("quax synth", args.axion))
         print(f"wrote {args.meta_out} (for quax produce --source {args.out} --run RUN --meta-file {args.meta_out})")
     every_s = args.samples / settings.sample_rate_hz / parse_pace(args.pace) if args.pace else 0.0
-    started = time.monotonic()
     with _progress(total=args.files, unit="file", desc="synth") as bar:
-        for k in range(args.files):
-            index = args.first_index + k
-            time.sleep(max(0.0, started + k * every_s - time.monotonic()))  # a DAQ: one file per duration
-            pair = daq.write_pair(args.out, index, synth.synth_file(index, args.samples, model, args.seed, excess))
-            if args.keep and k >= args.keep:  # only pairs this command wrote
-                old = daq.pair_paths(args.out, index - args.keep)
-                old.i_path.unlink(missing_ok=True)
-                old.q_path.unlink(missing_ok=True)
+        def wrote(pair: daq.FilePair) -> None:
             bar.write(f"wrote {pair.i_path.name} + {pair.q_path.name} ({args.samples} samples)", file=sys.stdout)
             sys.stdout.flush()
             bar.update()
+
+        write_paced_pairs(args.out, args.first_index, args.files,
+                          lambda index: synth.synth_file(index, args.samples, model, args.seed, excess),
+                          every_s=every_s, keep=args.keep, on_file=wrote)
     return EXIT_OK
+
+
+def write_paced_pairs(directory: Path, first_index: int, n_files: int, samples_of: Callable[[int], object], *,
+                      every_s: float = 0.0, keep: int | None = None,
+                      on_file: Callable[[daq.FilePair], None] | None = None) -> None:
+    """Write the pairs first_index .. first_index + n_files - 1, samples_of(index) each, one every
+    ``every_s`` seconds (a DAQ's pace; 0: at once), deleting the pairs this call wrote beyond the
+    newest ``keep``; on_file(pair) after each."""
+    started = time.monotonic()
+    for k in range(n_files):
+        index = first_index + k
+        time.sleep(max(0.0, started + k * every_s - time.monotonic()))  # a DAQ: one file per duration
+        pair = daq.write_pair(directory, index, samples_of(index))
+        if keep and k >= keep:  # only pairs this call wrote
+            old = daq.pair_paths(directory, index - keep)
+            old.i_path.unlink(missing_ok=True)
+            old.q_path.unlink(missing_ok=True)
+        if on_file is not None:
+            on_file(pair)
 
 
 def _comment(writer: str, axions: Sequence[Axion]) -> str:
@@ -205,16 +220,8 @@ def write_raw_run(directory: Path, run: RawRun, n_files: int, n_samples: int, sa
     model = synth.SynthModel(sample_rate_hz=sample_rate_hz, tones=tones)
     excess = axion_excess_of(run.axions, run.metadata, n_samples, sample_rate_hz)
     path = write_metadata(directory / METADATA_FILE, run.metadata, _comment("quax synth-campaign", run.axions))
-    started = time.monotonic()
-    for index in range(n_files):
-        time.sleep(max(0.0, started + index * every_s - time.monotonic()))
-        pair = daq.write_pair(directory, index, synth.synth_file(index, n_samples, model, run.seed, excess))
-        if keep and index >= keep:
-            old = daq.pair_paths(directory, index - keep)
-            old.i_path.unlink(missing_ok=True)
-            old.q_path.unlink(missing_ok=True)
-        if on_file is not None:
-            on_file(pair)
+    write_paced_pairs(directory, 0, n_files, lambda index: synth.synth_file(index, n_samples, model, run.seed, excess),
+                      every_s=every_s, keep=keep, on_file=on_file)
     return path
 
 
