@@ -67,6 +67,26 @@ def test_a_partition_not_started_here_is_never_committed():
     assert po.committable(TP2) == 20
 
 
+def test_offsets_the_group_committed_later_are_processed_not_a_hole():
+    """At an assignment the partition's previous worker may commit after this one started counting
+    (here from 0, nothing committed then): the consumer starts at 6, which looks like a hole 0..5.
+    The group's committed offset says 0..5 were processed: advance() counts them."""
+    po = ProcessedOffsets()
+    po.start(TP2, 0)
+    assert po.to_commit(TP2) is None, "nothing processed here: nothing of ours to commit"
+    assert po.processed(TP2, 6, now=100.0) == (0, 5)
+    po.processed(TP2, 7, now=100.0)
+    po.processed(TP2, 9, now=100.0)
+    assert po.to_commit(TP2) is None, "never the start: it could move the group's offset back"
+    assert po.advance(TP2, 3) == (0, 2)
+    assert po.holes(older_than_s=0.0, now=200.0) == {TP2: (3, 5)}, "a hole the commit does not cover stays"
+    assert po.advance(TP2, 6, now=200.0) == (3, 5)
+    assert po.committable(TP2) == 8 and po.to_commit(TP2) == 8, "6 and 7 were processed here"
+    assert po.holes(older_than_s=0.0, now=300.0) == {TP2: (8, 8)}, "8 is still missing"
+    assert po.advance(TP2, 5) is None, "an older commit settles nothing"
+    assert po.advance(TP(TOPIC, 9), 5) is None, "nor one of a partition not counted here"
+
+
 def message(offset: int, partition: int = 2) -> ConsumerMessage:
     m = ConsumerMessage(TOPIC, partition, offset, 0.0, 0, None, b"run/0000000001", b"v", None,
                         tp=TP(TOPIC, partition))
@@ -325,6 +345,21 @@ class FakeBroker:
         self.position: dict[TP, int] = {}
         self.calls: list[tuple] = []
 
+    def _ensure_consumer(self) -> "FakeBroker._Client":
+        return FakeBroker._Client(self)
+
+    async def call_thread(self, fn, *args):
+        return await fn(*args)
+
+    class _Client:
+        """aiokafka's consumer as the driver thread holds it: here only ``committed``."""
+
+        def __init__(self, broker: "FakeBroker") -> None:
+            self.broker = broker
+
+        async def committed(self, tp: TP) -> int | None:
+            return self.broker.committed.get(tp)
+
     def _record(self, *call) -> None:
         self.calls.append(call + (self.consumer.flow_active, self.consumer.app.flow_control.is_active()))
 
@@ -520,5 +555,62 @@ def test_a_partition_not_delivered_for_20_s_with_messages_waiting_is_read_again(
         await faust_fixes.reread_holes(app)
         assert broker.calls == [] and rereads_total() == rereads + 1, "nothing waiting: idle, not stalled"
         assert (faust_fixes.offsets.committable(TP2), faust_fixes.offsets.committable(tp3)) == (20, 12)
+
+    asyncio.run(run())
+
+
+def test_a_hole_the_previous_worker_committed_is_not_read_again(installed):
+    """slices[2] just assigned, nothing committed yet: counting starts at 0. The previous worker
+    then commits 6 (it had processed 0..5), so the consumer starts at 6. No commit of 0 (it would
+    move the group's offset back), and after 5 s no re-read: the group's offset settles the hole.
+    slices[3] had a real hole (12..13 skipped, committed 10): that one is read again."""
+    tp3 = TP(TOPIC, 3)
+
+    async def run():
+        clock = Clock(100.0)
+        app, consumer, broker = worker(clock, highwater={TP2: 10, tp3: 20}, committed={tp3: 10})
+        await consumer.perform_seek()
+        assert faust_fixes.offsets.committable(TP2) == 0
+        broker.committed[TP2] = 6  # the previous worker's late commit
+        for k in range(6, 10):
+            deliver(consumer, k)
+        assert faust_fixes.offsets.committable(TP2) == 0
+        assert consumer._filter_committable_offsets({TP2}) == {}, "never 0: below the group's 6"
+        clock.t = 105.0
+        rereads = rereads_total()
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads, "0..5 were processed: nothing to read"
+        assert faust_fixes.offsets.committable(TP2) == 10 and faust_fixes.offsets.holes(0.0) == {}
+        await consumer.commit()
+        assert broker.committed[TP2] == 10
+
+        for k in (10, 11, 14):
+            deliver(consumer, k, partition=3)
+        clock.t = 111.0
+        await faust_fixes.reread_holes(app)
+        assert rereads_total() == rereads + 1, "a hole the group's offset does not cover is read again"
+        assert broker.position[tp3] == 12
+
+    asyncio.run(run())
+
+
+def test_a_stall_the_previous_worker_committed_is_not_read_again(installed):
+    """The run-metadata partition holds one record, offset 0. Its previous worker processed it and
+    committed 1 after this worker started counting from 0; the consumer starts at 1 and delivers
+    nothing. Highwater 1 > 0 for 20 s looks like a stall, but the group's offset says it is not."""
+    async def run():
+        clock = Clock(100.0)
+        app, consumer, broker = worker(clock, highwater={TP2: 1}, committed={})
+        await consumer.perform_seek()
+        broker.committed[TP2] = 1
+        rereads = rereads_total()
+        await faust_fixes.reread_holes(app)  # messages waiting seen at 100
+        clock.t = 120.0
+        broker.calls.clear()
+        await faust_fixes.reread_holes(app)
+        assert broker.calls == [] and rereads_total() == rereads
+        assert faust_fixes.offsets.committable(TP2) == 1
+        assert faust_fixes.offsets.stalled({TP2: 1}, older_than_s=0.0) == {}
 
     asyncio.run(run())

@@ -26,6 +26,12 @@
    Either way ``reread_holes()`` (a timer in app.py) stops the flow, commits what was processed and
    seeks every partition back to its first unprocessed offset, as Faust itself does after a
    rebalance; the messages are read again and the idempotent tables ignore the ones seen twice.
+   First it asks the broker for the group's committed offsets: at an assignment the partition's
+   previous worker may still commit what it processed *after* this one started counting from the
+   older offset, and the consumer then starts at the newer one. Those offsets are no hole: they
+   are counted as processed (``ProcessedOffsets.advance``) and not read again. A worker commits a
+   partition only once it has processed something there (``to_commit``), so it never moves the
+   group's offset back below its previous worker's.
 
 ``install()`` applies the patches, and refuses to on any faust-streaming other than ``FAUST_VERSION``
 (the patches replace and read private parts of Faust that may change in any release);
@@ -41,7 +47,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable, Iterable
 
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
 
@@ -89,6 +96,9 @@ class _Partition:
     next: int
     """The first offset not processed: every offset below it was processed (here, or before the
     committed offset this count started from)."""
+    start: int = 0
+    """Where counting started (the consumer's seek). Until ``next`` passes it nothing was processed
+    here, and there is nothing of ours to commit."""
     ahead: set[int] = field(default_factory=set)
     """Offsets processed beyond ``next``: the consumer skipped ``next`` .. min(ahead) - 1."""
     hole_seen_at: float | None = None
@@ -112,7 +122,7 @@ class ProcessedOffsets:
 
     def start(self, tp: TP, offset: int) -> None:
         """The consumer (re)starts ``tp`` at ``offset``: everything below counts as processed."""
-        self._parts[tp] = _Partition(offset, moved_at=self._clock())
+        self._parts[tp] = _Partition(offset, start=offset, moved_at=self._clock())
 
     def forget(self, tp: TP) -> None:
         self._parts.pop(tp, None)
@@ -144,9 +154,35 @@ class ProcessedOffsets:
         return None
 
     def committable(self, tp: TP) -> int | None:
-        """The offset to commit for ``tp`` (the first not processed), or None if not counted here."""
+        """The first offset of ``tp`` not processed, or None if not counted here."""
         part = self._parts.get(tp)
         return None if part is None else part.next
+
+    def to_commit(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp``: the first not processed, once this worker has processed
+        something since counting started; else None. Committing the start itself could only move
+        the group's offset back, below what the partition's previous worker committed after this
+        count started (seen here, at the first assignments)."""
+        part = self._parts.get(tp)
+        return None if part is None or part.next <= part.start else part.next
+
+    def advance(self, tp: TP, committed: int, now: float | None = None) -> tuple[int, int] | None:
+        """Count every offset below ``committed``, the group's committed offset, as processed: a
+        worker commits only what it processed (another worker, here before this count started).
+        Return (first, last) of the offsets this settled, or None if it settled nothing."""
+        part = self._parts.get(tp)
+        if part is None or committed <= part.next:
+            return None
+        settled = (part.next, committed - 1)
+        part.next = committed
+        part.ahead = {k for k in part.ahead if k >= committed}
+        while part.next in part.ahead:
+            part.ahead.remove(part.next)
+            part.next += 1
+        part.moved_at = self._clock() if now is None else now
+        if not part.ahead:
+            part.hole_seen_at = None
+        return settled
 
     def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
@@ -209,7 +245,7 @@ def _filter_committable_offsets(self: Consumer, tps: Iterable[TP]) -> dict[TP, i
     chosen = {tp: offset for tp, offset in proposed.items() if tp.topic not in _guarded}
     for tp in tps:
         if tp.topic in _guarded:
-            offset = offsets.committable(tp)
+            offset = offsets.to_commit(tp)
             if offset is not None and self._should_commit(tp, offset):
                 chosen[tp] = offset
     return chosen
@@ -253,6 +289,27 @@ def _highwaters(consumer: Consumer) -> dict[TP, int]:
     return found
 
 
+async def _settle_with_group(consumer: Consumer, tps: Iterable[TP], timeout_s: float = 10.0) -> bool:
+    """Count as processed what the group's committed offsets (fetched now) say was: a partition's
+    previous worker may have committed after this one started counting there, and what looks like
+    a hole or a stall is then offsets processed before. True if that settled anything."""
+    thread = consumer._thread  # the driver's thread, which owns aiokafka's consumer
+    client = thread._ensure_consumer()
+    settled = False
+    for tp in tps:
+        try:
+            committed = await asyncio.wait_for(thread.call_thread(client.committed, tp), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - not known: read them again, as without this check
+            log.warning("%s: committed offset unknown (%r)", tp, exc)
+            continue
+        done = offsets.advance(tp, committed) if committed is not None and committed >= 0 else None
+        if done is not None:
+            settled = True
+            log.info("%s[%d]: offsets %d..%d were committed by the partition's previous worker; not "
+                     "read again", tp.topic, tp.partition, *done)
+    return settled
+
+
 async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) -> None:
     """Seek back to the committed offsets if the consumer skipped messages ``older_than_s`` ago, or
     has delivered nothing of a partition with messages waiting for ``stalled_s``.
@@ -269,6 +326,11 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
     skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
     if not stalled and not skipped:
         return
+    if await _settle_with_group(consumer, set(stalled) | set(skipped)):
+        stalled = offsets.stalled(_highwaters(consumer), stalled_s)
+        skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
+        if not stalled and not skipped:
+            return
     generation = app.consumer_generation_id
     log.warning("reading offsets again: %s", ", ".join(
         [f"{tp.topic}[{tp.partition}] {a}..{b} (skipped)" for tp, (a, b) in skipped.items()]
@@ -300,7 +362,9 @@ _PRIVATE_PARTS = ((ProducerBuffer, "_send_pending"), (ProducerBuffer, "flush"), 
                   (ProducerBuffer, "_handle_pending"),
                   (Consumer, "_filter_committable_offsets"), (Consumer, "_should_commit"),
                   (Consumer, "_committed_offset"), (Consumer, "perform_seek"),
-                  (Consumer, "earliest_offsets"), (Consumer, "highwater"))
+                  (Consumer, "earliest_offsets"), (Consumer, "highwater"),
+                  (ThreadDelegateConsumer, "_thread"), (AIOKafkaConsumerThread, "_ensure_consumer"),
+                  (AIOKafkaConsumerThread, "call_thread"))
 
 
 def installed_faust_version() -> str | None:
