@@ -18,9 +18,10 @@ from quax_faust.connection import partition_counts
 
 
 async def unprocessed_async(settings: Settings) -> dict[str, tuple[int, int]]:
-    """The agents' source partitions whose committed offset is below the end offset:
-    {"topic/partition": (committed, end)}; empty once every message there was processed."""
-    topics = [settings.slices_topic, settings.spectra_topic]
+    """The agents' source partitions (slices, spectra, run metadata) whose committed offset is
+    below the end offset: {"topic/partition": (committed, end)}; empty once every message there
+    was processed."""
+    topics = [settings.slices_topic, settings.spectra_topic, settings.metadata_topic]
     counts = await partition_counts(settings.broker, topics)
     tps = [TopicPartition(t, p) for t in topics for p in range(counts.get(t, 0))]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
@@ -42,8 +43,8 @@ async def unprocessed_async(settings: Settings) -> dict[str, tuple[int, int]]:
 
 
 def wait_processed(settings: Settings, timeout_s: float = 120.0) -> None:
-    """Wait until the workers committed, in every partition of slices and spectra, the end offset:
-    every message sent before (and every spectrum made from them) was processed."""
+    """Wait until the workers committed, in every partition of slices, spectra and run metadata,
+    the end offset: every message sent before (and every spectrum made from them) was processed."""
     deadline = time.monotonic() + timeout_s
     while behind := asyncio.run(unprocessed_async(settings)):
         if time.monotonic() > deadline:
