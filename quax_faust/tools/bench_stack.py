@@ -101,8 +101,11 @@ class Stack:
             start = page[-1]["file_index"] + 1
 
     def n_files(self, run: str) -> int:
+        """The run's finished files, from the runs list: the run's own view would JSON-encode its
+        spectra at every poll (4 a second), ~15 % of the run table's worker at max pace."""
         try:
-            return int(self.get_json(f"/quax/runs/{run}/")["n_files"])
+            runs = self.get_json("/quax/runs/")["runs"]
+            return next((int(r["n_files"]) for r in runs if r["run"] == run), 0)
         except (OSError, ValueError, KeyError):
             return 0
 
