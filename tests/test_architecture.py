@@ -9,7 +9,8 @@ way, as MAY_IMPORT lists):
 
     0  core          quax_faust.core: wire, dsp, accumulators, daq, synth, errors; pure
     1  settings      quax_faust.settings: imports nothing of ours
-    1  connection    quax_faust.connection: settings only; quax_faust.record_crc (the consumers' CRC check)
+    1  connection    quax_faust.connection: settings only; quax_faust.record_crc (the consumers' CRC check),
+                     quax_faust.fetch_reads (the consumers' socket reads)
     1  client        quax_faust.client (HTTP client of the workers' views): settings only
     1  ops_files     quax_faust.ops_files (where ops/ is, checkout or wheel): nothing of ours
     1  search        quax_faust.search: core only (no Faust, no Kafka, no settings object)
@@ -54,6 +55,7 @@ TIER_OF_PREFIX = {
     "quax_faust.settings": "settings",
     "quax_faust.connection": "connection",
     "quax_faust.record_crc": "connection",
+    "quax_faust.fetch_reads": "connection",
     "quax_faust.client": "client",
     "quax_faust.ops_files": "ops_files",
     "quax_faust.search": "search",

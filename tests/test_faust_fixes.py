@@ -27,7 +27,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage, FutureMessage, PendingMessage
 
 from quax_faust.stream import faust_fixes
-from quax_faust.stream.faust_fixes import ProcessedOffsets
+from quax_faust.stream.processed_offsets import ProcessedOffsets
 
 TOPIC = "slices-guard-test"
 TP2 = TP(TOPIC, 2)
