@@ -21,7 +21,7 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import REGISTRY
 
 from quax_faust.settings import Settings
-from quax_faust import connection, record_crc
+from quax_faust import connection, fetch_reads, record_crc
 from quax_faust.stream import agents, table_store, upkeep, web
 from quax_faust.stream.chain import Chain
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> faust.App:
     """The worker's app: topics, tables (RocksDB, one memory budget per worker), agents, timers and
     web views, all configured from ``settings``."""
     record_crc.install()  # the consumers' CRC32C check, in hardware: broker_check_crcs=False below
+    fetch_reads.install()  # fetch responses read in large pieces, without a pause per piece
     app = faust.App(settings.app_id,
                     broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
                     broker_credentials=connection.faust_credentials(settings),

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from confluent_kafka import Producer
 
-from quax_faust import connection, record_crc
+from quax_faust import connection, fetch_reads, record_crc
 from quax_faust.core import wire
 from quax_faust.ingest.rdkafka import producer_config
 from quax_faust.settings import Settings
@@ -76,6 +76,7 @@ def produce_only(settings: Settings, n: int, size: int) -> dict:
 async def consume_only(settings: Settings, n: int) -> dict:
     """Read the n messages back with one aiokafka consumer set up as the workers' (fetch sizes of
     max_message_bytes); MB/s and this process's CPU meanwhile."""
+    fetch_reads.install()  # the workers' socket reads
     consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
                                 max_partition_fetch_bytes=settings.max_message_bytes,
                                 fetch_max_bytes=4 * settings.max_message_bytes,
