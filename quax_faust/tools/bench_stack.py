@@ -33,6 +33,8 @@ class Stack:
     workers: Workers | None = None
     prometheus: Prometheus | None = None
     processes: dict[str, psutil.Process] = field(default_factory=dict)
+    last_cpu_s: dict[str, float] = field(default_factory=dict)
+    """Each process's latest CPU seconds (cpu_seconds), kept after it exits."""
 
     @classmethod
     def make(cls, base: Settings, work_dir: Path, scrape_interval_s: float) -> "Stack":
@@ -77,14 +79,16 @@ class Stack:
         return proc
 
     def cpu_seconds(self) -> dict[str, float]:
-        out = {}
+        """CPU seconds of each process so far; a process that has exited keeps its last reading
+        (wait_files reads them 4 times a second: the producer often exits before the phase ends,
+        and its CPU was then counted as "others")."""
         for name, proc in self.processes.items():
             try:
                 times = proc.cpu_times()
-                out[name] = times.user + times.system
+                self.last_cpu_s[name] = times.user + times.system
             except psutil.NoSuchProcess:
                 pass
-        return out
+        return {name: self.last_cpu_s[name] for name in self.processes if name in self.last_cpu_s}
 
     def get_json(self, path: str) -> dict:
         with urllib.request.urlopen(self.settings.worker_url(0) + path, timeout=30) as r:
@@ -124,6 +128,7 @@ class Stack:
         with tqdm(total=n_files, desc=desc, unit="file") as bar:
             while (done := self.n_files(run)) < n_files:
                 bar.update(done - bar.n)
+                self.cpu_seconds()  # the latest reading of each process, kept if it exits
                 self.check_alive()
                 if producer.poll() not in (None, 0):
                     raise RuntimeError(f"the producer exited with {producer.returncode}; "
