@@ -45,6 +45,9 @@ def test_a_small_ceiling_round_on_the_real_broker(broker, tmp_path):
     result = bench_ceiling.ceiling_phase(settings, total_mb=12.0)
     size = bench_ceiling.message_bytes(settings)
     assert result["message_bytes"] == size and result["messages"] == round(12e6 / size)
+    n, warmup = result["messages"], result["warmup_messages"]
+    assert warmup == n // 10 >= 1, "the first 10 % untimed, on both sides"
+    assert result["consume"]["keys"] == [warmup, warmup + n - 1, n], "read: exactly the timed messages"
     assert result["produce"]["mb"] == result["consume"]["mb"] == round(result["messages"] * size / 1e6, 1)
     for side in ("produce", "consume"):
         assert result[side]["mb_per_s"] > 0 and result[side]["wall_s"] > 0

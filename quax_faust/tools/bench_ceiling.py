@@ -20,6 +20,7 @@ from quax_faust import connection, fetch_reads, record_crc
 from quax_faust.core import wire
 from quax_faust.ingest.rdkafka import producer_config
 from quax_faust.settings import Settings
+from quax_faust.stream import malloc
 
 TOPIC = "quax-bench-ceiling"
 
@@ -33,50 +34,66 @@ def message_bytes(settings: Settings) -> int:
 
 def ceiling_phase(settings: Settings, total_mb: float) -> dict:
     """Produce-only (librdkafka) then consume-only (aiokafka) of ~total_mb MB in chain-sized
-    messages on a topic of its own (settings.partitions partitions), deleted afterwards."""
+    messages on a topic of its own (settings.partitions partitions), deleted afterwards. Each side
+    is timed in its steady state, as the chain's figure is (after its first 10 % of files): the
+    first 10 % of the messages (``warmup``) go through untimed, so that the producer's connection
+    and idempotence id (retried while the new broker loads its coordinator) and the broker's JIT
+    are not in the rate."""
     size = message_bytes(settings)
     n = max(8, round(total_mb * 1e6 / size))
+    warmup = max(1, n // 10)
     asyncio.run(_create_topic(settings))
     try:
-        produced = produce_only(settings, n, size)
-        consumed = asyncio.run(consume_only(settings, n))
+        produced = produce_only(settings, n, size, warmup)
+        consumed = asyncio.run(consume_only(settings, n, produced.pop("timed_from")))
     finally:
         asyncio.run(_delete_topic(settings))
-    return {"message_bytes": size, "messages": n, "produce": produced, "consume": consumed,
-            "ceiling_mb_per_s": min(produced["mb_per_s"], consumed["mb_per_s"])}
+    return {"message_bytes": size, "messages": n, "warmup_messages": warmup, "produce": produced,
+            "consume": consumed, "ceiling_mb_per_s": min(produced["mb_per_s"], consumed["mb_per_s"])}
 
 
-def produce_only(settings: Settings, n: int, size: int) -> dict:
-    """n messages of size bytes through librdkafka with the producer's own settings, as fast as it
-    takes them; MB/s from the first produce to the last ack, and this process's CPU meanwhile."""
+def produce_only(settings: Settings, n: int, size: int, warmup: int = 0) -> dict:
+    """``warmup`` then n messages of size bytes through librdkafka with the producer's own
+    settings, as fast as it takes them; MB/s of the n from their first produce to the last ack
+    (the warm-up acked before), and this process's CPU meanwhile."""
     value = os.urandom(size)
     failed: list[str] = []
+    warmed: dict[int, int] = {}  # partition: the warm-up messages acked there (a new topic: offsets from 0)
 
-    def report(error, _message) -> None:
+    def report(error, message) -> None:
         if error is not None:
             failed.append(error.str())
+        elif int(message.key()) < warmup:
+            warmed[message.partition()] = warmed.get(message.partition(), 0) + 1
+
+    def send(keys: range) -> int:
+        for k in keys:
+            while True:
+                try:
+                    producer.produce(TOPIC, value, str(k).encode(), on_delivery=report)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            producer.poll(0)
+        return producer.flush(120)
 
     producer = Producer(producer_config(settings))
+    left = send(range(warmup))
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for k in range(n):
-        while True:
-            try:
-                producer.produce(TOPIC, value, str(k).encode(), on_delivery=report)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    left = producer.flush(120)
+    left += send(range(warmup, warmup + n))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if left or failed:
         raise RuntimeError(f"ceiling: {left} messages not acked, {len(failed)} failed: {failed[:3]}")
-    return _rates(n * size, wall, cpu)
+    return {**_rates(n * size, wall, cpu), "timed_from": warmed}
 
 
-async def consume_only(settings: Settings, n: int) -> dict:
-    """Read the n messages back with one aiokafka consumer set up as the workers' (fetch sizes of
-    max_message_bytes); MB/s and this process's CPU meanwhile."""
+async def consume_only(settings: Settings, n: int, timed_from: dict[int, int] | None = None) -> dict:
+    """Read n messages back with one aiokafka consumer set up as the workers' (fetch sizes of
+    max_message_bytes, their socket reads and heap), each partition from offset ``timed_from``
+    (after the producer's warm-up; default 0), after a warm-up read of those first offsets; MB/s
+    and this process's CPU over the n."""
     fetch_reads.install()  # the workers' socket reads
+    malloc.keep_freed_memory()  # and their heap: freed fetch buffers reused, not mapped afresh
     consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
                                 max_partition_fetch_bytes=settings.max_message_bytes,
                                 fetch_max_bytes=4 * settings.max_message_bytes,
@@ -85,14 +102,24 @@ async def consume_only(settings: Settings, n: int) -> dict:
     try:
         tps = [TopicPartition(TOPIC, p) for p in range(settings.partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        timed_from = timed_from or {}
+        warmup = {tp: timed_from.get(tp.partition, 0) for tp in tps}
+        for tp, end in warmup.items():  # the warm-up: read untimed, as far as the timed offsets
+            consumer.seek(tp, 0)
+            while end and await consumer.position(tp) < end:
+                await consumer.getmany(tp, timeout_ms=1000, max_records=end - await consumer.position(tp))
+        for tp, start in warmup.items():
+            consumer.seek(tp, start)
         seen = n_bytes = 0
+        keys: set[int] = set()  # the messages read, by the producer's numbering
         cpu0, t0 = time.process_time(), time.perf_counter()
         while seen < n:
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 seen += len(records)
                 n_bytes += sum(len(r.value) for r in records)
-        return _rates(n_bytes, time.perf_counter() - t0, time.process_time() - cpu0)
+                keys.update(int(r.key) for r in records)
+        rates = _rates(n_bytes, time.perf_counter() - t0, time.process_time() - cpu0)
+        return {**rates, "keys": [min(keys), max(keys), len(keys)]}
     finally:
         await consumer.stop()
 
