@@ -27,10 +27,10 @@ from quax_faust.connection import client_options, connect_admin
 from quax_faust.core import daq
 from quax_faust.stream.topics import topic_plan
 from quax_faust.tools.doctor import command as doctor
-from quax_faust.tools.doctor import chain_checks, machine_checks, probes
+from quax_faust.tools.doctor import campaign_checks, chain_checks, machine_checks, probes
 from quax_faust.tools.doctor.report import (FAIL, OK, SKIP, WARN, Check, TimedOut, exit_code, format_json,
                                             format_text, start_probe)
-from quax_faust.tools.launch import Workers, free_port, settings_env
+from quax_faust.tools.launch import CampaignLive, Workers, free_port, settings_env
 from tests.conftest import stack_settings, wait_each_assigned, wait_until
 
 
@@ -69,8 +69,11 @@ def stack(broker, tmp_path_factory):
     settings = stack_settings(broker, tmp / "var", slices_retention_s=60, dashboard_port=free_port(),
                               prometheus_port=free_port(), producer_metrics_port=free_port())
     workers = Workers(settings, tmp / "logs").start()
+    service = CampaignLive(settings, tmp / "campaign-live.log").start()  # the live campaign, read by its check
     wait_each_assigned(workers)
+    service.wait_for(lambda doc: doc["status"] == "no runs yet")
     yield settings, workers, tmp
+    service.stop()
     workers.stop()
 
 
@@ -82,9 +85,12 @@ def test_a_healthy_stack_is_all_ok(stack):
     assert code == 0 and doc["exit_code"] == 0, format_text([Check(**c) for c in doc["checks"]])
     assert {c["status"] for c in doc["checks"]} == {OK}
     assert "Kafka >= 4.0" in lines["broker"]["message"]
-    for name in ("worker 0", "worker 1", "partitions", "consumer group", "consumer lag", "settings", "clock",
-                 "daq", "disk", f"port {settings.dashboard_port}", *(f"topic {t}" for t in topic_plan(settings))):
+    for name in ("worker 0", "worker 1", "partitions", "consumer group", "consumer lag", "campaign service",
+                 "settings", "clock", "daq", "disk", f"port {settings.dashboard_port}",
+                 *(f"topic {t}" for t in topic_plan(settings))):
         assert name in lines, name
+    assert "no runs yet, 0 run(s) used" in lines["campaign service"]["message"]
+    assert f"0 file spectra of {settings.spectra_topic} not read yet" in lines["campaign service"]["message"]
     assert "the same in this command, worker 0, worker 1" in lines["settings"]["message"]
     assert "broker log" in " ".join(c["message"] for c in doc["checks"] if c["name"] == "disk")
 
@@ -419,3 +425,53 @@ def test_every_troubleshooting_section_the_fixes_point_to_exists():
     for symptom in ("broker-unreachable", "lag-growing", "stale-dashboard", "stuck-file", "rejected-messages",
                     "port-in-use", "disk-full", "checkpoint-to-reset"):
         assert symptom in anchors
+
+
+def campaign_answer(status: int | None, doc: dict | None = None, error: str | None = None) -> probes.HttpAnswer:
+    return probes.HttpAnswer("http://127.0.0.1:6060/campaign/", status=status,
+                             body=json.dumps(doc).encode() if doc is not None else b"", error=error)
+
+
+def campaign_facts(spectra_end: int) -> probes.KafkaFacts:
+    return probes.KafkaFacts(brokers=[], controller_id=None, api_versions={}, topics={}, broker_configs={},
+                             group=None, committed={}, ends={("spectra", 0): spectra_end})
+
+
+def test_the_campaign_service_down_starting_stale_or_leaving_runs_out():
+    """The live campaign's line (campaign_checks.py): absent is a warning (the chain runs without
+    it), another program on its port fails, and its document's own troubles are warnings."""
+    settings = stack_settings(Elsewhere("127.0.0.1:1"), Path("/nonexistent"), campaign_port=6060, spectra_topic="spectra")
+    now = 1_000_000.0
+    down = campaign_checks.check_campaign(settings, campaign_answer(None, error="Connection refused"), None, now)
+    assert [(c.status, c.name) for c in down] == [(WARN, "campaign service")]
+    assert "nothing answers" in down[0].message and "quax campaign-live" in down[0].fix
+
+    starting = campaign_checks.check_campaign(settings, campaign_answer(503, {"status": "starting",
+                                                                              "files_folded": 0}), None, now)
+    assert starting[0].status == WARN and "starting" in starting[0].message
+    other = campaign_checks.check_campaign(settings, campaign_answer(404, {"detail": "not found"},
+                                                                     error="HTTP 404"), None, now)
+    assert other[0].status == FAIL and "QUAX_CAMPAIGN_PORT" in other[0].fix
+    late = campaign_checks.check_campaign(settings, TimedOut("campaign service timed out after 10 s"), None, now)
+    assert late[0].status == FAIL
+
+    doc = {"status": "ok", "updated_at_s": now - 2, "next_offsets": {"spectra": 40, "metadata": 3},
+           "files_folded": 40, "runs_used": [{"run": "s000"}, {"run": "s001"}], "candidates": [{}],
+           "rejected": {}, "runs_left_out": []}
+    fine = campaign_checks.check_campaign(settings, campaign_answer(200, doc), campaign_facts(41), now)
+    assert [c.status for c in fine] == [OK]
+    assert "ok, 2 run(s) used, 0 left out, 40 files folded, 1 candidate(s); 1 file spectra" in fine[0].message
+
+    stale = campaign_checks.check_campaign(settings, campaign_answer(200, {**doc, "updated_at_s": now - 300}),
+                                           campaign_facts(90), now)
+    assert stale[0].status == WARN and "50 file spectra" in stale[0].message and "updated 300 s ago" in stale[0].message
+    idle = campaign_checks.check_campaign(settings, campaign_answer(200, {**doc, "updated_at_s": now - 300}),
+                                          campaign_facts(40), now)
+    assert idle[0].status == OK, "nothing to read: an old document is up to date"
+
+    troubled = {**doc, "rejected": {"spectra/truncated": 2, "metadata/bad_field": 1},
+                "runs_left_out": [{"run": "s002", "reason": "its metadata lacks loaded_q"}]}
+    lines = by_name(campaign_checks.check_campaign(settings, campaign_answer(200, troubled), campaign_facts(40), now))
+    assert lines["campaign records"].status == WARN and "3 record(s)" in lines["campaign records"].message
+    assert lines["campaign runs"].status == WARN and "s002: its metadata lacks loaded_q" in lines["campaign runs"].message
+    assert "--meta" in lines["campaign runs"].fix

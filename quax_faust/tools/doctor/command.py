@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from quax_faust.settings import Settings
-from quax_faust.tools.doctor import chain_checks, machine_checks, probes
+from quax_faust.tools.doctor import campaign_checks, chain_checks, machine_checks, probes
 from quax_faust.tools.doctor.report import (FAIL, SKIP, Check, Failed, TimedOut, exit_code, format_json,
                                             format_text, start_probe)
 
@@ -27,8 +27,8 @@ def _collect(result):
 
 def run_checks(settings: Settings, *, daq_dir: Path | None = None, daq_max_age_s: float = DEFAULT_DAQ_MAX_AGE_S,
                timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Check]:
-    """Every check, in the order of the data path: broker, topics, workers, lag, settings, clocks,
-    ports, the DAQ directory, disks."""
+    """Every check, in the order of the data path: broker, topics, workers, lag, the live campaign
+    service, settings, clocks, ports, the DAQ directory, disks."""
     def get(url):
         def probe(step):
             step(f"GET {url}")
@@ -38,6 +38,7 @@ def run_checks(settings: Settings, *, daq_dir: Path | None = None, daq_max_age_s
     kafka = start_probe("broker", lambda step: probes.kafka_facts(settings, step, timeout_s), timeout_s)
     workers = {k: start_probe(f"worker {k}", get(settings.worker_url(k) + "/quax/health/"), timeout_s)
                for k in range(settings.workers)}
+    campaign = start_probe("campaign service", get(settings.campaign_url + "/campaign/"), timeout_s)
     producer_url = f"http://{settings.web_host}:{settings.producer_metrics_port}/metrics"
     producer = start_probe("producer", get(producer_url), timeout_s) if settings.producer_metrics_port else None
     ports = [start_probe(f"port {port} ({role})",
@@ -58,6 +59,7 @@ def run_checks(settings: Settings, *, daq_dir: Path | None = None, daq_max_age_s
     checks += chain_checks.check_workers(settings, answers, facts if kafka_ok else None)
     if kafka_ok:
         checks += chain_checks.check_lag(settings, facts)
+    checks += campaign_checks.check_campaign(settings, _collect(campaign), facts if kafka_ok else None, time.time())
     checks += chain_checks.check_settings(settings, answers)
     clocks = {f"worker {k}": a for k, a in answers.items() if isinstance(a, probes.HttpAnswer) and a.error is None}
     producer_answer = _collect(producer) if producer else None
@@ -115,7 +117,8 @@ def cmd_doctor(args, settings: Settings) -> int:
 def register(sub, common) -> None:
     """Add ``quax doctor`` to the CLI's subparsers."""
     p = sub.add_parser("doctor", parents=[common],
-                       help="check broker, topics, workers, lag, settings, clocks, ports, DAQ directory, disks; "
+                       help="check broker, topics, workers, lag, the campaign service, settings, clocks, ports, "
+                            "DAQ directory, disks; "
                             "exit 0 ok, 1 warn, 2 fail")
     p.add_argument("--daq", type=Path, metavar="DIR", help="the DAQ directory the producer reads (checked if given)")
     p.add_argument("--daq-max-age", type=float, default=DEFAULT_DAQ_MAX_AGE_S, metavar="S",
