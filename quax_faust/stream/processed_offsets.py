@@ -65,13 +65,7 @@ class ProcessedOffsets:
                 part.hole_seen_at = self._clock() if now is None else now
                 return part.next, offset - 1
             return None
-        part.next += 1
-        while part.next in part.ahead:
-            part.ahead.remove(part.next)
-            part.next += 1
-        part.moved_at = self._clock() if now is None else now
-        if not part.ahead:
-            part.hole_seen_at = None
+        self._move(part, offset + 1, now)
         return None
 
     def committable(self, tp: TP) -> int | None:
@@ -95,15 +89,20 @@ class ProcessedOffsets:
         if part is None or committed <= part.next:
             return None
         settled = (part.next, committed - 1)
-        part.next = committed
         part.ahead = {k for k in part.ahead if k >= committed}
+        self._move(part, committed, now)
+        return settled
+
+    def _move(self, part: "_Partition", first_unprocessed: int, now: float | None) -> None:
+        """Every offset below ``first_unprocessed`` is processed: ``next`` goes there, then on over
+        the offsets already processed ahead of it."""
+        part.next = first_unprocessed
         while part.next in part.ahead:
             part.ahead.remove(part.next)
             part.next += 1
         part.moved_at = self._clock() if now is None else now
         if not part.ahead:
             part.hole_seen_at = None
-        return settled
 
     def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
