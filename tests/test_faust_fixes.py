@@ -614,3 +614,21 @@ def test_a_stall_the_previous_worker_committed_is_not_read_again(installed):
         assert faust_fixes.offsets.stalled({TP2: 1}, older_than_s=0.0) == {}
 
     asyncio.run(run())
+
+
+def test_a_message_processed_here_and_delivered_again_is_skipped_once_counted(installed):
+    """After a re-read seeks back over offsets this worker processed (15 before the hole 12..14
+    was filled), their second delivery is recognised: the agent skips it, and
+    quax_redelivered_messages_total counts it. Offsets not processed yet are not."""
+    po = faust_fixes.offsets = ProcessedOffsets()
+    po.start(TP2, 10)
+    for k in (10, 11, 15):
+        faust_fixes.note_processed(message(k))
+    assert [po.seen(TP2, k) for k in (9, 10, 11, 12, 14, 15, 16)] == [True, True, True, False, False, True, False]
+    before = counter("quax_redelivered_messages_total", topic=TOPIC)
+    assert not faust_fixes.redelivered(message(12)), "skipped by the consumer: never processed here"
+    assert faust_fixes.redelivered(message(15)) and faust_fixes.redelivered(message(11))
+    assert counter("quax_redelivered_messages_total", topic=TOPIC) == before + 2
+    assert not faust_fixes.redelivered(message(11, partition=7)), "a partition not counted here"
+    faust_fixes.guard_topics(["some-other-topic"])
+    assert not faust_fixes.redelivered(message(15)), "only the agents' source topics"

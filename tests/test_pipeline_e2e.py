@@ -1,8 +1,9 @@
 """End to end on a real broker: synthetic files -> producer -> 2 Faust workers -> tables -> export.
 
 Every per-file spectrum and the run average must equal the Welch oracle; duplicated messages must
-change nothing (the workers count each one as a duplicate, once its own offset is processed); the
-spectra topic must hold one record per file.
+change nothing (the workers count each one as a duplicate, once its own offset is processed, even
+when the consumer skipped some and a worker read them again); the spectra topic must hold one
+record per file.
 """
 
 import asyncio
@@ -69,18 +70,17 @@ def test_run_equals_welch_oracle_and_duplicates_change_nothing(make_stack, daq_d
     after = worker_counters(settings)
     rise = {name: counter(after, name) - counter(before, name) for name in (
         "quax_duplicate_slices_total", "quax_duplicate_files_total", "quax_slices_total",
-        "quax_slice_messages_total", "quax_files_completed_total", "quax_files_folded_total",
-        "quax_offset_rereads_total")}
-    assert rise["quax_offset_rereads_total"] == 0, (
-        "a worker read offsets again while the duplicates went through, so its counts include "
-        "redelivered messages. What the workers logged about it:\n"
-        + worker_log_tails(workers, marks=("reading offsets again", "skipped by the consumer", "[ERROR]")))
+        "quax_slice_messages_total", "quax_files_completed_total", "quax_files_folded_total")}
     n_whole = N_SAMPLES // settings.slice_len
     n_messages = 2 * -(-n_whole // settings.slices_per_message) + 1  # files 3 and 7, file 5's overlap
+    # Each message sent is counted once, even if the consumer skipped some and a worker read them
+    # again (faust_fixes: what it had processed already is redelivered and skipped, not re-counted).
+    reread = {name: counter(after, name) - counter(before, name)
+              for name in ("quax_offset_rereads_total", "quax_redelivered_messages_total")}
     assert rise == {"quax_duplicate_slices_total": 2 * n_whole + 11, "quax_duplicate_files_total": 1,
                     "quax_slices_total": 0, "quax_slice_messages_total": n_messages,
-                    "quax_files_completed_total": 0, "quax_files_folded_total": 0,
-                    "quax_offset_rereads_total": 0}
+                    "quax_files_completed_total": 0, "quax_files_folded_total": 0}, (
+        f"{reread}\n" + worker_log_tails(workers, marks=("reading offsets again", "skipped by the consumer", "[ERROR]")))
     assert counter(after, "quax_rejected_messages_total", topic=settings.slices_topic, reason="truncated") \
         - counter(before, "quax_rejected_messages_total", topic=settings.slices_topic, reason="truncated") == 1
     summary = wait_for_run(settings, "e2e", N_FILES)

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 async def on_slice_batch(chain: Chain, event) -> None:
     """Decode a slice batch, FFT its new slices into its file; publish the file when complete."""
+    if faust_fixes.redelivered(event.message):
+        return
     try:
         batch = wire.decode_slice_batch(event.value)
         key = wire.file_key(batch.run, batch.file_index)
@@ -72,6 +74,8 @@ async def fold_slice_batch(chain: Chain, key: bytes, batch: wire.SliceBatch, tp=
 
 async def on_file_spectrum(chain: Chain, event) -> None:
     """Fold a finished file into its run's average, once; keep the file's spectrum."""
+    if faust_fixes.redelivered(event.message):
+        return
     try:
         spectrum = wire.decode_file_spectrum(event.value)
         run_key = spectrum.run.encode()
@@ -162,6 +166,8 @@ def export_detector_figures(chain: Chain, acc: RunAccumulator, spectrum: wire.Fi
 async def on_run_metadata(chain: Chain, event) -> None:
     """Keep a run's metadata record: merged with what is kept (it may grow, never change: a
     contradicting record is rejected with reason metadata_conflict)."""
+    if faust_fixes.redelivered(event.message):
+        return
     try:
         run, fields = run_meta.decode(event.value if isinstance(event.value, bytes) else b"")
         if event.key != run.encode():

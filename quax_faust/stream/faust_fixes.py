@@ -101,6 +101,16 @@ def guard_topics(topics: Iterable[str]) -> None:
     _guarded.update(topics)
 
 
+def redelivered(message: Message) -> bool:
+    """This worker has processed this message already, since its partition was assigned (a re-read
+    sought back over it): its effects are in the tables, so the agent skips it. Counted in
+    ``quax_redelivered_messages_total``."""
+    if message.topic not in _guarded or not offsets.seen(message.tp, message.offset):
+        return False
+    metrics.REDELIVERED.labels(topic=message.topic).inc()
+    return True
+
+
 def note_processed(message: Message, rebalancing: bool = False) -> None:
     """An agent has finished this message (its effects are in the tables).
 

@@ -33,6 +33,8 @@ OFFSET_HOLES = Counter("quax_offset_holes_total", "Offsets the consumer skipped 
                        "not committed, read again (quax_faust/stream/faust_fixes.py)", ["topic"])
 OFFSET_REREADS = Counter("quax_offset_rereads_total", "Seeks back to the committed offsets to read skipped "
                          "offsets again (quax_faust/stream/faust_fixes.py)")
+REDELIVERED = Counter("quax_redelivered_messages_total", "Messages delivered again after a re-read, already "
+                      "processed by this worker: skipped (faust_fixes.redelivered)", ["topic"])
 TAIL_SAMPLES = Counter("quax_tail_samples_dropped_total",
                        "Samples in incomplete last slices, dropped as Welch does")
 FILES_COMPLETED = Counter("quax_files_completed_total", "Files whose spectrum was published")

@@ -68,6 +68,12 @@ class ProcessedOffsets:
         self._move(part, offset + 1, now)
         return None
 
+    def seen(self, tp: TP, offset: int) -> bool:
+        """``offset`` was processed here since counting started (or lies below where it started): a
+        re-delivery, after a re-read that sought back over it."""
+        part = self._parts.get(tp)
+        return part is not None and (offset < part.next or offset in part.ahead)
+
     def committable(self, tp: TP) -> int | None:
         """The first offset of ``tp`` not processed, or None if not counted here."""
         part = self._parts.get(tp)
