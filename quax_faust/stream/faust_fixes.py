@@ -234,7 +234,9 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
         if app.rebalancing or app.consumer_generation_id != generation:
             return  # the rebalance seeks and resumes by itself
         await consumer.commit()  # each guarded partition's first unprocessed offset
+        kept = offsets.parts(tp for tp in consumer.assignment() if tp.topic in _guarded)
         await consumer.perform_seek()  # every partition back to its committed offset (counts reset)
+        offsets.put_back(kept)  # same assignment: what was processed here still is (redelivered())
         for tp in consumer.assignment():  # and explicitly, also where nothing was ever committed
             first = offsets.committable(tp) if tp.topic in _guarded else None
             if first is not None:

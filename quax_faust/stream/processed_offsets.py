@@ -110,6 +110,28 @@ class ProcessedOffsets:
         if not part.ahead:
             part.hole_seen_at = None
 
+    def parts(self, tps: Iterable[TP]) -> dict[TP, "_Partition"]:
+        """The counts of these partitions, to put back after a seek (put_back)."""
+        return {tp: self._parts[tp] for tp in tps if tp in self._parts}
+
+    def put_back(self, parts: dict[TP, "_Partition"], now: float | None = None) -> None:
+        """After a seek back within the same assignment (a re-read, not a rebalance), the counts as
+        they were before it, for the partitions still counted: what was processed here still is,
+        so its second delivery is recognised (``seen``). A count that started again further on
+        (the group committed more meanwhile) moves there. Each hole and wait is timed afresh from
+        now: the re-read gets its time to fill them."""
+        now = self._clock() if now is None else now
+        for tp, part in parts.items():
+            fresh = self._parts.get(tp)
+            if fresh is None:
+                continue  # no longer assigned
+            if fresh.next > part.next:
+                part.ahead = {k for k in part.ahead if k >= fresh.next}
+                self._move(part, fresh.next, now)
+            part.moved_at, part.waiting_since = now, None
+            part.hole_seen_at = now if part.ahead else None
+            self._parts[tp] = part
+
     def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
         now = self._clock() if now is None else now
