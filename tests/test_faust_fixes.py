@@ -634,3 +634,41 @@ def test_a_message_processed_here_and_delivered_again_is_skipped_once_counted(in
     assert not faust_fixes.redelivered(message(11, partition=7)), "a partition not counted here"
     faust_fixes.guard_topics(["some-other-topic"])
     assert not faust_fixes.redelivered(message(15)), "only the agents' source topics"
+
+
+def test_a_seek_in_the_same_generation_keeps_the_count_a_new_generation_starts_afresh():
+    po = ProcessedOffsets(Clock(100.0))
+    po.start(TP2, 10, generation=3)
+    for k in (10, 11, 15):
+        po.processed(TP2, k, now=100.0)
+    po.start(TP2, 12, generation=3)  # a re-read's seek back to the committed offset
+    assert po.committable(TP2) == 12 and po.seen(TP2, 15), "what was processed here still is"
+    assert po.holes(older_than_s=5.0) == {}, "the hole is timed afresh: the re-read has its 5 s"
+    po.start(TP2, 14, generation=3)  # the group committed further meanwhile
+    assert po.committable(TP2) == 14 and po.seen(TP2, 15)
+    po.start(TP2, 12, generation=4)  # a new assignment: another worker may have held it
+    assert po.committable(TP2) == 12 and not po.seen(TP2, 15)
+
+
+def test_a_seek_overtaken_by_a_rebalance_leaves_the_new_assignments_count(installed):
+    """Faust's fetcher seeks when it finds the flow stopped; that seek can finish after the next
+    assignment's own, when agents have processed 10..12 already: it must not start the count again
+    at the committed 10 (12 would then look skipped and be processed twice)."""
+    async def run():
+        clock = Clock(100.0)
+        app, consumer, broker = worker(clock, highwater={TP2: 20}, committed={TP2: 10})
+        app.consumer_generation_id = 1
+        earliest = broker.earliest_offsets
+
+        async def earliest_meanwhile(*tps):
+            app.consumer_generation_id = 2  # the rebalance completes during this seek's await
+            faust_fixes.offsets.start(TP2, 10, generation=2)
+            for k in (10, 11, 12):
+                deliver(consumer, k)
+            return await earliest(*tps)
+
+        broker.earliest_offsets = earliest_meanwhile
+        await consumer.perform_seek()  # begun in generation 1
+        assert faust_fixes.offsets.committable(TP2) == 13 and faust_fixes.offsets.seen(TP2, 12)
+
+    asyncio.run(run())

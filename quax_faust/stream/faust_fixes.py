@@ -142,6 +142,7 @@ def _filter_committable_offsets(self: Consumer, tps: Iterable[TP]) -> dict[TP, i
 
 
 async def _perform_seek(self: Consumer) -> None:
+    generation = self.app.consumer_generation_id
     await _original_perform_seek(self)
     assigned = self.assignment()
     offsets.keep_only(assigned)
@@ -156,6 +157,11 @@ async def _perform_seek(self: Consumer) -> None:
         for tp in guarded:
             offsets.forget(tp)
         return
+    if self.app.consumer_generation_id != generation:
+        # A seek begun before a rebalance (Faust's fetcher seeks when it finds the flow stopped)
+        # finishing after the new assignment's own: the counts are the new one's. Starting them
+        # here again would forget what the agents processed meanwhile.
+        return
     for tp in guarded:
         committed, start = self._committed_offset.get(tp), earliest[tp]
         if committed is not None and committed < start:
@@ -163,7 +169,7 @@ async def _perform_seek(self: Consumer) -> None:
             log.error("%s: offsets %d..%d were deleted (retention) before any worker processed them",
                       tp, committed, start - 1)
         # nothing committed yet: the group starts at the log start
-        offsets.start(tp, start if committed is None else max(committed, start))
+        offsets.start(tp, start if committed is None else max(committed, start), generation)
 
 
 def _highwaters(consumer: Consumer) -> dict[TP, int]:
@@ -234,9 +240,8 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
         if app.rebalancing or app.consumer_generation_id != generation:
             return  # the rebalance seeks and resumes by itself
         await consumer.commit()  # each guarded partition's first unprocessed offset
-        kept = offsets.parts(tp for tp in consumer.assignment() if tp.topic in _guarded)
-        await consumer.perform_seek()  # every partition back to its committed offset (counts reset)
-        offsets.put_back(kept)  # same assignment: what was processed here still is (redelivered())
+        await consumer.perform_seek()  # every partition back to its committed offset (counts kept:
+        # the same generation, so what was processed here still is; redelivered() skips it)
         for tp in consumer.assignment():  # and explicitly, also where nothing was ever committed
             first = offsets.committable(tp) if tp.topic in _guarded else None
             if first is not None:

@@ -20,6 +20,8 @@ class _Partition:
     start: int = 0
     """Where counting started (the consumer's seek). Until ``next`` passes it nothing was processed
     here, and there is nothing of ours to commit."""
+    generation: int | None = None
+    """The consumer generation (assignment) in which counting started."""
     ahead: set[int] = field(default_factory=set)
     """Offsets processed beyond ``next``: the consumer skipped ``next`` .. min(ahead) - 1."""
     hole_seen_at: float | None = None
@@ -41,9 +43,24 @@ class ProcessedOffsets:
         self._parts: dict[TP, _Partition] = {}
         self._clock = clock  # seconds; the tests' is controllable
 
-    def start(self, tp: TP, offset: int) -> None:
-        """The consumer (re)starts ``tp`` at ``offset``: everything below counts as processed."""
-        self._parts[tp] = _Partition(offset, start=offset, moved_at=self._clock())
+    def start(self, tp: TP, offset: int, generation: int | None = None) -> None:
+        """The consumer (re)starts ``tp`` at ``offset``: everything below counts as processed.
+
+        A seek within the same consumer ``generation`` (a re-read, not a new assignment) keeps the
+        count: what was processed here still is, and its second delivery is recognised (``seen``).
+        The count moves on to ``offset`` if that is further, and its holes and waits are timed
+        afresh (the re-read gets its time to fill them). A new generation, or none given, starts
+        afresh: in between, another worker may have held the partition."""
+        now = self._clock()
+        part = self._parts.get(tp)
+        if part is None or generation is None or part.generation != generation:
+            self._parts[tp] = _Partition(offset, start=offset, generation=generation, moved_at=now)
+            return
+        if offset > part.next:
+            part.ahead = {k for k in part.ahead if k >= offset}
+            self._move(part, offset, now)
+        part.moved_at, part.waiting_since = now, None
+        part.hole_seen_at = now if part.ahead else None
 
     def forget(self, tp: TP) -> None:
         self._parts.pop(tp, None)
@@ -109,28 +126,6 @@ class ProcessedOffsets:
         part.moved_at = self._clock() if now is None else now
         if not part.ahead:
             part.hole_seen_at = None
-
-    def parts(self, tps: Iterable[TP]) -> dict[TP, "_Partition"]:
-        """The counts of these partitions, to put back after a seek (put_back)."""
-        return {tp: self._parts[tp] for tp in tps if tp in self._parts}
-
-    def put_back(self, parts: dict[TP, "_Partition"], now: float | None = None) -> None:
-        """After a seek back within the same assignment (a re-read, not a rebalance), the counts as
-        they were before it, for the partitions still counted: what was processed here still is,
-        so its second delivery is recognised (``seen``). A count that started again further on
-        (the group committed more meanwhile) moves there. Each hole and wait is timed afresh from
-        now: the re-read gets its time to fill them."""
-        now = self._clock() if now is None else now
-        for tp, part in parts.items():
-            fresh = self._parts.get(tp)
-            if fresh is None:
-                continue  # no longer assigned
-            if fresh.next > part.next:
-                part.ahead = {k for k in part.ahead if k >= fresh.next}
-                self._move(part, fresh.next, now)
-            part.moved_at, part.waiting_since = now, None
-            part.hole_seen_at = now if part.ahead else None
-            self._parts[tp] = part
 
     def holes(self, older_than_s: float, now: float | None = None) -> dict[TP, tuple[int, int]]:
         """Holes seen at least ``older_than_s`` ago: {tp: (first, last) offset missing}."""
