@@ -157,3 +157,36 @@ def test_the_tables_changelogs_exist_before_a_worker_subscribes(broker, tmp_path
         assert returned[name].configs["cleanup.policy"] == "compact"
     assert set(topic_plan(settings)) <= set(returned)
     asyncio.run(ensure_topics(settings, wait_s=30, extra=plan))  # again: nothing to create, no error
+
+
+class _Response:
+    def __init__(self, resources):
+        self.resources = resources
+
+    def to_object(self):
+        return {"resources": self.resources}
+
+
+class _ClusterAdmin:
+    """Pure logic: a DescribeConfigs that first goes to a broker which has not yet learned of the
+    topic just created (error 3, as seen on the 3-broker cluster of tests/test_scale_out.py)."""
+
+    def __init__(self, unknown_times: int):
+        self.unknown_times, self.calls = unknown_times, 0
+
+    async def describe_configs(self, resources):
+        self.calls += 1
+        known = self.calls > self.unknown_times
+        return [_Response([{"resource_name": r.name, "error_code": 0 if known else 3,
+                            "error_message": None if known else "This server does not host this topic-partition.",
+                            "config_entries": [{"config_names": "retention.ms", "config_value": "1000",
+                                                "config_source": 1}] if known else []}
+                           for r in resources])]
+
+
+def test_a_topic_a_broker_does_not_know_yet_is_described_again():
+    admin = _ClusterAdmin(unknown_times=2)
+    described = asyncio.run(describe_topic_configs(admin, ["slices"], wait_s=5.0))
+    assert described == {"slices": {"retention.ms": {"value": "1000", "source": 1}}} and admin.calls == 3
+    with pytest.raises(RuntimeError, match="describing the configs of topic 'slices' failed: error 3"):
+        asyncio.run(describe_topic_configs(_ClusterAdmin(unknown_times=1000), ["slices"], wait_s=0.5))

@@ -133,17 +133,41 @@ async def ensure_topics(settings: Settings, wait_s: float = 90.0,
     return {name: TopicSpec(existing[name], configs.get(name, {})) for name in plan}
 
 
-async def describe_topic_configs(admin: AIOKafkaAdminClient, names) -> dict[str, dict[str, dict]]:
+UNKNOWN_TOPIC = 3
+"""UNKNOWN_TOPIC_OR_PARTITION: on a cluster, a broker that has not yet learned of a topic just
+created (the describe may go to another broker than the one that listed it)."""
+
+
+async def describe_topic_configs(admin: AIOKafkaAdminClient, names, wait_s: float = 30.0) -> dict[str, dict[str, dict]]:
     """Topic -> config name -> {"value", "source"} as the broker has them; a topic the broker
-    refuses to describe (not authorized) is left out with a warning."""
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    refuses to describe (not authorized) is left out with a warning. A topic a broker does not
+    know yet is asked again for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
     described: dict[str, dict[str, dict]] = {}
+    pending = list(names)
+    while pending:
+        unknown = await _describe_configs(admin, pending, described, last_try=time.monotonic() > deadline)
+        if unknown:
+            await asyncio.sleep(0.2)
+        pending = unknown
+    return described
+
+
+async def _describe_configs(admin: AIOKafkaAdminClient, names: list[str], described: dict,
+                            last_try: bool) -> list[str]:
+    """One DescribeConfigs of ``names`` into ``described``; the names a broker did not know yet
+    (unless ``last_try``: then that is an error too)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    unknown = []
     for response in await admin.describe_configs(resources):
         for resource in response.to_object()["resources"]:
             name = resource["resource_name"]
             if resource["error_code"] in NOT_AUTHORIZED:
                 log.warning("may not read the configs of topic %s (%s); left as they are", name,
                             resource["error_message"])
+                continue
+            if resource["error_code"] == UNKNOWN_TOPIC and not last_try:
+                unknown.append(name)
                 continue
             if resource["error_code"]:
                 raise RuntimeError(f"describing the configs of topic {name!r} failed: error "
@@ -154,7 +178,7 @@ async def describe_topic_configs(admin: AIOKafkaAdminClient, names) -> dict[str,
                                     "source": e.get("config_source",
                                                     0 if e.get("is_default") else DYNAMIC_TOPIC_CONFIG)}
                 for e in resource["config_entries"]}
-    return described
+    return unknown
 
 
 async def _fix_configs(admin: AIOKafkaAdminClient, plan: dict[str, TopicSpec]) -> dict[str, dict[str, str]]:

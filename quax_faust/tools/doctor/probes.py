@@ -85,7 +85,7 @@ async def _kafka_facts(settings: Settings, step) -> KafkaFacts:
                                "replicas": min((len(p["replicas"]) for p in t["partitions"]), default=0)}
                   for t in described if not t.get("error_code")}
         step("reading our topics' configs")
-        configs = await describe_topic_configs(admin, list(topics)) if topics else {}
+        configs = await describe_topic_configs(admin, list(topics), wait_s=0.0) if topics else {}
         for name, entries in configs.items():
             topics[name]["configs"] = {k: e["value"] for k, e in entries.items()}
         step("reading the broker's configs")
