@@ -27,6 +27,7 @@ from quax_faust.tools import cli
 from quax_faust.tools.launch import CampaignLive, wait_for_run
 from tests.conftest import campaign_plan, campaign_records, produce_runs, write_synthetic_run
 from tests.kafka_io import send_raw_async
+from tests.progress import wait_processed
 
 pytestmark = pytest.mark.broker
 N_FILES, SLICES_PER_FILE = 2, 16
@@ -40,7 +41,10 @@ def _nan(values) -> np.ndarray:
 
 
 def assert_equals_offline(doc: dict, settings, path) -> None:
-    """The document's grand spectrum, limits, runs and candidates equal `quax campaign --all`'s."""
+    """The document's grand spectrum, limits, runs and candidates equal `quax campaign --all`'s,
+    once the workers have processed every record (run metadata too: the offline analysis reads
+    their tables, the service the topics)."""
+    wait_processed(settings)
     flags = ["--set", f"web_port_base={settings.web_port_base}", "--set", f"workers={settings.workers}",
              "--set", f"broker={settings.broker}"]
     assert cli.main(["campaign", "--all", "--out", str(path), "--force", *flags]) == 0
