@@ -218,13 +218,17 @@ async def reread_holes(app, older_than_s: float = 5.0, stalled_s: float = 20.0) 
     if app.rebalancing or not consumer.flow_active:
         return
     assigned = consumer.assignment()
-    stalled = offsets.stalled(_highwaters(consumer), stalled_s)  # highwaters: assigned ones only
-    skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
+
+    def due() -> tuple[dict, dict]:
+        """(stalled, skipped) partitions: {tp: (first, last) offset to read again}."""
+        stalled = offsets.stalled(_highwaters(consumer), stalled_s)  # highwaters: assigned ones only
+        return stalled, {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
+
+    stalled, skipped = due()
     if not stalled and not skipped:
         return
     if await _settle_with_group(consumer, set(stalled) | set(skipped)):
-        stalled = offsets.stalled(_highwaters(consumer), stalled_s)
-        skipped = {tp: hole for tp, hole in offsets.holes(older_than_s).items() if tp in assigned}
+        stalled, skipped = due()
         if not stalled and not skipped:
             return
     generation = app.consumer_generation_id
