@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -49,9 +50,28 @@ def files_checkpointed(path) -> set[int]:
     return {k for k in range(N_FILES) if k in done}
 
 
+async def settled_end_offsets(consumer, tps, quiet_s: float = 0.5, timeout_s: float = 30.0) -> int:
+    """The sum of the partitions' end offsets once it has stood still for quiet_s seconds: with the
+    producer stopped, the broker has then appended every request already on the wire."""
+    last, since = None, time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() < deadline:
+        now = sum((await consumer.end_offsets(tps)).values())
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the slices topic's end offsets kept moving for {timeout_s} s with the producer stopped")
+
+
 async def kill_mid_file(settings, proc: subprocess.Popen, checkpoint_path, timeout_s: float = 120.0) -> None:
-    """SIGKILL proc once its checkpoint holds 2 files and the broker holds part of a file: the sum
-    of the slices partitions' end offsets is not a whole number of files."""
+    """SIGKILL proc once its checkpoint holds 2 files and the broker holds part of a file.
+
+    The producer is first frozen (SIGSTOP) and the broker's end offsets left to settle, so that the
+    requests already on the wire are in the log: only then does "the sum of the slices partitions'
+    end offsets is not a whole number of files" say what the broker will hold after the kill. If
+    the frozen producer stands at a file boundary it is resumed (SIGCONT) and tried again."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker)
     await consumer.start()
     try:
@@ -61,11 +81,13 @@ async def kill_mid_file(settings, proc: subprocess.Popen, checkpoint_path, timeo
             assert proc.poll() is None, "the producer finished before it could be killed mid-file"
             assert time.monotonic() < deadline, "no moment with part of a file sent"
             if len(files_checkpointed(checkpoint_path)) >= 2:
-                messages = sum((await consumer.end_offsets(tps)).values())
-                if messages % MESSAGES_PER_FILE:
-                    proc.kill()
-                    proc.wait()
-                    return
+                if sum((await consumer.end_offsets(tps)).values()) % MESSAGES_PER_FILE:
+                    proc.send_signal(signal.SIGSTOP)
+                    if await settled_end_offsets(consumer, tps) % MESSAGES_PER_FILE:
+                        proc.kill()
+                        proc.wait()
+                        return
+                    proc.send_signal(signal.SIGCONT)
             await asyncio.sleep(0.005)
     finally:
         await consumer.stop()
