@@ -76,6 +76,7 @@ class Stack:
                                  "--run", run, "--pace", pace, "--loop", str(loops), "--no-checkpoint"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes["producer"] = psutil.Process(proc.pid)
+        self.last_cpu_s.pop("producer", None)  # the previous producer's reading is not this one's
         return proc
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -166,13 +167,20 @@ class CpuWindow:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.ours0 = stack.cpu_seconds()
+        self.pids0 = {name: proc.pid for name, proc in stack.processes.items()}
         self.busy0 = _system_busy_s()
         self.t0 = time.monotonic()
+
+    def _same(self, name: str) -> bool:
+        return self.pids0.get(name) == self.stack.processes[name].pid
 
     def cores(self) -> dict[str, float]:
         wall = time.monotonic() - self.t0
         ours = self.stack.cpu_seconds()
-        used = {name: (ours[name] - self.ours0.get(name, 0.0)) / wall for name in ours}
+        # A process started during the window (the phase's producer) counts from 0, not from the
+        # reading of the one that had its name before (that gave the latency phase -0.47 cores).
+        used = {name: (ours[name] - (self.ours0.get(name, 0.0) if self._same(name) else 0.0)) / wall
+                for name in ours}
         workers = sum(v for k, v in used.items() if k.startswith("worker"))
         busy = (_system_busy_s() - self.busy0) / wall
         return {**{k: round(v, 3) for k, v in used.items()}, "workers_total": round(workers, 3),
