@@ -35,6 +35,7 @@ from pathlib import Path
 
 from quax_faust.core import daq
 from quax_faust.tools.bench_ceiling import ceiling_phase
+from quax_faust.tools.bench_passthrough import passthrough_phase
 from quax_faust.tools.bench_fft import fft_stage
 from quax_faust.tools.bench_phases import (SAMPLES_PER_FILE, BenchPlan, latency_phase, machine, prepare_daq,
                                            resources, throughput_phase)
@@ -71,9 +72,14 @@ def run_bench(settings: Settings, plan: BenchPlan, work_dir: Path, daq_dir: Path
         print(f"[bench] the box's ceiling: {plan.ceiling_mb:.0f} MB produced (librdkafka), read back (aiokafka)",
               flush=True)
         results["ceiling"] = ceiling_phase(stack.settings, plan.ceiling_mb)
+        print(f"[bench] pass-through: {plan.ceiling_mb:.0f} MB produced (librdkafka) and read at once "
+              f"({settings.partitions} aiokafka consumer processes)", flush=True)
+        results["passthrough"] = passthrough_phase(stack.settings, plan.ceiling_mb)
         results["throughput"] = throughput_phase(stack, daq_dir, plan)
         results["throughput"]["fraction_of_ceiling"] = (results["throughput"]["wire_mb_per_s_steady"]
                                                         / results["ceiling"]["ceiling_mb_per_s"])
+        results["throughput"]["fraction_of_passthrough"] = (results["throughput"]["wire_mb_per_s_steady"]
+                                                            / results["passthrough"]["mb_per_s"])
         results["latency_started_at_s"] = time.time()
         results["latency"] = latency_phase(stack, daq_dir, plan)
         results["resources"] = resources(stack, results["throughput"]["data_s"] + results["latency"]["files"]

@@ -42,12 +42,12 @@ def ceiling_phase(settings: Settings, total_mb: float) -> dict:
     size = message_bytes(settings)
     n = max(8, round(total_mb * 1e6 / size))
     warmup = max(1, n // 10)
-    asyncio.run(_create_topic(settings))
+    asyncio.run(create_topic(settings))
     try:
         produced = produce_only(settings, n, size, warmup)
         consumed = asyncio.run(consume_only(settings, n, produced.pop("timed_from")))
     finally:
-        asyncio.run(_delete_topic(settings))
+        asyncio.run(delete_topic(settings))
     return {"message_bytes": size, "messages": n, "warmup_messages": warmup, "produce": produced,
             "consume": consumed, "ceiling_mb_per_s": min(produced["mb_per_s"], consumed["mb_per_s"])}
 
@@ -130,18 +130,19 @@ def _rates(n_bytes: int, wall_s: float, cpu_s: float) -> dict:
             "cpu_cores": round(cpu_s / wall_s, 3), "core_ms_per_mb": round(1000 * cpu_s / mb, 2)}
 
 
-async def _create_topic(settings: Settings) -> None:
+async def create_topic(settings: Settings, topic: str = TOPIC) -> None:
+    """A topic of settings.partitions partitions that takes the chain's largest messages."""
     admin = await connection.connect_admin(settings, 30.0)
     try:
-        await admin.create_topics([NewTopic(TOPIC, settings.partitions, settings.replication_factor,
+        await admin.create_topics([NewTopic(topic, settings.partitions, settings.replication_factor,
                                             topic_configs={"max.message.bytes": str(settings.max_message_bytes)})])
     finally:
         await admin.close()
 
 
-async def _delete_topic(settings: Settings) -> None:
+async def delete_topic(settings: Settings, topic: str = TOPIC) -> None:
     admin = await connection.connect_admin(settings, 30.0)
     try:
-        await admin.delete_topics([TOPIC])
+        await admin.delete_topics([topic])
     finally:
         await admin.close()

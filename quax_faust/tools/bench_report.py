@@ -54,8 +54,21 @@ def ceiling_rows(r: dict) -> list[tuple[str, str, str, str]]:
          f"{c['produce']['mb_per_s']:.0f} / {c['consume']['mb_per_s']:.0f} MB/s", "", ""),
         ("  chain MB/s on the wire / ceiling", f"{t['wire_mb_per_s_steady']:.0f} MB/s = "
          f"{t['fraction_of_ceiling']:.2f} of {c['ceiling_mb_per_s']:.0f}", ">= 0.8", ""),
+        *passthrough_rows(r),
         ("  producer CPU per second of data (max pace)",
          f"{1000 * producer_cores / t['realtime_factor_steady']:.1f} core-ms", "", ""),
+    ]
+
+
+def passthrough_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """The transport alone, producing and consuming at once, and the chain's fraction of it."""
+    p, t = r.get("passthrough"), r["throughput"]
+    if not p:
+        return []
+    busy = f", box busy {p['box_busy_cores']:.2f} cores" if p.get("box_busy_cores") is not None else ""
+    return [
+        ("  pass-through: librdkafka in, aiokafka out, at once", f"{p['mb_per_s']:.0f} MB/s{busy}", "", ""),
+        ("  chain MB/s on the wire / pass-through", f"{t['fraction_of_passthrough']:.2f}", "", ""),
     ]
 
 
