@@ -66,25 +66,31 @@ def produce_only(settings: Settings, n: int, size: int, warmup: int = 0) -> dict
         elif int(message.key()) < warmup:
             warmed[message.partition()] = warmed.get(message.partition(), 0) + 1
 
-    def send(keys: range) -> int:
-        for k in keys:
-            while True:
-                try:
-                    producer.produce(TOPIC, value, str(k).encode(), on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-            producer.poll(0)
-        return producer.flush(120)
-
     producer = Producer(producer_config(settings))
-    left = send(range(warmup))
+    left = send_numbered(producer, TOPIC, range(warmup), value, report)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    left += send(range(warmup, warmup + n))
+    left += send_numbered(producer, TOPIC, range(warmup, warmup + n), value, report)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if left or failed:
         raise RuntimeError(f"ceiling: {left} messages not acked, {len(failed)} failed: {failed[:3]}")
     return {**_rates(n * size, wall, cpu), "timed_from": warmed}
+
+
+def send_numbered(producer: Producer, topic: str, keys: range, value: bytes, report,
+                  partitions: int | None = None) -> int:
+    """Produce value once per k in keys, keyed str(k) (to partition k % partitions if given, else
+    the producer's partitioner), waiting whenever librdkafka's queue is full; then flush. Returns
+    how many messages were still unacked after 120 s."""
+    for k in keys:
+        where = {} if partitions is None else {"partition": k % partitions}
+        while True:
+            try:
+                producer.produce(topic, value, str(k).encode(), on_delivery=report, **where)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    return producer.flush(120)
 
 
 async def consume_only(settings: Settings, n: int, timed_from: dict[int, int] | None = None) -> dict:

@@ -85,21 +85,10 @@ def _produce(settings: Settings, warmup: int, n: int, size: int, parts: int) -> 
         if error is not None:
             failed.append(error.str())
 
-    def send(keys: range) -> int:
-        for k in keys:
-            while True:
-                try:
-                    producer.produce(TOPIC, value, str(k).encode(), partition=k % parts, on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-            producer.poll(0)
-        return producer.flush(120)
-
     producer = Producer(producer_config(settings))
-    left = send(range(warmup))
+    left = bench_ceiling.send_numbered(producer, TOPIC, range(warmup), value, report, parts)
     busy0, cpu0, t0 = _box_busy_s(), time.process_time(), time.time()
-    left += send(range(warmup, warmup + n))
+    left += bench_ceiling.send_numbered(producer, TOPIC, range(warmup, warmup + n), value, report, parts)
     wall, cpu = time.time() - t0, time.process_time() - cpu0
     if left or failed:
         raise RuntimeError(f"pass-through: {left} messages not acked, {len(failed)} failed: {failed[:3]}")
