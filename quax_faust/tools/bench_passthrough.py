@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,6 +21,7 @@ from quax_faust.ingest.rdkafka import producer_config
 from quax_faust.settings import Settings
 from quax_faust.stream import malloc
 from quax_faust.tools import bench_ceiling
+from quax_faust.tools.bench_stack import system_busy_s
 
 TOPIC = "quax-bench-passthrough"
 
@@ -44,9 +46,9 @@ def passthrough_phase(settings: Settings, total_mb: float, timeout_s: float = 60
         for reader in readers:
             reader.start()
         for _ in readers:
-            _expect(reports.get(timeout=120), "ready")
+            _next_report(reports, "ready", 120.0)
         produced = _produce(settings, warmup, n, size, parts)
-        done = [_expect(reports.get(timeout=timeout_s), "done") for _ in readers]
+        done = [_next_report(reports, "done", timeout_s) for _ in readers]
     finally:
         for reader in readers:
             reader.join(5)
@@ -58,7 +60,7 @@ def passthrough_phase(settings: Settings, total_mb: float, timeout_s: float = 60
     mb = sum(d["bytes"] for d in done) / 1e6
     return {"message_bytes": size, "messages": n, "warmup_messages": warmup, "mb": round(mb, 1),
             "wall_s": round(wall, 3), "mb_per_s": round(mb / wall, 1),
-            "box_busy_cores": round(produced["box_busy_s"] / produced["wall_s"], 3) if produced["box_busy_s"] else None,
+            "box_busy_cores": round(produced["box_busy_s"] / produced["wall_s"], 3),
             "producer_cores": round(produced["cpu_s"] / wall, 3),
             "consumer_cores": round(sum(d["cpu_s"] for d in done) / wall, 3),
             "producer_mb_per_s": round(n * size / 1e6 / produced["wall_s"], 1),
@@ -71,7 +73,12 @@ def _count(total: int, parts: int, p: int) -> int:
     return total // parts + (1 if p < total % parts else 0)
 
 
-def _expect(report: dict, kind: str) -> dict:
+def _next_report(reports, kind: str, timeout_s: float) -> dict:
+    """The next reader's report, which must be of this kind; RuntimeError otherwise or after timeout_s."""
+    try:
+        report = reports.get(timeout=timeout_s)
+    except queue.Empty:
+        raise RuntimeError(f"pass-through: a reader was not {kind} after {timeout_s:.0f} s") from None
     if report.get("kind") != kind:
         raise RuntimeError(f"pass-through reader: {report}")
     return report
@@ -87,26 +94,14 @@ def _produce(settings: Settings, warmup: int, n: int, size: int, parts: int) -> 
 
     producer = Producer(producer_config(settings))
     left = bench_ceiling.send_numbered(producer, TOPIC, range(warmup), value, report, parts)
-    busy0, cpu0, t0 = _box_busy_s(), time.process_time(), time.time()
+    busy0, cpu0, t0 = system_busy_s(), time.process_time(), time.time()
     left += bench_ceiling.send_numbered(producer, TOPIC, range(warmup, warmup + n), value, report, parts)
     wall, cpu = time.time() - t0, time.process_time() - cpu0
     if left or failed:
         raise RuntimeError(f"pass-through: {left} messages not acked, {len(failed)} failed: {failed[:3]}")
     # The readers finish after the last ack, but by then only their last fetch is left: the box's
     # busy time is taken over the producer's window, the one where both sides run.
-    busy = _box_busy_s() - busy0 if busy0 is not None else None
-    return {"timed_from_s": t0, "wall_s": wall, "cpu_s": cpu, "box_busy_s": busy}
-
-
-def _box_busy_s() -> float | None:
-    """CPU seconds the whole box has been busy since boot (all cores; /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return {"timed_from_s": t0, "wall_s": wall, "cpu_s": cpu, "box_busy_s": system_busy_s() - busy0}
 
 
 def _read_partition(settings: Settings, partition: int, warm: int, total: int, reports) -> None:

@@ -65,7 +65,7 @@ def passthrough_rows(r: dict) -> list[tuple[str, str, str, str]]:
     p, t = r.get("passthrough"), r["throughput"]
     if not p:
         return []
-    busy = f", box busy {p['box_busy_cores']:.2f} cores" if p.get("box_busy_cores") is not None else ""
+    busy = f", box busy {p['box_busy_cores']:.2f} cores"
     return [
         ("  pass-through: librdkafka in, aiokafka out, at once", f"{p['mb_per_s']:.0f} MB/s{busy}", "", ""),
         ("  chain MB/s on the wire / pass-through", f"{t['fraction_of_passthrough']:.2f}", "", ""),

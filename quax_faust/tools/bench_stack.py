@@ -156,7 +156,8 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
-def _system_busy_s() -> float:
+def system_busy_s() -> float:
+    """CPU seconds the whole box has been busy since boot, all cores together (psutil)."""
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
@@ -168,7 +169,7 @@ class CpuWindow:
         self.stack = stack
         self.ours0 = stack.cpu_seconds()
         self.pids0 = {name: proc.pid for name, proc in stack.processes.items()}
-        self.busy0 = _system_busy_s()
+        self.busy0 = system_busy_s()
         self.t0 = time.monotonic()
 
     def _same(self, name: str) -> bool:
@@ -182,6 +183,6 @@ class CpuWindow:
         used = {name: (ours[name] - (self.ours0.get(name, 0.0) if self._same(name) else 0.0)) / wall
                 for name in ours}
         workers = sum(v for k, v in used.items() if k.startswith("worker"))
-        busy = (_system_busy_s() - self.busy0) / wall
+        busy = (system_busy_s() - self.busy0) / wall
         return {**{k: round(v, 3) for k, v in used.items()}, "workers_total": round(workers, 3),
                 "box_busy": round(busy, 3), "others": round(max(0.0, busy - sum(used.values())), 3)}
