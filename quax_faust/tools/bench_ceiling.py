@@ -93,17 +93,24 @@ def send_numbered(producer: Producer, topic: str, keys: range, value: bytes, rep
     return producer.flush(120)
 
 
+def workers_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """An aiokafka consumer (not started, no group) that reads as the workers' do: their fetch
+    sizes (max_message_bytes), socket reads (fetch_reads), heap (freed fetch buffers reused, not
+    mapped afresh) and CRC check (record_crc); the socket reads and the heap are set for this whole process."""
+    fetch_reads.install()
+    malloc.keep_freed_memory()
+    return AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
+                            max_partition_fetch_bytes=settings.max_message_bytes,
+                            fetch_max_bytes=4 * settings.max_message_bytes,
+                            **record_crc.consumer_options())
+
+
 async def consume_only(settings: Settings, n: int, timed_from: dict[int, int] | None = None) -> dict:
     """Read n messages back with one aiokafka consumer set up as the workers' (fetch sizes of
     max_message_bytes, their socket reads and heap), each partition from offset ``timed_from``
     (after the producer's warm-up; default 0), after a warm-up read of those first offsets; MB/s
     and this process's CPU over the n."""
-    fetch_reads.install()  # the workers' socket reads
-    malloc.keep_freed_memory()  # and their heap: freed fetch buffers reused, not mapped afresh
-    consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
-                                max_partition_fetch_bytes=settings.max_message_bytes,
-                                fetch_max_bytes=4 * settings.max_message_bytes,
-                                **record_crc.consumer_options())  # the workers' CRC check
+    consumer = workers_consumer(settings)
     await consumer.start()
     try:
         tps = [TopicPartition(TOPIC, p) for p in range(settings.partitions)]

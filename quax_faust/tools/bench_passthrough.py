@@ -13,13 +13,11 @@ import os
 import queue
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from confluent_kafka import Producer
 
-from quax_faust import connection, fetch_reads, record_crc
 from quax_faust.ingest.rdkafka import producer_config
 from quax_faust.settings import Settings
-from quax_faust.stream import malloc
 from quax_faust.tools import bench_ceiling
 from quax_faust.tools.bench_stack import system_busy_s
 
@@ -116,12 +114,7 @@ def _read_partition(settings: Settings, partition: int, warm: int, total: int, r
 
 
 async def _read(settings: Settings, partition: int, warm: int, total: int, reports) -> None:
-    fetch_reads.install()
-    malloc.keep_freed_memory()
-    consumer = AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
-                                max_partition_fetch_bytes=settings.max_message_bytes,
-                                fetch_max_bytes=4 * settings.max_message_bytes,
-                                **record_crc.consumer_options())
+    consumer = bench_ceiling.workers_consumer(settings)
     await consumer.start()
     try:
         tp = TopicPartition(TOPIC, partition)
