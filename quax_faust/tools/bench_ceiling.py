@@ -96,7 +96,8 @@ def send_numbered(producer: Producer, topic: str, keys: range, value: bytes, rep
 def workers_consumer(settings: Settings) -> AIOKafkaConsumer:
     """An aiokafka consumer (not started, no group) that reads as the workers' do: their fetch
     sizes (max_message_bytes), socket reads (fetch_reads), heap (freed fetch buffers reused, not
-    mapped afresh) and CRC check (record_crc); the socket reads and the heap are set for this whole process."""
+    mapped afresh) and CRC check (record_crc). The socket reads and the heap are set for this
+    whole process."""
     fetch_reads.install()
     malloc.keep_freed_memory()
     return AIOKafkaConsumer(**connection.client_options(settings), enable_auto_commit=False,
