@@ -7,7 +7,9 @@ Prometheus — and the real producer (`quax produce` in its own process), then m
    against pure pyfftw on the same slices, as a ratio (measured first, while the box is quiet);
 2. the box's ceiling on the same broker, before the chain runs: produce-only MB/s with librdkafka
    and consume-only MB/s with aiokafka for messages of the chain's size; the chain's MB/s is
-   quoted as a fraction of the smaller (the ratio to compare across boxes);
+   quoted as a fraction of the smaller (the ratio to compare across boxes); then the pass-through,
+   librdkafka producing while one aiokafka reader process per partition reads at once (the
+   transport alone), and the chain's fraction of it;
 3. throughput: the real-time factor with the producer at max pace over enough files to reach
    steady state, and slices/s and MB/s (from the per-file times in the workers' tables);
 4. latency: file latency p50/p99 with the producer at real-time pace, read from Prometheus (the
@@ -134,7 +136,7 @@ def register(sub, common) -> None:
     p.add_argument("--throughput-files", type=int, help="files sent at max pace (default 96; quick 16)")
     p.add_argument("--latency-s", type=float, help="seconds of real-time-paced data (default 120; quick 25)")
     p.add_argument("--fft-repeats", type=int, help="rounds of the FFT comparison (default 20; quick 5)")
-    p.add_argument("--ceiling-mb", type=float, help="MB produced and consumed for the box's ceiling (default 2000; quick 300)")
+    p.add_argument("--ceiling-mb", type=float, help="MB produced and consumed for each of the box's ceilings: produce-only/consume-only, then pass-through (default 2000; quick 300)")
     p.add_argument("--daq-dir", help="where the synthetic pairs are kept (default var/bench-daq)")
     p.add_argument("--work-dir", help="broker/worker/Prometheus data (default var/bench/<time>)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="results folder (default bench/results)")

@@ -32,7 +32,7 @@ class BenchPlan:
     fft_repeats: int = 20
     scrape_interval_s: float = 1.0
     ceiling_mb: float = 2000.0
-    """MB produced, then consumed, for the box's ceiling (bench_ceiling.py)."""
+    """MB produced, then consumed, for the box's ceiling (bench_ceiling.py), and again for the pass-through (bench_passthrough.py)."""
 
     @classmethod
     def quick(cls) -> "BenchPlan":
